@@ -1,0 +1,280 @@
+//! One uevent held compactly: the message payload in one boxed buffer, plus the SEQNUM and
+//! the offsets of the few fields the daemon looks at on every event. No map of owned
+//! strings: a queued event costs its payload plus a fixed ~40 bytes (after mdevd's
+//! `struct uevent_s`).
+
+use std::fmt;
+use std::ops::Range;
+
+/// Most variables one event may carry. The kernel sends at most 64 (`UEVENT_NUM_ENVP`)
+/// plus the helper's HOME and PATH; the margin covers synthetic events.
+pub const MAX_VARS: usize = 256;
+
+/// Why a payload is not an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("payload does not end with NUL")]
+    Unterminated,
+    #[error("variable {0} has no '='")]
+    NotAssignment(usize),
+    #[error("more than {MAX_VARS} variables")]
+    TooManyVars,
+    #[error("no {0}")]
+    Missing(&'static str),
+    #[error("SEQNUM {0:?} is not a decimal number")]
+    BadSeqnum(String),
+}
+
+/// A decoded event. Cloning copies the buffer; the queue never clones, the runner does
+/// once per handler run.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Event {
+    seqnum: u64,
+    buf: Box<[u8]>,
+    action: (u16, u16),
+    devpath: (u16, u16),
+    subsystem: (u16, u16),
+}
+
+const NO_SEQNUM: u64 = u64::MAX;
+
+impl Event {
+    /// Validate a message payload (`ARG1\0KEY=VALUE\0...`) and index it.
+    pub fn from_payload(payload: &[u8]) -> Result<Event, EventError> {
+        Self::from_boxed(payload.into())
+    }
+
+    fn from_boxed(buf: Box<[u8]>) -> Result<Event, EventError> {
+        if buf.last() != Some(&0) {
+            return Err(EventError::Unterminated);
+        }
+        let mut ev = Event {
+            seqnum: NO_SEQNUM,
+            action: (0, 0),
+            devpath: (0, 0),
+            subsystem: (0, 0),
+            buf,
+        };
+        let arg1_end = ev.buf.iter().position(|&b| b == 0).unwrap_or(0);
+        let mut subsystem = None;
+        let mut seqnum = None;
+        let (mut action, mut devpath) = (None, None);
+        let mut pos = arg1_end + 1;
+        let mut n = 0;
+        while pos < ev.buf.len() {
+            let end = pos + ev.buf[pos..].iter().position(|&b| b == 0).unwrap_or(0);
+            let var = &ev.buf[pos..end];
+            n += 1;
+            if n > MAX_VARS {
+                return Err(EventError::TooManyVars);
+            }
+            let eq = match var.iter().position(|&b| b == b'=') {
+                Some(eq) if eq > 0 => eq,
+                _ => return Err(EventError::NotAssignment(n)),
+            };
+            let value = (pos + eq + 1) as u16..end as u16;
+            match &var[..eq] {
+                b"ACTION" => action = Some(value),
+                b"DEVPATH" => devpath = Some(value),
+                b"SUBSYSTEM" => subsystem = Some(value),
+                b"SEQNUM" => seqnum = Some(value),
+                _ => {}
+            }
+            pos = end + 1;
+        }
+        let action = action.filter(|r| !r.is_empty());
+        let devpath = devpath.filter(|r| !r.is_empty());
+        ev.action = range(action.ok_or(EventError::Missing("ACTION"))?);
+        ev.devpath = range(devpath.ok_or(EventError::Missing("DEVPATH"))?);
+        ev.subsystem = range(subsystem.unwrap_or(0..arg1_end as u16));
+        if let Some(r) = seqnum {
+            let text = &ev.buf[r.start as usize..r.end as usize];
+            ev.seqnum = parse_seqnum(text)
+                .ok_or_else(|| EventError::BadSeqnum(String::from_utf8_lossy(text).into()))?;
+        }
+        Ok(ev)
+    }
+
+    /// Build an event from variables (synthetic events, tests). `arg1` is the subsystem
+    /// argument a shim would have had.
+    pub fn from_vars<'a>(
+        arg1: &[u8],
+        vars: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<Event, EventError> {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(arg1);
+        buf.push(0);
+        for (k, v) in vars {
+            buf.extend_from_slice(k);
+            buf.push(b'=');
+            buf.extend_from_slice(v);
+            buf.push(0);
+        }
+        Self::from_boxed(buf.into_boxed_slice())
+    }
+
+    /// The kernel's sequence number, if the event has one.
+    pub fn seqnum(&self) -> Option<u64> {
+        (self.seqnum != NO_SEQNUM).then_some(self.seqnum)
+    }
+    pub fn action(&self) -> &[u8] {
+        self.field(self.action)
+    }
+    pub fn devpath(&self) -> &[u8] {
+        self.field(self.devpath)
+    }
+    /// `SUBSYSTEM` from the environment, else the shim's argv[1].
+    pub fn subsystem(&self) -> &[u8] {
+        self.field(self.subsystem)
+    }
+    /// The shim's argv[1] (empty for netlink and synthetic events without one).
+    pub fn arg1(&self) -> &[u8] {
+        let end = self.buf.iter().position(|&b| b == 0).unwrap_or(0);
+        &self.buf[..end]
+    }
+
+    /// The message payload, as it travels and is spooled.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Bytes this event holds on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Every `KEY=VALUE` variable, in message order.
+    pub fn vars(&self) -> Vars<'_> {
+        let start = self.arg1().len() + 1;
+        Vars {
+            rest: &self.buf[start.min(self.buf.len())..],
+        }
+    }
+
+    /// The value of one variable (the last one if it is repeated).
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        match key {
+            b"ACTION" => Some(self.action()),
+            b"DEVPATH" => Some(self.devpath()),
+            _ => self.vars().filter(|(k, _)| *k == key).map(|(_, v)| v).last(),
+        }
+    }
+
+    fn field(&self, r: (u16, u16)) -> &[u8] {
+        &self.buf[r.0 as usize..r.1 as usize]
+    }
+
+    /// `SEQNUM ACTION DEVPATH (SUBSYSTEM)`, for logs.
+    pub fn summary(&self) -> Summary<'_> {
+        Summary(self)
+    }
+}
+
+fn range(r: Range<u16>) -> (u16, u16) {
+    (r.start, r.end)
+}
+
+/// Decimal digits only, no sign, no spaces, fits in u64 and is not the "none" marker.
+pub fn parse_seqnum(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in text {
+        n = n.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+    }
+    (n != NO_SEQNUM).then_some(n)
+}
+
+/// Iterator over an event's `KEY=VALUE` pairs.
+pub struct Vars<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Vars<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let end = self.rest.iter().position(|&b| b == 0)?;
+        let var = &self.rest[..end];
+        self.rest = &self.rest[end + 1..];
+        let eq = var.iter().position(|&b| b == b'=').unwrap_or(var.len());
+        Some((&var[..eq], var.get(eq + 1..).unwrap_or(b"")))
+    }
+}
+
+pub struct Summary<'a>(&'a Event);
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ev = self.0;
+        match ev.seqnum() {
+            Some(n) => write!(f, "{n} ")?,
+            None => write!(f, "- ")?,
+        }
+        write!(
+            f,
+            "{} {} ({})",
+            String::from_utf8_lossy(ev.action()),
+            String::from_utf8_lossy(ev.devpath()),
+            String::from_utf8_lossy(ev.subsystem())
+        )
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Event({})", self.summary())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_fields() {
+        let ev = Event::from_payload(
+            b"usb\0ACTION=add\0DEVPATH=/devices/x\0SEQNUM=42\0MODALIAS=usb:v1\0",
+        )
+        .unwrap();
+        assert_eq!(ev.seqnum(), Some(42));
+        assert_eq!(ev.action(), b"add");
+        assert_eq!(ev.devpath(), b"/devices/x");
+        assert_eq!(ev.subsystem(), b"usb");
+        assert_eq!(ev.get(b"MODALIAS"), Some(&b"usb:v1"[..]));
+        assert_eq!(ev.get(b"NOPE"), None);
+        assert_eq!(ev.vars().count(), 4);
+        assert_eq!(ev.to_string_summary(), "42 add /devices/x (usb)");
+    }
+
+    impl Event {
+        fn to_string_summary(&self) -> String {
+            self.summary().to_string()
+        }
+    }
+
+    #[test]
+    fn rejects_bad_payloads() {
+        use EventError::*;
+        let bad: &[(&[u8], EventError)] = &[
+            (b"usb\0ACTION=add", Unterminated),
+            (b"usb\0ACTION=add\0", Missing("DEVPATH")),
+            (b"usb\0DEVPATH=/x\0", Missing("ACTION")),
+            (b"usb\0ACTION=add\0DEVPATH=/x\0junk\0", NotAssignment(3)),
+            (
+                b"usb\0ACTION=add\0DEVPATH=/x\0SEQNUM=-1\0",
+                BadSeqnum("-1".into()),
+            ),
+            (b"", Unterminated),
+        ];
+        for (p, e) in bad {
+            assert_eq!(Event::from_payload(p).unwrap_err(), *e);
+        }
+        let ev = Event::from_payload(b"\0ACTION=add\0DEVPATH=/x\0SUBSYSTEM=net\0").unwrap();
+        assert_eq!(ev.seqnum(), None);
+        assert_eq!(ev.subsystem(), b"net");
+    }
+}

@@ -1,0 +1,9 @@
+//! hotplugd: a serializing dispatcher for the kernel's uevent helper.
+//!
+//! The path of an event, top to bottom: the shim ([`message`], [`spool`]) hands it to the
+//! daemon's FIFO; [`sources`] split the stream into [`event::Event`]s; the [`queue`] orders
+//! them by SEQNUM with kue semantics; the [`daemon`] takes them out one at a time, matches
+//! the [`rules`] and has the [`runner`] run each handler.
+
+pub mod event;
+pub mod message;
