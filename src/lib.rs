@@ -7,3 +7,7 @@
 
 pub mod event;
 pub mod message;
+pub mod spool;
+pub mod config;
+pub mod rules;
+pub mod runner;
