@@ -1,0 +1,702 @@
+//! The daemon's configuration: the main TOML file (`[daemon]` settings and optionally
+//! `[[rule]]`s), the `*.toml` rule files of `rules_dir`, the built-in default used when no
+//! file exists, and the `file:line:col` errors for all of them. Every error of every file
+//! is collected before giving up, so one `hotplugd --check` run shows the whole damage.
+
+use std::fmt;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::rules::schema::{Diag, Node, Value};
+use crate::rules::{RuleSet, RuleSetBuilder};
+
+/// Where the daemon looks when not told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/hotplugd/hotplugd.toml";
+
+/// The configuration used when [`DEFAULT_PATH`] does not exist: `[daemon]` defaults only.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The name errors in [`DEFAULT_TOML`] would carry.
+const EMBEDDED_NAME: &str = "<built-in default config>";
+
+const DAEMON_FIELDS: &[&str] = &[
+    "gap_timeout",
+    "handler_timeout",
+    "coalesce",
+    "rules_dir",
+    "hotplug_d",
+    "seqnum_file",
+    "max_output_bytes",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// How long to wait for a missing SEQNUM before giving up on it.
+    pub gap_timeout: Duration,
+    /// A handler's run time limit unless its rule sets `timeout`.
+    pub handler_timeout: Duration,
+    pub coalesce: bool,
+    /// Resolved against the main file's directory if it was relative.
+    pub rules_dir: Option<PathBuf>,
+    /// Resolved against the main file's directory if it was relative.
+    pub hotplug_d: Option<PathBuf>,
+    /// `None` when configured as `""`: the first event then sets the start.
+    pub seqnum_file: Option<PathBuf>,
+    pub max_output_bytes: usize,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            gap_timeout: Duration::from_secs(2),
+            handler_timeout: Duration::from_secs(30),
+            coalesce: true,
+            rules_dir: None,
+            hotplug_d: None,
+            seqnum_file: Some(PathBuf::from("/sys/kernel/uevent_seqnum")),
+            max_output_bytes: 65536,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub rules: RuleSet,
+    /// The main file; `None` for the built-in default.
+    pub path: Option<PathBuf>,
+}
+
+/// One problem in one file. `line == 0` means the file as a whole (it could not be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn io(file: &Path, e: &io::Error) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            let (file, line, col) = (self.file.display(), self.line, self.col);
+            write!(f, "{file}:{line}:{col}: {}", self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every error found, in file order; never empty when returned as an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl Config {
+    /// Load `path`, or with `None` [`DEFAULT_PATH`] if it exists, else the built-in default.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+        let path = match path {
+            Some(p) => p,
+            None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
+            None => {
+                let mut c = Config::parse(DEFAULT_TOML, Path::new(EMBEDDED_NAME))?;
+                c.path = None;
+                return Ok(c);
+            }
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse a main config from text; `file` names it in errors, and relative `rules_dir`
+    /// and `hotplug_d` are resolved against its directory. Reads the rules_dir files.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut daemon = DaemonConfig::default();
+        let mut rules = RuleSetBuilder::default();
+        let mut d = Diag {
+            file,
+            text,
+            errors: &mut errors,
+        };
+        parse_file(&mut d, Some(&mut daemon), &mut rules);
+
+        let base = file.parent().unwrap_or(Path::new(""));
+        for dir in [&mut daemon.rules_dir, &mut daemon.hotplug_d] {
+            if let Some(p) = dir.as_mut().filter(|p| p.is_relative()) {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(dir) = &daemon.rules_dir {
+            for path in rule_files(dir, &mut errors) {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        let mut d = Diag {
+                            file: &path,
+                            text: &text,
+                            errors: &mut errors,
+                        };
+                        parse_file(&mut d, None, &mut rules);
+                    }
+                    Err(e) => errors.push(ConfigError::io(&path, &e)),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            rules: rules.build(daemon.hotplug_d.clone()),
+            daemon,
+            path: Some(file.to_path_buf()),
+        })
+    }
+}
+
+/// One file's top level. `daemon` is `None` for a rules_dir file, where `[daemon]` is an
+/// error: settings scattered over drop-ins would be order-dependent.
+fn parse_file(d: &mut Diag, mut daemon: Option<&mut DaemonConfig>, rules: &mut RuleSetBuilder) {
+    let Some(doc) = d.document() else { return };
+    for (key, value) in doc {
+        match (key.name.as_str(), daemon.as_deref_mut()) {
+            ("rule", _) => rules.add(d, value),
+            ("daemon", Some(cfg)) => parse_daemon(d, value, cfg),
+            ("daemon", None) => d.error(
+                &key.span,
+                "a [daemon] table is only allowed in the main config file",
+            ),
+            (_, Some(_)) => d.unknown_field(&key, &["daemon", "rule"]),
+            (_, None) => d.unknown_field(&key, &["rule"]),
+        }
+    }
+}
+
+fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
+    let Some(table) = d.table(value, "a table") else {
+        return;
+    };
+    for (key, v) in table {
+        match key.name.as_str() {
+            "gap_timeout" => set(&mut cfg.gap_timeout, d.duration(&v)),
+            "handler_timeout" => set(&mut cfg.handler_timeout, d.duration(&v)),
+            "coalesce" => set(&mut cfg.coalesce, d.boolean(&v)),
+            "rules_dir" => set(&mut cfg.rules_dir, path(d, &v)),
+            "hotplug_d" => set(&mut cfg.hotplug_d, path(d, &v)),
+            "seqnum_file" => set(&mut cfg.seqnum_file, path(d, &v)),
+            "max_output_bytes" => set(&mut cfg.max_output_bytes, d.unsigned(&v)),
+            _ => d.unknown_field(&key, DAEMON_FIELDS),
+        }
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+/// A path setting; `""` switches it off (`Some(None)`).
+fn path(d: &mut Diag, v: &Value) -> Option<Option<PathBuf>> {
+    if let Node::Str(s) = &v.node {
+        return Some((!s.is_empty()).then(|| PathBuf::from(s)));
+    }
+    d.invalid_type(v, "a path string");
+    None
+}
+
+/// The `*.toml` files of a rules directory in byte order of their names. Dot files are
+/// skipped (editor leftovers, like the shell's `*.toml`); a missing directory has none.
+fn rule_files(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            log::debug!("{}: no rules directory", dir.display());
+            return Vec::new();
+        }
+        Err(e) => {
+            errors.push(ConfigError::io(dir, &e));
+            return Vec::new();
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push(ConfigError::io(dir, &e));
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        let bytes = name.as_bytes();
+        if bytes.starts_with(b".") || !bytes.ends_with(b".toml") {
+            continue;
+        }
+        let path = entry.path();
+        // Follow symlinks: a link to a rule file is a rule file; a dangling one is an
+        // error worth seeing.
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => files.push(path),
+            Err(e) => errors.push(ConfigError::io(&path, &e)),
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    files
+}
+
+/// `"500ms"`, `"2s"`, `"1m"`, `"1h"`, combinations like `"1m30s"`, or bare digits meaning
+/// seconds. Zero is an error: a zero timeout would kill every handler at once.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("invalid duration {s:?} (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)")
+    };
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = s.parse().map_err(|_| bad())?;
+        return nonzero(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let part = u32::try_from(n)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    nonzero(total)
+}
+
+fn nonzero(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() {
+        Err("a duration must be greater than zero".to_owned())
+    } else {
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn err_lines(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new("main.toml")) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+
+    fn one_err(text: &str) -> String {
+        let lines = err_lines(text);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        lines.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.daemon, DaemonConfig::default());
+        assert!(c.rules.is_empty());
+        assert_eq!(c.path.as_deref(), Some(Path::new("x.toml")));
+        let d = DaemonConfig::default();
+        assert_eq!(d.gap_timeout, Duration::from_secs(2));
+        assert_eq!(d.handler_timeout, Duration::from_secs(30));
+        assert!(d.coalesce);
+        assert_eq!(d.max_output_bytes, 65536);
+        assert_eq!(
+            d.seqnum_file.unwrap(),
+            Path::new("/sys/kernel/uevent_seqnum")
+        );
+    }
+
+    #[test]
+    fn embedded_default_matches_defaults() {
+        let c = Config::parse(DEFAULT_TOML, Path::new(EMBEDDED_NAME)).unwrap();
+        assert_eq!(c.daemon, DaemonConfig::default());
+        assert!(c.rules.is_empty());
+    }
+
+    #[test]
+    fn daemon_settings() {
+        let c = Config::parse(
+            r#"
+            [daemon]
+            gap_timeout = "500ms"
+            handler_timeout = 90
+            coalesce = false
+            rules_dir = "rules.d"
+            hotplug_d = "/etc/hotplug.d"
+            seqnum_file = ""
+            max_output_bytes = 0
+            "#,
+            Path::new("/nonexistent/etc/main.toml"),
+        )
+        .unwrap();
+        let d = c.daemon;
+        assert_eq!(d.gap_timeout, Duration::from_millis(500));
+        assert_eq!(d.handler_timeout, Duration::from_secs(90));
+        assert!(!d.coalesce);
+        assert_eq!(d.rules_dir.unwrap(), Path::new("/nonexistent/etc/rules.d"));
+        assert_eq!(d.hotplug_d.as_deref(), Some(Path::new("/etc/hotplug.d")));
+        assert_eq!(c.rules.hotplug_d(), Some(Path::new("/etc/hotplug.d")));
+        assert_eq!(d.seqnum_file, None);
+        assert_eq!(d.max_output_bytes, 0);
+    }
+
+    #[test]
+    fn dotted_keys_work() {
+        let c = Config::parse(
+            "daemon.coalesce = false\n[[rule]]\nname = \"a\"\nmatch.ACTION = \"add\"\nrun = [\"/x\"]\n",
+            Path::new("m.toml"),
+        )
+        .unwrap();
+        assert!(!c.daemon.coalesce);
+        assert_eq!(c.rules.len(), 1);
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", 500),
+            ("2s", 2000),
+            ("1m", 60_000),
+            ("1h", 3_600_000),
+            ("1m30s", 90_000),
+            ("3", 3000),
+        ];
+        for (s, ms) in ok {
+            assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
+        }
+        for s in [
+            "",
+            "0",
+            "0s",
+            "s",
+            "2x",
+            "-1s",
+            "1.5s",
+            " 2s",
+            "2 s",
+            "99999999999h",
+        ] {
+            assert!(parse_duration(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn error_kinds_with_positions() {
+        // TOML syntax.
+        assert_eq!(
+            one_err("[daemon]\ngap_timeout = \"2s\nx = 1\n"),
+            "main.toml:2:18: invalid basic string"
+        );
+        // Unknown keys at every level.
+        assert_eq!(
+            one_err("[daemon]\nbogus = 1\n"),
+            "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
+             `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, \
+             `max_output_bytes`"
+        );
+        assert_eq!(
+            one_err("top = 1\n"),
+            "main.toml:1:1: unknown field `top`, expected `daemon` or `rule`"
+        );
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\n  when = 1\n"),
+            "main.toml:4:3: unknown field `when`, expected one of `name`, `match`, `run`, \
+             `timeout`, `last`"
+        );
+        // Bad glob.
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\nmatch = { DEVNAME = \"sd[a\" }\nrun = [\"/x\"]\n"),
+            "main.toml:3:21: bad pattern \"sd[a\": unclosed `[` in pattern"
+        );
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\nmatch = { X = [\"ok\", 5] }\nrun = [\"/x\"]\n"),
+            "main.toml:3:22: invalid type: integer `5`, expected a string"
+        );
+        // Empty and malformed run.
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\nrun = []\n"),
+            "main.toml:3:7: `run` must not be empty"
+        );
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\", \"${A\"]\n"),
+            "main.toml:3:14: in `run[1]`: unclosed `${`"
+        );
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\nrun = \"/x\"\n"),
+            "main.toml:3:7: invalid type: string \"/x\", expected an array of strings (program and arguments)"
+        );
+        // Missing and empty name.
+        assert_eq!(
+            one_err("\n[[rule]]\nrun = [\"/x\"]\n"),
+            "main.toml:2:1: missing field `name`"
+        );
+        assert_eq!(
+            one_err("[[rule]]\nname = \"\"\nrun = [\"/x\"]\n"),
+            "main.toml:2:8: rule `name` must not be empty"
+        );
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\n"),
+            "main.toml:1:1: missing field `run`"
+        );
+        // Bad durations.
+        assert_eq!(
+            one_err("[daemon]\ngap_timeout = \"2 s\"\n"),
+            "main.toml:2:15: invalid duration \"2 s\" (expected e.g. \"500ms\", \"2s\", \"1m\", \
+             \"1h\" or an integer number of seconds)"
+        );
+        assert_eq!(
+            one_err("[daemon]\nhandler_timeout = 0\n"),
+            "main.toml:2:19: a duration must be greater than zero"
+        );
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\ntimeout = \"0s\"\n"),
+            "main.toml:4:11: a duration must be greater than zero"
+        );
+        // Other types.
+        assert_eq!(
+            one_err("[daemon]\ncoalesce = \"yes\"\n"),
+            "main.toml:2:12: invalid type: string \"yes\", expected a boolean"
+        );
+        assert_eq!(
+            one_err("[daemon]\nmax_output_bytes = -1\n"),
+            "main.toml:2:20: expected a non-negative integer, got -1"
+        );
+        assert_eq!(
+            one_err("[rule]\nname = \"a\"\n"),
+            "main.toml:1:1: invalid type: table, expected an array of tables (write `[[rule]]`)"
+        );
+    }
+
+    #[test]
+    fn all_errors_collected() {
+        let text = r#"[daemon]
+gap_timeout = "soon"
+extra = true
+
+[[rule]]
+name = "a"
+match = { X = "[", Y = [] }
+run = []
+last = "yes"
+
+[[rule]]
+name = "a"
+run = ["/x"]
+"#;
+        assert_eq!(
+            err_lines(text),
+            [
+                "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, `max_output_bytes`",
+                "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
+                "main.toml:7:24: empty pattern list for `Y` (it would never match)",
+                "main.toml:8:7: `run` must not be empty",
+                "main.toml:9:8: invalid type: string \"yes\", expected a boolean",
+                "main.toml:12:8: duplicate rule name \"a\" (first defined at main.toml:6:8)",
+            ]
+        );
+    }
+
+    fn write(path: &Path, text: &str) {
+        fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn rules_dir_order_and_duplicates_across_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("rules.d");
+        fs::create_dir(&dir).unwrap();
+        let main = tmp.path().join("hotplugd.toml");
+        write(
+            &main,
+            "[daemon]\nrules_dir = \"rules.d\"\n[[rule]]\nname = \"main\"\nrun = [\"/m\"]\n",
+        );
+        write(
+            &dir.join("50-b.toml"),
+            "[[rule]]\nname = \"b\"\nrun = [\"/b\"]\n",
+        );
+        write(
+            &dir.join("10-a.toml"),
+            "[[rule]]\nname = \"a\"\nrun = [\"/a\"]\n",
+        );
+        write(&dir.join("README"), "not toml");
+        write(&dir.join(".50-b.toml.swp"), "junk");
+        write(&dir.join(".hidden.toml"), "junk");
+        fs::create_dir(dir.join("sub.toml")).unwrap();
+        let c = Config::load(Some(&main)).unwrap();
+        assert_eq!(c.rules.names().collect::<Vec<_>>(), ["main", "a", "b"]);
+        assert_eq!(c.daemon.rules_dir.as_deref(), Some(dir.as_path()));
+        assert_eq!(c.path.as_deref(), Some(main.as_path()));
+
+        // The same name in a later file points back at the first.
+        write(
+            &dir.join("60-dup.toml"),
+            "# comment\n[[rule]]\nname = \"a\"\nrun = [\"/a2\"]\n",
+        );
+        // A [daemon] table in a rules file.
+        write(&dir.join("70-daemon.toml"), "[daemon]\ncoalesce = false\n");
+        // Broken syntax in one file does not hide errors in others.
+        write(&dir.join("65-broken.toml"), "[[rule]\n");
+        let err = Config::load(Some(&main)).unwrap_err();
+        let d = dir.display();
+        let lines: Vec<String> = err.to_string().lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert_eq!(
+            lines[0],
+            format!("{d}/60-dup.toml:3:8: duplicate rule name \"a\" (first defined at {d}/10-a.toml:2:8)")
+        );
+        assert!(
+            lines[1].starts_with(&format!("{d}/65-broken.toml:1:")),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            lines[2],
+            format!(
+                "{d}/70-daemon.toml:1:2: a [daemon] table is only allowed in the main config file"
+            )
+        );
+        assert_eq!(err.0[2].line, 1);
+    }
+
+    #[test]
+    fn missing_rules_dir_is_fine() {
+        let c = Config::parse(
+            "[daemon]\nrules_dir = \"/nonexistent/rules.d\"\n",
+            Path::new("m.toml"),
+        )
+        .unwrap();
+        assert!(c.rules.is_empty());
+    }
+
+    #[test]
+    fn unreadable_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope.toml");
+        let err = Config::load(Some(&missing)).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].line, 0);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: ", missing.display())),
+            "{err}"
+        );
+
+        // A rules_dir that is a file, and a dangling link inside a real one.
+        let file = tmp.path().join("file");
+        write(&file, "");
+        let text = format!("[daemon]\nrules_dir = {:?}\n", file.to_str().unwrap());
+        let err = Config::parse(&text, Path::new("m.toml")).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with(&format!("{}: ", file.display())));
+
+        let dir = tmp.path().join("rules.d");
+        fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/x.toml", dir.join("x.toml")).unwrap();
+        let text = format!("[daemon]\nrules_dir = {:?}\n", dir.to_str().unwrap());
+        let err = Config::parse(&text, Path::new("m.toml")).unwrap_err();
+        assert_eq!(err.0[0].file, dir.join("x.toml"));
+    }
+
+    #[test]
+    fn error_display() {
+        let e = ConfigError {
+            file: "a.toml".into(),
+            line: 3,
+            col: 7,
+            message: "boom".into(),
+        };
+        assert_eq!(e.to_string(), "a.toml:3:7: boom");
+        let whole = ConfigError {
+            line: 0,
+            col: 0,
+            ..e.clone()
+        };
+        assert_eq!(whole.to_string(), "a.toml: boom");
+        assert_eq!(
+            ConfigErrors(vec![e, whole]).to_string(),
+            "a.toml:3:7: boom\na.toml: boom"
+        );
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        // The example's rules_dir is relative, so it finds config/rules.d here and
+        // /etc/hotplugd/rules.d when installed.
+        let c = match Config::load(Some(&root.join("hotplugd.toml"))) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(c.daemon.rules_dir, Some(root.join("rules.d")));
+        let files = fs::read_dir(root.join("rules.d")).unwrap().count();
+        assert!(files >= 2);
+        assert!(
+            c.rules.len() >= files,
+            "{:?}",
+            c.rules.names().collect::<Vec<_>>()
+        );
+
+        let d = Config::parse(DEFAULT_TOML, &root.join("default.toml")).unwrap();
+        assert_eq!(d.daemon, DaemonConfig::default());
+        assert!(d.rules.is_empty());
+        assert_eq!(
+            fs::read_to_string(root.join("default.toml")).unwrap(),
+            DEFAULT_TOML
+        );
+    }
+}

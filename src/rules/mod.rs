@@ -1,0 +1,497 @@
+//! Handler rules: the compiled `[[rule]]` tables and the plan for one event, i.e. which
+//! handlers run, in which order, with which argv. Loading lives in [`crate::config`]
+//! (which owns the files) and [`schema`] (which owns a rule table's shape); this module
+//! owns the semantics: every matching rule runs, in file order, until one with
+//! `last = true` matches; then, unless such a rule stopped it, the old-style
+//! `hotplug.d` scripts.
+//!
+//! Matching: all keys of a rule's `match` must match. A key's value is one pattern or an
+//! array of patterns that matches if *any* element matches (so `["!a", "!b"]` matches
+//! everything: list the positives, or use one negated glob like `"![ab]"`). A variable
+//! missing from the event matches only a negated pattern. `SUBSYSTEM` falls back to the
+//! shim's argv[1] like the old `/sbin/hotplug` contract; other keys are event variables.
+
+mod expand;
+mod glob;
+pub(crate) mod schema;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use expand::{ExpandError, Template};
+pub use glob::{glob_match, GlobError, Pattern};
+
+use crate::event::Event;
+use schema::{Diag, Node, Value};
+
+/// One handler run the daemon should make for an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The rule's name, or `hotplug.d/<dir>/<file>` for a hotplug.d script.
+    pub rule: String,
+    pub argv: Vec<OsString>,
+    /// The rule's own `timeout`; `None` means the daemon's `handler_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Matcher {
+    key: Box<[u8]>,
+    patterns: Box<[Pattern]>,
+}
+
+impl Matcher {
+    fn matches(&self, ev: &Event) -> bool {
+        let value = lookup(ev, &self.key);
+        self.patterns.iter().any(|p| p.matches(value))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Rule {
+    name: String,
+    matchers: Vec<Matcher>,
+    run: Box<[Template]>,
+    timeout: Option<Duration>,
+    last: bool,
+}
+
+impl Rule {
+    fn matches(&self, ev: &Event) -> bool {
+        self.matchers.iter().all(|m| m.matches(ev))
+    }
+
+    fn job(&self, ev: &Event) -> Job {
+        Job {
+            rule: self.name.clone(),
+            argv: self
+                .run
+                .iter()
+                .map(|t| OsString::from_vec(t.expand(|k| lookup(ev, k))))
+                .collect(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// A variable as rules see it: `SUBSYSTEM` through [`Event::subsystem`] (absent only if
+/// neither the variable nor argv[1] gave one), everything else through [`Event::get`].
+fn lookup<'e>(ev: &'e Event, key: &[u8]) -> Option<&'e [u8]> {
+    if key == b"SUBSYSTEM" {
+        let s = ev.subsystem();
+        if !s.is_empty() {
+            return Some(s);
+        }
+    }
+    ev.get(key)
+}
+
+/// The loaded rules, in order, plus the hotplug.d directory if configured.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    hotplug_d: Option<PathBuf>,
+}
+
+impl RuleSet {
+    /// The handlers for one event, in the order they must run. Reads the hotplug.d
+    /// directories (if configured) on every call, so scripts added while the daemon runs
+    /// take effect without a reload.
+    pub fn plan(&self, ev: &Event) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for rule in &self.rules {
+            if rule.matches(ev) {
+                jobs.push(rule.job(ev));
+                if rule.last {
+                    return jobs;
+                }
+            }
+        }
+        if let Some(dir) = &self.hotplug_d {
+            hotplug_d_jobs(dir, ev.subsystem(), &mut jobs);
+        }
+        jobs
+    }
+
+    /// Number of TOML rules (hotplug.d scripts not counted).
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Rule names in order, for listings.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    pub fn hotplug_d(&self) -> Option<&Path> {
+        self.hotplug_d.as_deref()
+    }
+}
+
+/// `dir/$SUBSYSTEM/*.hotplug`, then `dir/default/*.hotplug`, each run as `[path,
+/// SUBSYSTEM]`. A subsystem that could leave `dir` (`/`, `.`, `..`) or is empty only
+/// gets the default scripts.
+fn hotplug_d_jobs(dir: &Path, subsystem: &[u8], jobs: &mut Vec<Job>) {
+    let safe = !subsystem.is_empty()
+        && subsystem != b"."
+        && subsystem != b".."
+        && !subsystem.contains(&b'/')
+        && subsystem != b"default";
+    let subdirs: &[&[u8]] = if safe {
+        &[subsystem, b"default"]
+    } else {
+        &[b"default"]
+    };
+    for sub in subdirs {
+        let sub_dir = dir.join(std::ffi::OsStr::from_bytes(sub));
+        for (name, path) in hotplug_scripts(&sub_dir) {
+            jobs.push(Job {
+                rule: format!(
+                    "hotplug.d/{}/{}",
+                    String::from_utf8_lossy(sub),
+                    String::from_utf8_lossy(&name)
+                ),
+                argv: vec![
+                    path.into_os_string(),
+                    OsString::from_vec(subsystem.to_vec()),
+                ],
+                timeout: None,
+            });
+        }
+    }
+}
+
+/// Regular executable `*.hotplug` files (symlinks followed, dot files skipped as the
+/// shell's `*.hotplug` would), sorted by name. A missing directory has none.
+fn hotplug_scripts(dir: &Path) -> Vec<(Vec<u8>, PathBuf)> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("{}: {e}", dir.display());
+            }
+            return Vec::new();
+        }
+    };
+    let mut scripts: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_vec();
+            if name.starts_with(b".") || !name.ends_with(b".hotplug") {
+                return None;
+            }
+            let path = entry.path();
+            let meta = std::fs::metadata(&path).ok()?;
+            (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some((name, path))
+        })
+        .collect();
+    scripts.sort();
+    scripts
+}
+
+/// Collects rules across files, in order, catching duplicate names.
+#[derive(Default)]
+pub(crate) struct RuleSetBuilder {
+    rules: Vec<Rule>,
+    first_seen: HashMap<String, String>,
+}
+
+impl RuleSetBuilder {
+    /// Add the value of a file's `rule` key (an array of tables).
+    pub(crate) fn add(&mut self, d: &mut Diag, v: Value) {
+        let Node::Array(items) = v.node else {
+            let what = "an array of tables (write `[[rule]]`)";
+            d.invalid_type(&v, what);
+            return;
+        };
+        for item in items {
+            let parsed = schema::rule(d, item);
+            if let Some((name, span)) = &parsed.name {
+                if let Some(first) = self.first_seen.get(name) {
+                    let msg = format!("duplicate rule name {name:?} (first defined at {first})");
+                    d.error(span, msg);
+                    continue;
+                }
+                let here = d.location(span);
+                let here = format!("{}:{}:{}", here.file.display(), here.line, here.col);
+                self.first_seen.insert(name.clone(), here);
+            }
+            if let Some(rule) = parsed.rule {
+                self.rules.push(rule);
+            }
+        }
+    }
+
+    pub(crate) fn build(self, hotplug_d: Option<PathBuf>) -> RuleSet {
+        RuleSet {
+            rules: self.rules,
+            hotplug_d,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::fs;
+
+    fn ev(arg1: &str, vars: &[(&str, &str)]) -> Event {
+        let mut all = vec![("ACTION", "add"), ("DEVPATH", "/devices/x")];
+        all.extend_from_slice(vars);
+        Event::from_vars(
+            arg1.as_bytes(),
+            all.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        )
+        .unwrap()
+    }
+
+    fn rules(text: &str) -> RuleSet {
+        match Config::parse(text, Path::new("test.toml")) {
+            Ok(c) => c.rules,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn names(jobs: &[Job]) -> Vec<&str> {
+        jobs.iter().map(|j| j.rule.as_str()).collect()
+    }
+
+    fn argv(job: &Job) -> Vec<&str> {
+        job.argv.iter().map(|a| a.to_str().unwrap()).collect()
+    }
+
+    const RULES: &str = r#"
+        [[rule]]
+        name = "modules"
+        match = { ACTION = "add", MODALIAS = "?*" }
+        run = ["/sbin/modprobe", "-bq", "$MODALIAS"]
+
+        [[rule]]
+        name = "usb-disk"
+        match = { SUBSYSTEM = "block", DEVTYPE = "disk", ID_BUS = ["usb", "ieee1394"] }
+        run = ["/usr/local/sbin/usb-disk", "${DEVNAME}"]
+        timeout = "60s"
+        last = true
+
+        [[rule]]
+        name = "log-all"
+        run = ["/bin/logger", "$ACTION $DEVPATH"]
+
+        [[rule]]
+        name = "not-net"
+        match = { SUBSYSTEM = "!net" }
+        run = ["/bin/true"]
+    "#;
+
+    #[test]
+    fn plan_order_and_last() {
+        let rs = rules(RULES);
+        assert_eq!(rs.len(), 4);
+        assert!(!rs.is_empty());
+        assert_eq!(
+            rs.names().collect::<Vec<_>>(),
+            ["modules", "usb-disk", "log-all", "not-net"]
+        );
+
+        let jobs = rs.plan(&ev("usb", &[("MODALIAS", "usb:v1")]));
+        assert_eq!(names(&jobs), ["modules", "log-all", "not-net"]);
+        assert_eq!(argv(&jobs[0]), ["/sbin/modprobe", "-bq", "usb:v1"]);
+        assert_eq!(argv(&jobs[1]), ["/bin/logger", "add /devices/x"]);
+        assert_eq!(jobs[0].timeout, None);
+
+        // `?*` needs a non-empty MODALIAS; `!net` excludes net.
+        let jobs = rs.plan(&ev("net", &[("MODALIAS", "")]));
+        assert_eq!(names(&jobs), ["log-all"]);
+
+        // A `last` rule stops the plan after itself.
+        let disk = [
+            ("DEVTYPE", "disk"),
+            ("ID_BUS", "ieee1394"),
+            ("DEVNAME", "sdb"),
+        ];
+        let jobs = rs.plan(&ev("block", &disk));
+        assert_eq!(names(&jobs), ["usb-disk"]);
+        assert_eq!(argv(&jobs[0]), ["/usr/local/sbin/usb-disk", "sdb"]);
+        assert_eq!(jobs[0].timeout, Some(Duration::from_secs(60)));
+
+        let jobs = rs.plan(&ev("block", &[("DEVTYPE", "disk"), ("ID_BUS", "ata")]));
+        assert_eq!(names(&jobs), ["log-all", "not-net"]);
+    }
+
+    #[test]
+    fn subsystem_falls_back_to_arg1() {
+        let rs = rules(RULES);
+        // The variable wins over argv[1].
+        let jobs = rs.plan(&ev("block", &[("SUBSYSTEM", "net")]));
+        assert_eq!(names(&jobs), ["log-all"]);
+        // No subsystem at all: absent, so `!net` matches.
+        let jobs = rs.plan(&ev("", &[]));
+        assert_eq!(names(&jobs), ["log-all", "not-net"]);
+    }
+
+    #[test]
+    fn absent_and_negated_keys() {
+        let rs = rules(
+            r#"
+            [[rule]]
+            name = "star"
+            match = { FOO = "*" }
+            run = ["star"]
+            [[rule]]
+            name = "neg"
+            match = { FOO = "!bar" }
+            run = ["neg"]
+            [[rule]]
+            name = "any-of-negations"
+            match = { FOO = ["!a", "!b"] }
+            run = ["any"]
+            [[rule]]
+            name = "empty"
+            match = { FOO = "" }
+            run = ["empty"]
+        "#,
+        );
+        assert_eq!(names(&rs.plan(&ev("", &[]))), ["neg", "any-of-negations"]);
+        assert_eq!(
+            names(&rs.plan(&ev("", &[("FOO", "")]))),
+            ["star", "neg", "any-of-negations", "empty"]
+        );
+        assert_eq!(
+            names(&rs.plan(&ev("", &[("FOO", "bar")]))),
+            ["star", "any-of-negations"]
+        );
+        assert_eq!(
+            names(&rs.plan(&ev("", &[("FOO", "a")]))),
+            ["star", "neg", "any-of-negations"]
+        );
+    }
+
+    #[test]
+    fn hostile_values_stay_one_argument() {
+        let rs = rules(
+            r#"
+            [[rule]]
+            name = "r"
+            run = ["/bin/h", "$X", "${X}B", "$$X", "$UNSET", "pre-${UNSET}-post"]
+        "#,
+        );
+        let jobs = rs.plan(&ev("", &[("X", "x; rm -rf /")]));
+        assert_eq!(
+            argv(&jobs[0]),
+            [
+                "/bin/h",
+                "x; rm -rf /",
+                "x; rm -rf /B",
+                "$X",
+                "",
+                "pre--post"
+            ]
+        );
+        // Non-UTF-8 values pass through as bytes.
+        let e = Event::from_vars(
+            b"",
+            [
+                (&b"ACTION"[..], &b"add"[..]),
+                (b"DEVPATH", b"/x"),
+                (b"X", b"\xff\xfe"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(rs.plan(&e)[0].argv[1].as_bytes(), b"\xff\xfe");
+    }
+
+    fn script(path: &Path, mode: u32) {
+        fs::write(path, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn hotplug_d_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for sub in ["usb", "default", "net"] {
+            fs::create_dir(d.join(sub)).unwrap();
+        }
+        script(&d.join("usb/20-b.hotplug"), 0o755);
+        script(&d.join("usb/10-a.hotplug"), 0o755);
+        script(&d.join("usb/05-noexec.hotplug"), 0o644);
+        script(&d.join("usb/30-other.sh"), 0o755);
+        script(&d.join("usb/.hidden.hotplug"), 0o755);
+        fs::create_dir(d.join("usb/40-dir.hotplug")).unwrap();
+        script(&d.join("default/99-log.hotplug"), 0o755);
+        script(&d.join("default/01-first.hotplug"), 0o755);
+        script(&d.join("net/50-net.hotplug"), 0o755);
+        std::os::unix::fs::symlink(d.join("usb/10-a.hotplug"), d.join("usb/15-link.hotplug"))
+            .unwrap();
+
+        let text = format!(
+            "[daemon]\nhotplug_d = {:?}\n[[rule]]\nname = \"first\"\nrun = [\"/bin/a\"]\n\
+             [[rule]]\nname = \"stop\"\nmatch = {{ STOP = \"1\" }}\nrun = [\"/bin/b\"]\nlast = true\n",
+            d.to_str().unwrap()
+        );
+        let rs = rules(&text);
+        assert_eq!(rs.hotplug_d(), Some(d));
+        let jobs = rs.plan(&ev("usb", &[]));
+        assert_eq!(
+            names(&jobs),
+            [
+                "first",
+                "hotplug.d/usb/10-a.hotplug",
+                "hotplug.d/usb/15-link.hotplug",
+                "hotplug.d/usb/20-b.hotplug",
+                "hotplug.d/default/01-first.hotplug",
+                "hotplug.d/default/99-log.hotplug",
+            ]
+        );
+        let a = d.join("usb/10-a.hotplug");
+        assert_eq!(jobs[1].argv, [a.as_os_str(), "usb".as_ref()]);
+        assert_eq!(jobs[1].timeout, None);
+
+        // A `last` rule that matched skips hotplug.d.
+        assert_eq!(
+            names(&rs.plan(&ev("usb", &[("STOP", "1")]))),
+            ["first", "stop"]
+        );
+
+        // Unknown subsystem: only the defaults; argv[1] is still the subsystem.
+        let jobs = rs.plan(&ev("input", &[]));
+        assert_eq!(
+            names(&jobs)[1..],
+            [
+                "hotplug.d/default/01-first.hotplug",
+                "hotplug.d/default/99-log.hotplug"
+            ]
+        );
+        assert_eq!(jobs[1].argv[1], "input");
+
+        // `default` itself runs once.
+        assert_eq!(rs.plan(&ev("default", &[])).len(), 3);
+
+        // Subsystems that would leave the directory get only the defaults.
+        for bad in ["..", ".", "../usb", "usb/..", ""] {
+            let jobs = rs.plan(&ev("", &[("SUBSYSTEM", bad)]));
+            assert_eq!(jobs.len(), 3, "{bad:?}: {jobs:?}");
+        }
+
+        // A missing hotplug.d is fine.
+        let text = "[daemon]\nhotplug_d = \"/nonexistent/hotplug.d\"\n";
+        assert!(rules(text).plan(&ev("usb", &[])).is_empty());
+    }
+
+    #[test]
+    fn empty_set() {
+        let rs = RuleSet::default();
+        assert!(rs.is_empty());
+        assert_eq!(rs.len(), 0);
+        assert!(rs.plan(&ev("usb", &[])).is_empty());
+    }
+}
