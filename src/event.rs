@@ -156,7 +156,11 @@ impl Event {
         match key {
             b"ACTION" => Some(self.action()),
             b"DEVPATH" => Some(self.devpath()),
-            _ => self.vars().filter(|(k, _)| *k == key).map(|(_, v)| v).last(),
+            _ => self
+                .vars()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+                .last(),
         }
     }
 

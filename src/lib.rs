@@ -5,9 +5,13 @@
 //! them by SEQNUM with kue semantics; the [`daemon`] takes them out one at a time, matches
 //! the [`rules`] and has the [`runner`] run each handler.
 
+pub mod config;
+pub mod daemon;
 pub mod event;
 pub mod message;
-pub mod spool;
-pub mod config;
+pub mod queue;
 pub mod rules;
 pub mod runner;
+pub mod runtime;
+pub mod sources;
+pub mod spool;

@@ -182,7 +182,10 @@ pub struct Splitter {
 pub enum Item<'a> {
     Message(&'a [u8]),
     /// `bytes` were dropped; `error` says why the first of them could not start a message.
-    Garbage { bytes: usize, error: FrameError },
+    Garbage {
+        bytes: usize,
+        error: FrameError,
+    },
 }
 
 impl Splitter {

@@ -125,10 +125,17 @@ fn send_to_fifo(path: &CPath, frame: &[u8]) -> Delivery {
     result
 }
 
+// The error carries the failing path on the stack: the shim allocates nothing on this path.
+#[allow(clippy::result_large_err)]
 /// Write the frame as a spool entry: create the runtime dir and spool/ if this is early
 /// boot and nothing made them yet, write a temp file, rename it to its sorted name.
 fn spool(dir: &[u8], frame: &[u8], seqnum: Option<u64>) -> Result<(), (c_int, CPath)> {
-    let fail = |p: &CPath| (errno(), CPath::new(&[&p.buf[..p.len]]).unwrap_or_else(empty));
+    let fail = |p: &CPath| {
+        (
+            errno(),
+            CPath::new(&[&p.buf[..p.len]]).unwrap_or_else(empty),
+        )
+    };
     let spool_dir = CPath::new(&[dir, b"/", spool::SPOOL.as_bytes(), b"\0"]).ok_or_else(toolong)?;
     let top = CPath::new(&[dir, b"\0"]).ok_or_else(toolong)?;
     for d in [&top, &spool_dir] {
@@ -173,7 +180,10 @@ fn spool(dir: &[u8], frame: &[u8], seqnum: Option<u64>) -> Result<(), (c_int, CP
     }
     // SAFETY: fd is ours.
     if unsafe { libc::close(fd) } != 0 {
-        let e = (errno(), CPath::new(&[&tmp.buf[..tmp.len]]).unwrap_or_else(empty));
+        let e = (
+            errno(),
+            CPath::new(&[&tmp.buf[..tmp.len]]).unwrap_or_else(empty),
+        );
         unsafe { libc::unlink(tmp.ptr()) };
         return Err(e);
     }

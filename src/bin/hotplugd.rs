@@ -1,1 +1,135 @@
-fn main(){}
+//! `hotplugd`: the serializing daemon. Parses arguments, sets up logging, calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use hotplugd::config::Config;
+use hotplugd::daemon::{self, Options};
+use hotplugd::spool::{DEFAULT_RUNTIME_DIR, RUNTIME_DIR_ENV};
+
+const USAGE: &str = "\
+usage: hotplugd [--config FILE] [--runtime-dir DIR] [--log-level LEVEL]
+       hotplugd --check-config [--config FILE]
+       hotplugd --version | --help
+
+Receives the kernel's hotplug events from the `hotplug` shim through DIR/events, orders
+them by SEQNUM and runs the matching handler rules one at a time. Stays in the
+foreground and logs to stderr.
+
+  --config FILE       config file (default /etc/hotplugd/hotplugd.toml if it exists,
+                      else the embedded default: log every event, run nothing)
+  --runtime-dir DIR   runtime directory (default /run/hotplugd, or $HOTPLUGD_RUNTIME_DIR)
+  --log-level LEVEL   error, warn, info (default), debug, trace; RUST_LOG works too
+  --check-config      validate the config and rules, print FILE:LINE:COL: errors
+
+Signals: SIGHUP reloads the config (a broken one is rejected, the old rules stay);
+SIGTERM/SIGINT stop intake, let the running handler finish, spool queued events, exit 0.
+
+Exit status: 0 ok; 1 config error or the daemon could not start; 2 usage.";
+
+struct Args {
+    config: Option<PathBuf>,
+    runtime_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    check: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        config: None,
+        runtime_dir: None,
+        log_level: None,
+        check: false,
+    };
+    let mut it = std::env::args_os().skip(1);
+    while let Some(arg) = it.next() {
+        let arg = arg.to_string_lossy().into_owned();
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<std::ffi::OsString, String> {
+            match &inline {
+                Some(v) => Ok(v.into()),
+                None => it.next().ok_or_else(|| format!("{name} needs a value")),
+            }
+        };
+        match flag.as_str() {
+            "--config" | "-c" => args.config = Some(value("--config")?.into()),
+            "--runtime-dir" => args.runtime_dir = Some(value("--runtime-dir")?.into()),
+            "--log-level" => {
+                args.log_level = Some(value("--log-level")?.to_string_lossy().into_owned())
+            }
+            "--check-config" => args.check = true,
+            "--version" | "-V" => {
+                println!("hotplugd {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn init_logging(level: Option<&str>) -> Result<(), String> {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(log::LevelFilter::Info);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    if let Some(level) = level {
+        let filter: log::LevelFilter = level
+            .parse()
+            .map_err(|_| format!("--log-level: unknown level {level:?}"))?;
+        builder.filter_level(filter);
+    }
+    builder.format_target(false).init();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args().and_then(|a| init_logging(a.log_level.as_deref()).map(|_| a)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hotplugd: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        return match Config::load(args.config.as_deref()) {
+            Ok(c) => {
+                let from = c
+                    .path
+                    .as_ref()
+                    .map_or("the embedded default".into(), |p| p.display().to_string());
+                println!("{from}: ok, {} rules", c.rules.len());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let runtime_dir = args
+        .runtime_dir
+        .or_else(|| std::env::var_os(RUNTIME_DIR_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into());
+    // The daemon chdirs to / so handlers start there: make relative paths absolute first.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let opts = Options {
+        config: args.config.map(absolute),
+        runtime_dir: absolute(runtime_dir),
+    };
+    match daemon::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

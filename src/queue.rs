@@ -1,0 +1,624 @@
+//! The event queue, with kue semantics: whole events in, whole events out, several readers
+//! each with its own cursor, an event freed once every reader has passed it, and recall of
+//! an event nobody has taken yet. Pure logic, no I/O and no clock of its own (the caller
+//! passes `now`), owned by one thread, so it needs no lock and tests need no sleeps.
+//!
+//! Two stages:
+//!
+//! 1. **Reordering.** The kernel hands out SEQNUMs in order but runs the helpers
+//!    concurrently, so they arrive out of order. An event whose SEQNUM is the next expected
+//!    one is released at once (with every event queued behind it). One that arrives early
+//!    waits in `waiting` until the missing SEQNUMs come, or until `gap_timeout` has passed
+//!    since delivery first stalled on the gap; then the missing range is recorded as
+//!    skipped and delivery goes on. Gaps are routine: the kernel spends SEQNUMs on events
+//!    it never runs the helper for (devices in other network namespaces, events injected
+//!    from user space). An event that later arrives inside a skipped range is released at
+//!    once ("late"); one below the next expected SEQNUM and not in a skipped range has been
+//!    seen before and is dropped ("duplicate": a spool file and the FIFO, or two sources).
+//!    Events without a SEQNUM take no part in ordering and are released on arrival.
+//!
+//! 2. **The log.** Released events sit in `log` in delivery order, each at a position that
+//!    only grows. Every reader (the runner, and each `hotplugctl monitor`) has a cursor; an
+//!    event leaves memory when the slowest cursor has passed it. A recalled event becomes a
+//!    tombstone: its memory goes at once, readers skip it.
+//!
+//! Coalescing: a `remove` for a DEVPATH whose `add` has not been taken by the runner yet
+//! recalls both: the handlers would create and destroy the same thing. An index from a
+//! hash of DEVPATH to the waiting `add` keeps that O(1) per event.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+use crate::event::Event;
+
+/// Skipped ranges remembered for late arrivals. Older ones are forgotten: an event later
+/// than that many gaps is treated as a duplicate.
+const MAX_SKIPPED: usize = 4096;
+
+/// A reader's handle. The runner is always [`RUNNER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReaderId(usize);
+
+/// The handler runner: the reader whose cursor defines "taken".
+pub const RUNNER: ReaderId = ReaderId(0);
+
+/// What `push` did with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push {
+    /// Released to the log (possibly with others that waited behind it).
+    Queued,
+    /// Held until the SEQNUMs before it arrive or the gap times out.
+    Waiting,
+    /// Its SEQNUM was skipped after a gap timeout; released now, out of order.
+    Late,
+    /// Seen before; dropped.
+    Duplicate,
+    /// A `remove` whose `add` (this SEQNUM) was still queued: both recalled.
+    Coalesced { add: Option<u64> },
+}
+
+/// Why a recall failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecallError {
+    #[error("SEQNUM {0} is not queued")]
+    NotQueued(u64),
+    #[error("SEQNUM {0} has already been taken by the runner")]
+    Taken(u64),
+}
+
+/// Where a waiting `add` is, for coalescing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    Waiting(u64),
+    Log(u64),
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    gap_timeout: Duration,
+    coalesce: bool,
+    /// The next SEQNUM to release; None until the first numbered event or `start_at`.
+    next_expected: Option<u64>,
+    /// Early arrivals by SEQNUM; `None` is a recalled tombstone that still fills its slot.
+    waiting: BTreeMap<u64, Option<Event>>,
+    /// When delivery first stalled on the current gap.
+    stalled_since: Option<Instant>,
+    skipped: VecDeque<RangeInclusive<u64>>,
+    /// Released events; `log[0]` is at position `base`. `None` is a recalled tombstone.
+    log: VecDeque<Option<Event>>,
+    base: u64,
+    /// Cursor per reader (the position of the next event it will get); None = free slot.
+    cursors: Vec<Option<u64>>,
+    adds: HashMap<u64, Loc>,
+    /// Events not yet taken by the runner and not recalled.
+    pending: usize,
+    /// Heap bytes of events held (waiting + log).
+    bytes: usize,
+}
+
+fn devpath_key(ev: &Event) -> u64 {
+    let mut h = DefaultHasher::new();
+    ev.devpath().hash(&mut h);
+    h.finish()
+}
+
+impl Queue {
+    pub fn new(gap_timeout: Duration, coalesce: bool) -> Queue {
+        Queue {
+            gap_timeout,
+            coalesce,
+            next_expected: None,
+            waiting: BTreeMap::new(),
+            stalled_since: None,
+            skipped: VecDeque::new(),
+            log: VecDeque::new(),
+            base: 0,
+            cursors: vec![Some(0)],
+            adds: HashMap::new(),
+            pending: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Set the first SEQNUM expected. Events below it are treated as already handled.
+    pub fn start_at(&mut self, seq: u64) {
+        self.next_expected = Some(seq);
+    }
+
+    fn start_from_first(&mut self, seq: u64) {
+        match seq.checked_sub(1) {
+            Some(before) => self.start_at_kernel(before),
+            None => self.start_at(seq),
+        }
+    }
+
+    /// Start right after the kernel's current SEQNUM `kernel`: nothing from before the
+    /// start waits on a gap, yet an event from before it (spooled while no daemon ran, or
+    /// still in flight) is taken once, as late.
+    pub fn start_at_kernel(&mut self, kernel: u64) {
+        self.next_expected = Some(kernel + 1);
+        if kernel >= 1 {
+            self.skipped.push_back(1..=kernel);
+        }
+    }
+
+    pub fn set_gap_timeout(&mut self, gap_timeout: Duration, coalesce: bool) {
+        self.gap_timeout = gap_timeout;
+        self.coalesce = coalesce;
+    }
+
+    /// The next SEQNUM the queue will release, if it knows.
+    pub fn next_expected(&self) -> Option<u64> {
+        self.next_expected
+    }
+
+    /// Take in one event.
+    pub fn push(&mut self, ev: Event, now: Instant) -> Push {
+        let Some(seq) = ev.seqnum() else {
+            self.append(ev);
+            return Push::Queued;
+        };
+        if self.coalesce && ev.action() == b"remove" {
+            if let Some(add) = self.coalesce_remove(&ev) {
+                // The remove takes its slot as a tombstone so the gap logic does not wait.
+                self.settle_seq(seq, now);
+                return Push::Coalesced { add: Some(add) };
+            }
+        }
+        let next = match self.next_expected {
+            Some(next) => next,
+            // Not knowing where the kernel was, the first event sets the start, and those
+            // below it still count as late rather than as duplicates.
+            None => {
+                self.start_from_first(seq);
+                seq
+            }
+        };
+        if seq < next {
+            return if self.take_skipped(seq) {
+                self.append(ev);
+                Push::Late
+            } else {
+                Push::Duplicate
+            };
+        }
+        if self.waiting.contains_key(&seq) {
+            return Push::Duplicate;
+        }
+        self.bytes += ev.heap_bytes();
+        self.pending += 1;
+        if ev.action() == b"add" && self.coalesce {
+            self.adds.insert(devpath_key(&ev), Loc::Waiting(seq));
+        }
+        self.waiting.insert(seq, Some(ev));
+        self.release(now);
+        if self.waiting.contains_key(&seq) {
+            Push::Waiting
+        } else {
+            Push::Queued
+        }
+    }
+
+    /// Fill `seq`'s slot with a tombstone (or, below the next expected, do nothing).
+    fn settle_seq(&mut self, seq: u64, now: Instant) {
+        if self.next_expected.is_none() {
+            self.start_from_first(seq);
+        }
+        let next = self.next_expected.unwrap_or(seq);
+        if seq < next {
+            self.take_skipped(seq);
+            return;
+        }
+        self.waiting.entry(seq).or_insert(None);
+        self.release(now);
+    }
+
+    /// Release everything contiguous from the next expected SEQNUM.
+    fn release(&mut self, now: Instant) {
+        let Some(mut next) = self.next_expected else {
+            return;
+        };
+        while let Some(entry) = self.waiting.first_entry() {
+            if *entry.key() != next {
+                break;
+            }
+            if let Some(ev) = entry.remove() {
+                self.bytes -= ev.heap_bytes();
+                self.pending -= 1;
+                self.append(ev);
+            }
+            next += 1;
+        }
+        self.next_expected = Some(next);
+        self.stalled_since = if self.waiting.is_empty() {
+            None
+        } else {
+            Some(self.stalled_since.unwrap_or(now))
+        };
+    }
+
+    fn append(&mut self, ev: Event) {
+        let pos = self.base + self.log.len() as u64;
+        if self.coalesce && ev.action() == b"add" {
+            self.adds.insert(devpath_key(&ev), Loc::Log(pos));
+        }
+        self.bytes += ev.heap_bytes();
+        self.pending += 1;
+        self.log.push_back(Some(ev));
+    }
+
+    /// Recall the queued `add` this `remove` cancels, if there is one.
+    fn coalesce_remove(&mut self, remove: &Event) -> Option<u64> {
+        let key = devpath_key(remove);
+        let loc = *self.adds.get(&key)?;
+        let add = self.get(loc)?;
+        if add.devpath() != remove.devpath() || add.seqnum() >= remove.seqnum() {
+            return None;
+        }
+        let seq = add.seqnum()?;
+        self.recall(seq).ok().map(|_| seq)
+    }
+
+    fn get(&self, loc: Loc) -> Option<&Event> {
+        match loc {
+            Loc::Waiting(seq) => self.waiting.get(&seq)?.as_ref(),
+            Loc::Log(pos) => {
+                if pos < self.runner_cursor() {
+                    return None;
+                }
+                self.log.get((pos - self.base) as usize)?.as_ref()
+            }
+        }
+    }
+
+    fn take_skipped(&mut self, seq: u64) -> bool {
+        let Some(i) = self.skipped.iter().position(|r| r.contains(&seq)) else {
+            return false;
+        };
+        let r = self.skipped.remove(i).unwrap_or(seq..=seq);
+        let (lo, hi) = (*r.start(), *r.end());
+        if lo < seq {
+            self.skipped.push_back(lo..=seq - 1);
+        }
+        if seq < hi {
+            self.skipped.push_back(seq + 1..=hi);
+        }
+        true
+    }
+
+    /// When the current gap wait ends, if delivery is stalled on one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.stalled_since.map(|t| t + self.gap_timeout)
+    }
+
+    /// The SEQNUM delivery is waiting for, if stalled.
+    pub fn waiting_for(&self) -> Option<u64> {
+        self.stalled_since.and(self.next_expected)
+    }
+
+    /// If the gap wait has run out, skip the missing range and release what follows it.
+    pub fn expire_gap(&mut self, now: Instant) -> Option<RangeInclusive<u64>> {
+        if self.deadline()? > now {
+            return None;
+        }
+        let next = self.next_expected?;
+        let first = *self.waiting.keys().next()?;
+        let range = next..=first - 1;
+        self.skipped.push_back(range.clone());
+        if self.skipped.len() > MAX_SKIPPED {
+            self.skipped.pop_front();
+        }
+        self.next_expected = Some(first);
+        self.stalled_since = None;
+        self.release(now);
+        Some(range)
+    }
+
+    fn runner_cursor(&self) -> u64 {
+        self.cursors[RUNNER.0].unwrap_or(self.base)
+    }
+
+    /// The next event for `reader`, advancing its cursor past it. The event returned stays
+    /// in memory until the next call, so the caller may keep the reference meanwhile.
+    pub fn next(&mut self, reader: ReaderId) -> Option<&Event> {
+        self.collect();
+        let mut pos = self.cursors.get(reader.0).copied().flatten()?;
+        loop {
+            let idx = (pos - self.base) as usize;
+            if idx >= self.log.len() {
+                return None;
+            }
+            pos += 1;
+            if self.log[idx].is_some() {
+                break;
+            }
+        }
+        self.cursors[reader.0] = Some(pos);
+        if reader == RUNNER {
+            self.pending -= 1;
+        }
+        self.log.get((pos - 1 - self.base) as usize)?.as_ref()
+    }
+
+    /// Drop events every reader has passed.
+    fn collect(&mut self) {
+        let min = self
+            .cursors
+            .iter()
+            .flatten()
+            .copied()
+            .min()
+            .unwrap_or(self.base);
+        while self.base < min {
+            if let Some(Some(ev)) = self.log.pop_front() {
+                self.bytes -= ev.heap_bytes();
+                self.forget_add(&ev);
+            }
+            self.base += 1;
+        }
+    }
+
+    fn forget_add(&mut self, ev: &Event) {
+        if ev.action() == b"add" {
+            let key = devpath_key(ev);
+            if let Some(&loc) = self.adds.get(&key) {
+                let same = match loc {
+                    Loc::Waiting(s) => Some(s) == ev.seqnum(),
+                    Loc::Log(p) => p < self.base + 1,
+                };
+                if same {
+                    self.adds.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// A new reader, starting at the oldest event the runner has not taken.
+    pub fn add_reader(&mut self) -> ReaderId {
+        let start = Some(self.runner_cursor());
+        if let Some(i) = self.cursors.iter().skip(1).position(Option::is_none) {
+            self.cursors[i + 1] = start;
+            return ReaderId(i + 1);
+        }
+        self.cursors.push(start);
+        ReaderId(self.cursors.len() - 1)
+    }
+
+    /// Detach a reader; what only it held is freed.
+    pub fn remove_reader(&mut self, reader: ReaderId) {
+        if reader != RUNNER {
+            if let Some(c) = self.cursors.get_mut(reader.0) {
+                *c = None;
+            }
+            self.collect();
+        }
+    }
+
+    /// How many log positions `reader` is behind the newest event.
+    pub fn lag(&self, reader: ReaderId) -> u64 {
+        let end = self.base + self.log.len() as u64;
+        self.cursors
+            .get(reader.0)
+            .copied()
+            .flatten()
+            .map_or(0, |c| end - c)
+    }
+
+    /// Remove an event the runner has not taken.
+    pub fn recall(&mut self, seq: u64) -> Result<(), RecallError> {
+        if let Some(slot) = self.waiting.get_mut(&seq) {
+            let ev = slot.take().ok_or(RecallError::NotQueued(seq))?;
+            self.bytes -= ev.heap_bytes();
+            self.pending -= 1;
+            self.forget_add(&ev);
+            return Ok(());
+        }
+        let from = (self.runner_cursor() - self.base) as usize;
+        let found = self
+            .log
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.as_ref().and_then(Event::seqnum) == Some(seq))
+            .map(|(i, _)| i);
+        match found {
+            Some(i) if i >= from => {
+                if let Some(ev) = self.log[i].take() {
+                    self.bytes -= ev.heap_bytes();
+                    self.pending -= 1;
+                    let key = devpath_key(&ev);
+                    if self.adds.get(&key) == Some(&Loc::Log(self.base + i as u64)) {
+                        self.adds.remove(&key);
+                    }
+                }
+                self.collect();
+                Ok(())
+            }
+            Some(_) => Err(RecallError::Taken(seq)),
+            None => Err(RecallError::NotQueued(seq)),
+        }
+    }
+
+    /// Events not yet taken by the runner (waiting ones included).
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Heap bytes of the events held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Take every event the runner has not taken, in the order it would have (log first,
+    /// then the waiting ones by SEQNUM): the shutdown hand-off to the spool.
+    pub fn drain_pending(&mut self) -> Vec<Event> {
+        let from = (self.runner_cursor() - self.base) as usize;
+        let mut out: Vec<Event> = self.log.drain(from..).flatten().collect();
+        out.extend(std::mem::take(&mut self.waiting).into_values().flatten());
+        self.pending = 0;
+        self.adds.clear();
+        self.stalled_since = None;
+        self.bytes = self.log.iter().flatten().map(Event::heap_bytes).sum();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, action: &str, devpath: &str) -> Event {
+        let s = seq.to_string();
+        Event::from_vars(
+            b"test",
+            [
+                (&b"ACTION"[..], action.as_bytes()),
+                (b"DEVPATH", devpath.as_bytes()),
+                (b"SEQNUM", s.as_bytes()),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn drain(q: &mut Queue, r: ReaderId) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(e) = q.next(r) {
+            out.push(e.seqnum().unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn orders_by_seqnum() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        for s in [3, 1, 2, 5, 4] {
+            q.push(ev(s, "change", "/d"), t);
+        }
+        assert_eq!(q.pending(), 5);
+        assert_eq!(drain(&mut q, RUNNER), vec![1, 2, 3, 4, 5]);
+        assert_eq!(q.pending(), 0);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn gap_waits_then_skips_and_late_runs() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        assert_eq!(q.push(ev(1, "change", "/a"), t), Push::Queued);
+        assert_eq!(q.push(ev(3, "change", "/a"), t), Push::Waiting);
+        assert_eq!(drain(&mut q, RUNNER), vec![1]);
+        assert_eq!(q.waiting_for(), Some(2));
+        assert_eq!(q.expire_gap(t + Duration::from_secs(1)), None);
+        assert_eq!(q.deadline(), Some(t + Duration::from_secs(2)));
+        assert_eq!(q.expire_gap(t + Duration::from_secs(2)), Some(2..=2));
+        assert_eq!(drain(&mut q, RUNNER), vec![3]);
+        assert_eq!(q.push(ev(2, "change", "/a"), t), Push::Late);
+        assert_eq!(drain(&mut q, RUNNER), vec![2]);
+        assert_eq!(q.push(ev(2, "change", "/a"), t), Push::Duplicate);
+        assert_eq!(q.push(ev(3, "change", "/a"), t), Push::Duplicate);
+    }
+
+    #[test]
+    fn coalesces_add_remove() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        q.push(ev(1, "add", "/x"), t);
+        q.push(ev(2, "add", "/y"), t);
+        assert_eq!(
+            q.push(ev(3, "remove", "/x"), t),
+            Push::Coalesced { add: Some(1) }
+        );
+        q.push(ev(4, "change", "/y"), t);
+        assert_eq!(drain(&mut q, RUNNER), vec![2, 4]);
+        // After the add was taken, a remove runs.
+        assert_eq!(q.push(ev(5, "remove", "/y"), t), Push::Queued);
+        assert_eq!(drain(&mut q, RUNNER), vec![5]);
+    }
+
+    #[test]
+    fn coalesced_seqnums_do_not_stall_the_gap() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        q.push(ev(2, "add", "/x"), t);
+        q.push(ev(3, "remove", "/x"), t);
+        q.push(ev(4, "change", "/z"), t);
+        q.push(ev(1, "change", "/z"), t);
+        assert_eq!(drain(&mut q, RUNNER), vec![1, 4]);
+        assert_eq!(q.waiting_for(), None);
+    }
+
+    #[test]
+    fn readers_have_own_cursors_and_free_when_all_passed() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        let m = q.add_reader();
+        q.push(ev(1, "change", "/a"), t);
+        q.push(ev(2, "change", "/a"), t);
+        assert_eq!(drain(&mut q, RUNNER), vec![1, 2]);
+        assert!(q.bytes() > 0, "the monitor still holds them");
+        assert_eq!(q.lag(m), 2);
+        assert_eq!(drain(&mut q, m), vec![1, 2]);
+        assert_eq!(q.bytes(), 0);
+        q.push(ev(3, "change", "/a"), t);
+        q.remove_reader(m);
+        assert_eq!(drain(&mut q, RUNNER), vec![3]);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn recall_waiting_and_taken() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), false);
+        q.start_at(1);
+        q.push(ev(1, "change", "/a"), t);
+        q.push(ev(2, "change", "/a"), t);
+        q.push(ev(4, "change", "/a"), t);
+        assert_eq!(q.next(RUNNER).unwrap().seqnum(), Some(1));
+        assert_eq!(q.recall(1), Err(RecallError::Taken(1)));
+        assert_eq!(q.recall(2), Ok(()));
+        assert_eq!(q.recall(4), Ok(()));
+        assert_eq!(q.recall(4), Err(RecallError::NotQueued(4)));
+        assert_eq!(q.recall(9), Err(RecallError::NotQueued(9)));
+        assert_eq!(q.pending(), 0);
+        q.push(ev(3, "change", "/a"), t);
+        assert_eq!(drain(&mut q, RUNNER), vec![3]);
+    }
+
+    #[test]
+    fn start_from_kernel_takes_older_events_once_as_late() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at_kernel(10);
+        assert_eq!(q.push(ev(11, "change", "/a"), t), Push::Queued);
+        assert_eq!(q.push(ev(4, "change", "/a"), t), Push::Late);
+        assert_eq!(q.push(ev(4, "change", "/a"), t), Push::Duplicate);
+        assert_eq!(q.push(ev(3, "change", "/a"), t), Push::Late);
+        assert_eq!(drain(&mut q, RUNNER), vec![11, 4, 3]);
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        assert_eq!(q.push(ev(7, "change", "/a"), t), Push::Queued);
+        assert_eq!(q.push(ev(8, "change", "/a"), t), Push::Queued);
+        assert_eq!(q.push(ev(6, "change", "/a"), t), Push::Late);
+    }
+
+    #[test]
+    fn drain_pending_returns_untaken_in_order() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        for s in [1, 2, 5, 3] {
+            q.push(ev(s, "change", "/a"), t);
+        }
+        assert_eq!(q.next(RUNNER).unwrap().seqnum(), Some(1));
+        let rest: Vec<_> = q.drain_pending().iter().filter_map(Event::seqnum).collect();
+        assert_eq!(rest, vec![2, 3, 5]);
+        assert_eq!(q.pending(), 0);
+    }
+}
