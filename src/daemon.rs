@@ -12,7 +12,8 @@
 //! it never sleeps or polls. After each wake-up it hands the runner the next event if the
 //! runner is idle, so handlers run strictly one at a time, in the queue's order.
 
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,9 @@ use crossbeam_channel::{after, never, select, unbounded, Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::Config;
+use crate::control::{self, End, MonitorOpts, Reply, Request, ToOwner};
 use crate::event::Event;
-use crate::queue::{Push, Queue, RUNNER};
+use crate::queue::{Push, Queue, ReaderId, RUNNER};
 use crate::rules::Job;
 use crate::runner::{self, Outcome, Report};
 use crate::runtime::Runtime;
@@ -70,6 +72,7 @@ pub struct Stats {
     pub duplicates: u64,
     pub late: u64,
     pub gaps_skipped: u64,
+    pub monitor_overruns: u64,
     pub last_handled: Option<u64>,
 }
 
@@ -79,9 +82,11 @@ struct Work {
     jobs: Vec<Job>,
 }
 
-struct Done {
-    event: Event,
-    reports: Vec<(String, Report)>,
+/// What the runner thread tells the owner.
+enum FromRunner {
+    Started { rule: String },
+    Finished { rule: String, report: Report },
+    Done { event: Event },
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Returns once queued events are handed to the spool.
@@ -89,6 +94,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let config = Config::load(opts.config.as_deref())?;
     let runtime = Runtime::open(&opts.runtime_dir)?;
     let fifo = runtime.open_fifo()?;
+    let control_path = runtime.dir.join(crate::spool::CONTROL);
+    let listener = control::bind(&control_path).map_err(io(control_path.display().to_string()))?;
     // Handlers inherit the cwd: set it here, once, so the runner need not ask std for a
     // chdir in the child (which would cost the posix_spawn path).
     std::env::set_current_dir("/").map_err(io("chdir /"))?;
@@ -96,7 +103,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let (input_tx, input_rx) = unbounded();
     let (sig_tx, sig_rx) = unbounded();
     let (work_tx, work_rx) = unbounded::<Work>();
-    let (done_tx, done_rx) = unbounded::<Done>();
+    let (runner_tx, runner_rx) = unbounded::<FromRunner>();
+    let (ctl_tx, ctl_rx) = unbounded::<ToOwner>();
 
     let mut owner = Owner::new(config, runtime, opts);
     owner.start_position();
@@ -108,7 +116,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     sources::spawn_fifo_reader(fifo, fifo_stop_r, input_tx.clone()).map_err(io("fifo thread"))?;
     sources::spawn_spool_watcher(owner.runtime.spool.clone(), spool_stop_r, input_tx)
         .map_err(io("spool watcher"))?;
-    spawn_runner(work_rx, done_tx, owner.max_output())?;
+    spawn_runner(work_rx, runner_tx, owner.max_output())?;
+    control::spawn_server(listener, ctl_tx).map_err(io("control thread"))?;
     log::info!(
         "hotplugd {} ready on {} ({} rules from {})",
         env!("CARGO_PKG_VERSION"),
@@ -117,7 +126,14 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         owner.config_name()
     );
 
-    owner.serve(&input_rx, &sig_rx, &work_tx, &done_rx);
+    let chans = Channels {
+        input: input_rx,
+        signals: sig_rx,
+        work: work_tx,
+        runner: runner_rx,
+        control: ctl_rx,
+    };
+    owner.serve(&chans);
 
     // Shutdown: no new writers can reach the FIFO once it is unlinked (they spool), the
     // reader drains what the pipe holds, the running handler finishes, and everything
@@ -126,10 +142,19 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     if let Err(e) = std::fs::remove_file(&fifo_path) {
         log::warn!("{}: {e}", fifo_path.display());
     }
+    let _ = std::fs::remove_file(&control_path);
     let _ = nix::unistd::write(&fifo_stop_w, b"x");
     let _ = nix::unistd::write(&spool_stop_w, b"x");
-    owner.finish(&input_rx, &done_rx);
+    owner.finish(&chans);
     Ok(())
+}
+
+struct Channels {
+    input: Receiver<Input>,
+    signals: Receiver<i32>,
+    work: Sender<Work>,
+    runner: Receiver<FromRunner>,
+    control: Receiver<ToOwner>,
 }
 
 fn stop_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), DaemonError> {
@@ -154,15 +179,17 @@ fn spawn_signals(tx: Sender<i32>) -> Result<(), DaemonError> {
 
 fn spawn_runner(
     work_rx: Receiver<Work>,
-    done_tx: Sender<Done>,
+    tx: Sender<FromRunner>,
     max_output: usize,
 ) -> Result<(), DaemonError> {
     thread::Builder::new()
         .name("runner".into())
         .spawn(move || {
             for work in work_rx {
-                let mut reports = Vec::with_capacity(work.jobs.len());
                 for job in &work.jobs {
+                    let _ = tx.send(FromRunner::Started {
+                        rule: job.rule.clone(),
+                    });
                     let spec = runner::Spec {
                         rule: &job.rule,
                         argv: &job.argv,
@@ -171,19 +198,50 @@ fn spawn_runner(
                         kill_grace: KILL_GRACE,
                         max_output_bytes: max_output,
                     };
-                    reports.push((job.rule.clone(), runner::run(&spec)));
+                    let report = runner::run(&spec);
+                    let _ = tx.send(FromRunner::Finished {
+                        rule: job.rule.clone(),
+                        report,
+                    });
                 }
-                let done = Done {
-                    event: work.event,
-                    reports,
-                };
-                if done_tx.send(done).is_err() {
+                if tx.send(FromRunner::Done { event: work.event }).is_err() {
                     return;
                 }
             }
         })
         .map_err(io("runner thread"))?;
     Ok(())
+}
+
+/// A monitor falls this many events behind the newest, and it is dropped.
+pub const MONITOR_MAX_LAG: u64 = 10_000;
+/// Events handed to a monitor's connection per batch.
+const MONITOR_BATCH: usize = 512;
+/// Tags (`SYNTH_UUID`) whose handled counts are remembered for `wait-tag`.
+const MAX_TAGS: usize = 64;
+
+/// The event the runner has now.
+struct Running {
+    event: String,
+    seqnum: Option<u64>,
+    rule: Option<String>,
+    since: Instant,
+}
+
+/// A `hotplugctl monitor` connection: queue events through its own cursor (`reader`), or
+/// handler outcomes when `opts.handled`.
+struct Monitor {
+    reader: Option<ReaderId>,
+    tx: Sender<Reply>,
+    ready: bool,
+    opts: MonitorOpts,
+}
+
+/// A `settle` waiting for the queue to drain through `upto`.
+struct Settle {
+    upto: Option<u64>,
+    tx: Sender<Reply>,
+    last: Option<(usize, Instant)>,
 }
 
 /// The queue's owner and everything only it touches.
@@ -193,9 +251,15 @@ struct Owner {
     opts: Options,
     queue: Queue,
     stats: Stats,
-    busy: bool,
+    running: Option<Running>,
+    paused: bool,
     stopping: bool,
     started: Instant,
+    monitors: HashMap<u64, Monitor>,
+    next_monitor: u64,
+    settles: Vec<Settle>,
+    tag_waits: Vec<(String, u64, Sender<Reply>)>,
+    tags_done: VecDeque<(String, u64)>,
 }
 
 impl Owner {
@@ -207,9 +271,15 @@ impl Owner {
             opts,
             queue,
             stats: Stats::default(),
-            busy: false,
+            running: None,
+            paused: false,
             stopping: false,
             started: Instant::now(),
+            monitors: HashMap::new(),
+            next_monitor: 0,
+            settles: Vec::new(),
+            tag_waits: Vec::new(),
+            tags_done: VecDeque::new(),
         }
     }
 
@@ -267,31 +337,34 @@ impl Owner {
         self.on_input(Input::Spooled(batch));
     }
 
-    fn serve(
-        &mut self,
-        input_rx: &Receiver<Input>,
-        sig_rx: &Receiver<i32>,
-        work_tx: &Sender<Work>,
-        done_rx: &Receiver<Done>,
-    ) {
+    fn serve(&mut self, ch: &Channels) {
         loop {
-            self.dispatch(work_tx);
+            self.dispatch(&ch.work);
+            self.feed_monitors();
+            self.check_waiters();
             let gap = match self.queue.deadline() {
                 Some(t) => after(t.saturating_duration_since(Instant::now())),
                 None => never(),
             };
             select! {
-                recv(input_rx) -> msg => match msg {
+                recv(ch.input) -> msg => match msg {
                     Ok(input) => self.on_input(input),
                     Err(_) => return,
                 },
-                recv(done_rx) -> msg => {
-                    if let Ok(done) = msg {
-                        self.on_done(done);
+                recv(ch.runner) -> msg => {
+                    if let Ok(msg) = msg {
+                        self.on_runner(msg);
                     }
                 },
-                recv(sig_rx) -> sig => match sig {
-                    Ok(SIGHUP) => self.reload(),
+                recv(ch.control) -> msg => {
+                    if let Ok(msg) = msg {
+                        self.on_control(msg);
+                    }
+                },
+                recv(ch.signals) -> sig => match sig {
+                    Ok(SIGHUP) => {
+                        let _ = self.reload();
+                    }
                     Ok(sig) => {
                         log::info!("signal {sig}: stopping");
                         self.stopping = true;
@@ -332,6 +405,7 @@ impl Owner {
 
     fn push(&mut self, ev: Event, now: Instant) {
         let summary = ev.summary().to_string();
+        let tag = tag_of(&ev);
         match self.queue.push(ev, now) {
             Push::Queued | Push::Waiting => log::debug!("queued {summary}"),
             Push::Late => {
@@ -351,6 +425,7 @@ impl Owner {
                     "coalesced {summary} with its add (SEQNUM {}) still queued: neither runs",
                     add.map_or("-".into(), |s| s.to_string())
                 );
+                self.count_tag(tag);
             }
         }
     }
@@ -369,15 +444,15 @@ impl Owner {
 
     /// Give the runner the next event with handlers, if it is idle.
     fn dispatch(&mut self, work_tx: &Sender<Work>) {
-        if self.busy || self.stopping {
+        if self.running.is_some() || self.stopping || self.paused {
             return;
         }
         while let Some(ev) = self.queue.next(RUNNER) {
             let jobs = self.config.rules.plan(ev);
             if jobs.is_empty() {
                 log::info!("{}: no rule matched", ev.summary());
-                self.stats.handled += 1;
-                self.stats.last_handled = ev.seqnum().or(self.stats.last_handled);
+                let ev = ev.clone();
+                self.finished(&ev);
                 continue;
             }
             let jobs = jobs
@@ -387,7 +462,12 @@ impl Owner {
                     j
                 })
                 .collect();
-            self.busy = true;
+            self.running = Some(Running {
+                event: ev.summary().to_string(),
+                seqnum: ev.seqnum(),
+                rule: None,
+                since: Instant::now(),
+            });
             let _ = work_tx.send(Work {
                 event: ev.clone(),
                 jobs,
@@ -396,69 +476,381 @@ impl Owner {
         }
     }
 
-    fn on_done(&mut self, done: Done) {
-        self.busy = false;
-        self.stats.handled += 1;
-        self.stats.last_handled = done.event.seqnum().or(self.stats.last_handled);
-        for (rule, report) in &done.reports {
-            let what = format!(
-                "{}: rule {rule}: {} in {:.1} ms",
-                done.event.summary(),
-                report.outcome,
-                report.duration.as_secs_f64() * 1e3
-            );
-            match &report.outcome {
-                o if o.success() => log::info!("{what}"),
-                Outcome::TimedOut { .. } => {
-                    self.stats.timed_out += 1;
-                    log::warn!("{what}")
+    fn on_runner(&mut self, msg: FromRunner) {
+        match msg {
+            FromRunner::Started { rule } => {
+                if let Some(r) = &mut self.running {
+                    r.rule = Some(rule);
+                    r.since = Instant::now();
                 }
-                _ => {
-                    self.stats.failed += 1;
-                    log::warn!("{what}")
+            }
+            FromRunner::Finished { rule, report } => self.on_finished(&rule, &report),
+            FromRunner::Done { event } => {
+                self.running = None;
+                self.finished(&event);
+            }
+        }
+    }
+
+    fn on_finished(&mut self, rule: &str, report: &Report) {
+        let event = self
+            .running
+            .as_ref()
+            .map_or("-".into(), |r| r.event.clone());
+        let what = format!(
+            "{event}: rule {rule}: {} in {:.1} ms",
+            report.outcome,
+            report.duration.as_secs_f64() * 1e3
+        );
+        match &report.outcome {
+            o if o.success() => log::info!("{what}"),
+            Outcome::TimedOut { .. } => {
+                self.stats.timed_out += 1;
+                log::warn!("{what}")
+            }
+            _ => {
+                self.stats.failed += 1;
+                log::warn!("{what}")
+            }
+        }
+        let seq = self
+            .running
+            .as_ref()
+            .and_then(|r| r.seqnum)
+            .map_or("-".into(), |s| s.to_string());
+        let line = format!(
+            "{seq} {rule} {} {:.1}ms",
+            report.outcome.to_string().replace(' ', "_"),
+            report.duration.as_secs_f64() * 1e3
+        );
+        let mut overrun = Vec::new();
+        for (id, m) in &self.monitors {
+            if m.opts.handled {
+                if m.tx.len() > MONITOR_MAX_LAG as usize {
+                    overrun.push(*id);
+                } else {
+                    let _ = m.tx.send(Reply::Lines(vec![line.clone()]));
+                }
+            }
+        }
+        for id in overrun {
+            self.overrun(id);
+        }
+    }
+
+    /// An event left the queue for good: handled, or nothing to run for it.
+    fn finished(&mut self, ev: &Event) {
+        self.stats.handled += 1;
+        self.stats.last_handled = ev.seqnum().or(self.stats.last_handled);
+        self.count_tag(tag_of(ev));
+    }
+
+    fn count_tag(&mut self, tag: Option<String>) {
+        let Some(tag) = tag else { return };
+        match self.tags_done.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.tags_done.push_back((tag, 1));
+                if self.tags_done.len() > MAX_TAGS {
+                    self.tags_done.pop_front();
                 }
             }
         }
     }
 
-    fn reload(&mut self) {
+    fn on_control(&mut self, msg: ToOwner) {
+        match msg {
+            ToOwner::MonitorReady(id) => {
+                if let Some(m) = self.monitors.get_mut(&id) {
+                    m.ready = true;
+                }
+            }
+            ToOwner::MonitorGone(id) => self.drop_monitor(id),
+            ToOwner::Request(req, tx) => self.on_request(req, tx),
+        }
+    }
+
+    fn on_request(&mut self, req: Request, tx: Sender<Reply>) {
+        let ok = |tx: &Sender<Reply>, text: &str| {
+            let _ = tx.send(Reply::End(End::Ok(text.into())));
+        };
+        match req {
+            Request::Status => {
+                let _ = tx.send(Reply::Lines(self.status_lines()));
+                ok(&tx, "");
+            }
+            Request::Pending => {
+                let mut lines: Vec<String> = self
+                    .queue
+                    .pending_events()
+                    .map(|e| e.summary().to_string())
+                    .collect();
+                if let Some(r) = &self.running {
+                    lines.insert(0, format!("running {}", r.event));
+                }
+                if let Some(seq) = self.queue.waiting_for() {
+                    lines.push(format!("waiting for SEQNUM {seq}"));
+                }
+                let _ = tx.send(Reply::Lines(lines));
+                ok(&tx, "");
+            }
+            Request::Monitor(opts) => {
+                let id = self.next_monitor;
+                self.next_monitor += 1;
+                let reader = (!opts.handled).then(|| self.queue.add_reader());
+                let _ = tx.send(Reply::Monitor(id));
+                log::debug!("monitor {id} attached");
+                self.monitors.insert(
+                    id,
+                    Monitor {
+                        reader,
+                        tx,
+                        ready: true,
+                        opts,
+                    },
+                );
+            }
+            Request::Settle(upto) => {
+                if let Some(seq) = upto {
+                    self.queue.expect(seq, Instant::now());
+                }
+                self.settles.push(Settle {
+                    upto,
+                    tx,
+                    last: None,
+                });
+            }
+            Request::Reload => match self.reload() {
+                Ok(n) => ok(&tx, &format!("{n} rules")),
+                Err(errors) => {
+                    let _ = tx.send(Reply::Lines(errors));
+                    let _ = tx.send(Reply::End(End::Error(
+                        "config errors; keeping the old rules".into(),
+                    )));
+                }
+            },
+            Request::Recall(seq) => match self.queue.recall(seq) {
+                Ok(()) => {
+                    self.stats.recalled += 1;
+                    log::info!("recalled SEQNUM {seq}");
+                    ok(&tx, "");
+                }
+                Err(e) => {
+                    let _ = tx.send(Reply::End(End::Error(e.to_string())));
+                }
+            },
+            Request::Pause => {
+                self.paused = true;
+                log::info!("paused: handlers will not start until resume");
+                ok(&tx, "");
+            }
+            Request::Resume => {
+                self.paused = false;
+                log::info!("resumed");
+                ok(&tx, "");
+            }
+            Request::LogLevel(level) => {
+                log::set_max_level(level);
+                log::info!("log level now {level}");
+                ok(&tx, "");
+            }
+            Request::Inject(ev) => {
+                self.stats.received += 1;
+                self.push(ev, Instant::now());
+                ok(&tx, "queued");
+            }
+            Request::WaitTag { tag, count } => self.tag_waits.push((tag, count, tx)),
+        }
+    }
+
+    fn status_lines(&self) -> Vec<String> {
+        let s = &self.stats;
+        let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        let mut lines = vec![
+            format!("pid {}", std::process::id()),
+            format!("uptime_s {:.1}", self.started.elapsed().as_secs_f64()),
+            format!("queued {}", self.queue.pending()),
+            format!("queue_bytes {}", self.queue.bytes()),
+            format!("waiting_for {}", opt(self.queue.waiting_for())),
+            format!("next_expected {}", opt(self.queue.next_expected())),
+            format!("paused {}", if self.paused { "yes" } else { "no" }),
+        ];
+        match &self.running {
+            Some(r) => {
+                lines.push(format!("running_rule {}", r.rule.as_deref().unwrap_or("-")));
+                lines.push(format!("running_seqnum {}", opt(r.seqnum)));
+                lines.push(format!(
+                    "running_for_ms {:.1}",
+                    r.since.elapsed().as_secs_f64() * 1e3
+                ));
+            }
+            None => lines.extend(
+                ["running_rule -", "running_seqnum -", "running_for_ms -"].map(String::from),
+            ),
+        }
+        lines.extend([
+            format!("last_handled {}", opt(s.last_handled)),
+            format!("received {}", s.received),
+            format!("spooled_in {}", s.spooled_in),
+            format!("handled {}", s.handled),
+            format!("failed {}", s.failed),
+            format!("timed_out {}", s.timed_out),
+            format!("recalled {}", s.recalled),
+            format!("coalesced {}", s.coalesced),
+            format!("bad_messages {}", s.bad_messages),
+            format!("duplicates {}", s.duplicates),
+            format!("late {}", s.late),
+            format!("gaps_skipped {}", s.gaps_skipped),
+            format!("monitor_overruns {}", s.monitor_overruns),
+            format!("monitors {}", self.monitors.len()),
+        ]);
+        lines
+    }
+
+    /// Hand each ready monitor its next batch; drop the ones too far behind.
+    fn feed_monitors(&mut self) {
+        let ids: Vec<u64> = self.monitors.keys().copied().collect();
+        for id in ids {
+            let Some(m) = self.monitors.get(&id) else {
+                continue;
+            };
+            let Some(reader) = m.reader else { continue };
+            if self.queue.lag(reader) > MONITOR_MAX_LAG {
+                self.overrun(id);
+                continue;
+            }
+            if !m.ready {
+                continue;
+            }
+            let opts = m.opts.clone();
+            let mut lines = Vec::new();
+            let mut taken = 0;
+            while taken < MONITOR_BATCH {
+                let Some(ev) = self.queue.next(reader) else {
+                    break;
+                };
+                taken += 1;
+                if !opts.wants(ev.subsystem()) {
+                    continue;
+                }
+                lines.push(ev.summary().to_string());
+                if opts.env {
+                    lines
+                        .extend(ev.vars().map(|(k, v)| {
+                            format!("{}={}", control::escape(k), control::escape(v))
+                        }));
+                    lines.push(String::new());
+                }
+            }
+            if let Some(m) = self.monitors.get_mut(&id) {
+                if !lines.is_empty() {
+                    m.ready = false;
+                    let _ = m.tx.send(Reply::Lines(lines));
+                }
+            }
+        }
+    }
+
+    fn overrun(&mut self, id: u64) {
+        if let Some(m) = self.monitors.get(&id) {
+            self.stats.monitor_overruns += 1;
+            log::warn!("monitor {id} fell more than {MONITOR_MAX_LAG} events behind: dropping it");
+            let _ = m.tx.send(Reply::End(End::Error(format!(
+                "overrun: more than {MONITOR_MAX_LAG} events behind"
+            ))));
+        }
+        self.drop_monitor(id);
+    }
+
+    fn drop_monitor(&mut self, id: u64) {
+        if let Some(m) = self.monitors.remove(&id) {
+            if let Some(reader) = m.reader {
+                self.queue.remove_reader(reader);
+            }
+            log::debug!("monitor {id} detached");
+        }
+    }
+
+    /// Answer the settles and tag waits whose condition now holds; report progress.
+    fn check_waiters(&mut self) {
+        let idle = self.running.is_none();
+        let pending = self.queue.pending() + usize::from(!idle);
+        let now = Instant::now();
+        let queue = &self.queue;
+        self.settles.retain_mut(|w| {
+            let done = pending == 0 && w.upto.is_none_or(|s| queue.released_through(s));
+            if done {
+                let _ = w.tx.send(Reply::End(End::Ok(String::new())));
+                return false;
+            }
+            let report = match w.last {
+                None => true,
+                Some((n, t)) => n != pending && now.duration_since(t) >= Duration::from_millis(100),
+            };
+            if report {
+                w.last = Some((pending, now));
+                if w.tx
+                    .send(Reply::Lines(vec![format!("pending {pending}")]))
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            true
+        });
+        let tags = &self.tags_done;
+        self.tag_waits.retain(|(tag, count, tx)| {
+            let done = tags.iter().find(|(t, _)| t == tag).map_or(0, |(_, n)| *n);
+            if done >= *count {
+                let _ = tx.send(Reply::End(End::Ok(format!("{done} handled"))));
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Load the config again; on success swap it in. Errors as lines for the caller.
+    fn reload(&mut self) -> Result<usize, Vec<String>> {
         match Config::load(self.opts.config.as_deref()) {
             Ok(config) => {
                 self.queue
                     .set_gap_timeout(config.daemon.gap_timeout, config.daemon.coalesce);
-                log::info!(
-                    "reloaded {}: {} rules",
-                    self.config_name(),
-                    config.rules.len()
-                );
+                let n = config.rules.len();
                 self.config = config;
+                log::info!("reloaded {}: {n} rules", self.config_name());
+                Ok(n)
             }
             Err(errors) => {
                 for e in &errors.0 {
                     log::error!("reload: {e}");
                 }
                 log::error!("reload failed; keeping the old rules");
+                Err(errors.0.iter().map(|e| e.to_string()).collect())
             }
         }
     }
 
     /// After intake stopped: take in what the FIFO still held, let the running handler
     /// finish, and hand every queued event to the spool.
-    fn finish(&mut self, input_rx: &Receiver<Input>, done_rx: &Receiver<Done>) {
+    fn finish(&mut self, ch: &Channels) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match input_rx.recv_deadline(deadline) {
+            match ch.input.recv_deadline(deadline) {
                 Ok(Input::FifoClosed) | Err(_) => break,
                 Ok(input) => self.on_input(input),
             }
         }
-        while let Ok(input) = input_rx.try_recv() {
+        while let Ok(input) = ch.input.try_recv() {
             self.on_input(input);
         }
-        if self.busy {
+        if self.running.is_some() {
             log::info!("waiting for the running handler to finish");
-            if let Ok(done) = done_rx.recv() {
-                self.on_done(done);
+            while self.running.is_some() {
+                match ch.runner.recv() {
+                    Ok(msg) => self.on_runner(msg),
+                    Err(_) => break,
+                }
             }
         }
         let rest = self.queue.drain_pending();
@@ -479,7 +871,8 @@ impl Owner {
     }
 }
 
-/// The path the daemon reads its config from when none is given.
-pub fn default_config_path() -> &'static Path {
-    Path::new(crate::config::DEFAULT_PATH)
+/// The `SYNTH_UUID` a triggered event carries, if any.
+fn tag_of(ev: &Event) -> Option<String> {
+    ev.get(b"SYNTH_UUID")
+        .map(|t| String::from_utf8_lossy(t).into_owned())
 }

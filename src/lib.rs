@@ -6,6 +6,8 @@
 //! the [`rules`] and has the [`runner`] run each handler.
 
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod event;
 pub mod message;
@@ -15,3 +17,4 @@ pub mod runner;
 pub mod runtime;
 pub mod sources;
 pub mod spool;
+pub mod sysfs;

@@ -93,6 +93,9 @@ pub struct Queue {
     /// Cursor per reader (the position of the next event it will get); None = free slot.
     cursors: Vec<Option<u64>>,
     adds: HashMap<u64, Loc>,
+    /// A SEQNUM someone waits to see handled (settle): if nothing arrives to fill the
+    /// range up to it, the gap timeout skips it like any other gap.
+    expect_upto: Option<u64>,
     /// Events not yet taken by the runner and not recalled.
     pending: usize,
     /// Heap bytes of events held (waiting + log).
@@ -118,6 +121,7 @@ impl Queue {
             base: 0,
             cursors: vec![Some(0)],
             adds: HashMap::new(),
+            expect_upto: None,
             pending: 0,
             bytes: 0,
         }
@@ -233,11 +237,34 @@ impl Queue {
             next += 1;
         }
         self.next_expected = Some(next);
-        self.stalled_since = if self.waiting.is_empty() {
+        self.stalled_since = if self.waiting.is_empty() && !self.expecting() {
             None
         } else {
             Some(self.stalled_since.unwrap_or(now))
         };
+    }
+
+    fn expecting(&self) -> bool {
+        matches!((self.expect_upto, self.next_expected), (Some(up), Some(next)) if up >= next)
+    }
+
+    /// Someone waits until every SEQNUM up to `upto` is handled (settle). Those that never
+    /// come (the kernel spends SEQNUMs without running the helper) are skipped after the
+    /// gap timeout, as any gap is.
+    pub fn expect(&mut self, upto: u64, now: Instant) {
+        if self.next_expected.is_none() {
+            return;
+        }
+        self.expect_upto = Some(self.expect_upto.map_or(upto, |u| u.max(upto)));
+        if self.expecting() && self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
+    }
+
+    /// Whether every SEQNUM up to `seq` has been released (taken, skipped or from before
+    /// the start). Unknown start: true, as nothing numbered has been seen.
+    pub fn released_through(&self, seq: u64) -> bool {
+        self.next_expected.is_none_or(|next| next > seq)
     }
 
     fn append(&mut self, ev: Event) {
@@ -305,7 +332,10 @@ impl Queue {
             return None;
         }
         let next = self.next_expected?;
-        let first = *self.waiting.keys().next()?;
+        let first = match self.waiting.keys().next() {
+            Some(&first) => first,
+            None => self.expect_upto? + 1,
+        };
         let range = next..=first - 1;
         self.skipped.push_back(range.clone());
         if self.skipped.len() > MAX_SKIPPED {
@@ -444,6 +474,16 @@ impl Queue {
     /// Events not yet taken by the runner (waiting ones included).
     pub fn pending(&self) -> usize {
         self.pending
+    }
+
+    /// The events the runner has not taken, in the order it will take them (released ones,
+    /// then the waiting ones by SEQNUM).
+    pub fn pending_events(&self) -> impl Iterator<Item = &Event> {
+        let from = (self.runner_cursor() - self.base) as usize;
+        self.log
+            .range(from..)
+            .flatten()
+            .chain(self.waiting.values().flatten())
     }
 
     /// Heap bytes of the events held.
@@ -606,6 +646,21 @@ mod tests {
         assert_eq!(q.push(ev(7, "change", "/a"), t), Push::Queued);
         assert_eq!(q.push(ev(8, "change", "/a"), t), Push::Queued);
         assert_eq!(q.push(ev(6, "change", "/a"), t), Push::Late);
+    }
+
+    #[test]
+    fn expected_seqnums_that_never_come_are_skipped_after_the_gap() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(5);
+        q.expect(7, t);
+        assert!(!q.released_through(7));
+        assert_eq!(q.deadline(), Some(t + Duration::from_secs(2)));
+        q.push(ev(5, "change", "/a"), t);
+        assert_eq!(q.expire_gap(t + Duration::from_secs(2)), Some(6..=7));
+        assert!(q.released_through(7));
+        assert_eq!(q.deadline(), None);
+        assert_eq!(drain(&mut q, RUNNER), vec![5]);
     }
 
     #[test]

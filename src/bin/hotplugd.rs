@@ -75,19 +75,23 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// env_logger filters nothing itself (unless RUST_LOG asks for per-module filters); the
+/// level lives in `log`'s max level, which `hotplugctl log-level` changes at run time.
 fn init_logging(level: Option<&str>) -> Result<(), String> {
+    let mut level_filter = log::LevelFilter::Info;
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(log::LevelFilter::Info);
+    builder.filter_level(log::LevelFilter::Trace);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
+        level_filter = log::LevelFilter::Trace;
     }
     if let Some(level) = level {
-        let filter: log::LevelFilter = level
+        level_filter = level
             .parse()
             .map_err(|_| format!("--log-level: unknown level {level:?}"))?;
-        builder.filter_level(filter);
     }
     builder.format_target(false).init();
+    log::set_max_level(level_filter);
     Ok(())
 }
 

@@ -7,11 +7,12 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_hotplug");
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_hotplugd");
+pub const CTL: &str = env!("CARGO_BIN_EXE_hotplugctl");
 
 /// Every wait in the tests ends by this deadline; it guards against hangs and asserts no
 /// performance.
@@ -165,6 +166,29 @@ run = ["{record}"]
             .unwrap_or_default();
         v.sort();
         v
+    }
+
+    /// Run `hotplugctl --runtime-dir RUNTIME ARGS...` to completion.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(CTL)
+            .arg("--runtime-dir")
+            .arg(self.runtime())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `ctl` that must succeed; its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "hotplugctl {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Write raw bytes into the daemon's FIFO.
