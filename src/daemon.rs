@@ -20,13 +20,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, never, select, unbounded, Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+use crate::activation::{self, Notifier};
 use crate::config::Config;
 use crate::control::{self, End, MonitorOpts, Reply, Request, ToOwner};
 use crate::event::Event;
+use crate::journal::{Journal, Recovered};
 use crate::queue::{Push, Queue, ReaderId, RUNNER};
 use crate::rules::Job;
 use crate::runner::{self, Outcome, Report};
-use crate::runtime::Runtime;
+use crate::runtime::{self, Runtime};
 use crate::sources::{self, Input};
 
 /// Grace between SIGTERM and SIGKILL for a handler past its timeout.
@@ -37,6 +39,8 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 pub struct Options {
     pub config: Option<PathBuf>,
     pub runtime_dir: PathBuf,
+    /// s6-style readiness: write a newline to this fd when ready.
+    pub ready_fd: Option<std::os::fd::RawFd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,7 @@ pub struct Stats {
     pub late: u64,
     pub gaps_skipped: u64,
     pub monitor_overruns: u64,
+    pub recovered: u64,
     pub last_handled: Option<u64>,
 }
 
@@ -91,11 +96,26 @@ enum FromRunner {
 
 /// Run the daemon until SIGTERM/SIGINT. Returns once queued events are handed to the spool.
 pub fn run(opts: Options) -> Result<(), DaemonError> {
+    let activated = activation::take_listen_fds().map_err(io("socket activation"))?;
+    let notifier = Notifier::new(opts.ready_fd).map_err(io("readiness"))?;
+    // Whatever else we were started with must not reach handlers.
+    close_inherited_fds();
     let config = Config::load(opts.config.as_deref())?;
     let runtime = Runtime::open(&opts.runtime_dir)?;
-    let fifo = runtime.open_fifo()?;
+    // A FIFO passed by the supervisor outlives us with its buffered events: then we
+    // neither drain it at shutdown nor unlink it.
+    let supervised = activated.fifo.is_some();
+    let fifo = match activated.fifo {
+        Some(fd) => runtime::prepare_fifo(fd, &runtime.fifo_path())?,
+        None => runtime.open_fifo()?,
+    };
     let control_path = runtime.dir.join(crate::spool::CONTROL);
-    let listener = control::bind(&control_path).map_err(io(control_path.display().to_string()))?;
+    let own_socket = activated.control.is_none();
+    let listener = match activated.control {
+        Some(l) => l,
+        None => control::bind(&control_path).map_err(io(control_path.display().to_string()))?,
+    };
+    let (journal, recovered) = Journal::open(&runtime.dir).map_err(io("journal"))?;
     // Handlers inherit the cwd: set it here, once, so the runner need not ask std for a
     // chdir in the child (which would cost the posix_spawn path).
     std::env::set_current_dir("/").map_err(io("chdir /"))?;
@@ -106,25 +126,43 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let (runner_tx, runner_rx) = unbounded::<FromRunner>();
     let (ctl_tx, ctl_rx) = unbounded::<ToOwner>();
 
-    let mut owner = Owner::new(config, runtime, opts);
-    owner.start_position();
+    let fifo_journal = sources::FifoJournal {
+        dir: journal.dir().to_owned(),
+        numbers: journal.numbers(),
+    };
+    let mut owner = Owner::new(config, runtime, opts, journal, notifier);
+    owner.recover(recovered);
     owner.ingest_spool_at_start();
 
     spawn_signals(sig_tx)?;
     let (fifo_stop_r, fifo_stop_w) = stop_pipe()?;
     let (spool_stop_r, spool_stop_w) = stop_pipe()?;
-    sources::spawn_fifo_reader(fifo, fifo_stop_r, input_tx.clone()).map_err(io("fifo thread"))?;
+    sources::spawn_fifo_reader(
+        fifo,
+        fifo_stop_r,
+        fifo_journal,
+        !supervised,
+        input_tx.clone(),
+    )
+    .map_err(io("fifo thread"))?;
     sources::spawn_spool_watcher(owner.runtime.spool.clone(), spool_stop_r, input_tx)
         .map_err(io("spool watcher"))?;
     spawn_runner(work_rx, runner_tx, owner.max_output())?;
     control::spawn_server(listener, ctl_tx).map_err(io("control thread"))?;
     log::info!(
-        "hotplugd {} ready on {} ({} rules from {})",
+        "hotplugd {} ready on {} ({} rules from {}{})",
         env!("CARGO_PKG_VERSION"),
         owner.runtime.dir.display(),
         owner.config.rules.len(),
-        owner.config_name()
+        owner.config_name(),
+        if supervised {
+            "; FIFO from the supervisor"
+        } else {
+            ""
+        }
     );
+    let status = owner.status_text();
+    owner.notifier.ready(&status);
 
     let chans = Channels {
         input: input_rx,
@@ -134,19 +172,49 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         control: ctl_rx,
     };
     owner.serve(&chans);
+    owner.notifier.notify("STOPPING=1");
 
     // Shutdown: no new writers can reach the FIFO once it is unlinked (they spool), the
     // reader drains what the pipe holds, the running handler finishes, and everything
     // still queued goes back to the spool for the next start.
-    let fifo_path = owner.runtime.fifo_path();
-    if let Err(e) = std::fs::remove_file(&fifo_path) {
-        log::warn!("{}: {e}", fifo_path.display());
+    if !supervised {
+        let fifo_path = owner.runtime.fifo_path();
+        if let Err(e) = std::fs::remove_file(&fifo_path) {
+            log::warn!("{}: {e}", fifo_path.display());
+        }
     }
-    let _ = std::fs::remove_file(&control_path);
+    if own_socket {
+        let _ = std::fs::remove_file(&control_path);
+    }
     let _ = nix::unistd::write(&fifo_stop_w, b"x");
     let _ = nix::unistd::write(&spool_stop_w, b"x");
     owner.finish(&chans);
     Ok(())
+}
+
+/// Mark every fd above 2 close-on-exec: handlers get exactly stdin, stdout and stderr.
+fn close_inherited_fds() {
+    // SAFETY: close_range only changes fd flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Before Linux 5.11: one by one.
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for fd in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            if fd > 2 {
+                // SAFETY: setting a flag on an fd number; harmless if it is gone.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
+    }
 }
 
 struct Channels {
@@ -260,10 +328,19 @@ struct Owner {
     settles: Vec<Settle>,
     tag_waits: Vec<(String, u64, Sender<Reply>)>,
     tags_done: VecDeque<(String, u64)>,
+    journal: Journal,
+    notifier: Notifier,
+    last_status: Instant,
 }
 
 impl Owner {
-    fn new(config: Config, runtime: Runtime, opts: Options) -> Owner {
+    fn new(
+        config: Config,
+        runtime: Runtime,
+        opts: Options,
+        journal: Journal,
+        notifier: Notifier,
+    ) -> Owner {
         let queue = Queue::new(config.daemon.gap_timeout, config.daemon.coalesce);
         Owner {
             config,
@@ -280,6 +357,46 @@ impl Owner {
             settles: Vec::new(),
             tag_waits: Vec::new(),
             tags_done: VecDeque::new(),
+            journal,
+            notifier,
+            last_status: Instant::now(),
+        }
+    }
+
+    /// Queue what the journal kept from a run that did not stop cleanly, and start SEQNUM
+    /// ordering after the last SEQNUM that run was done with (else after the kernel's).
+    fn recover(&mut self, rec: Recovered) {
+        match rec.max_done {
+            Some(m) => self.queue.start_at_kernel(m),
+            None => self.start_position(),
+        }
+        if !rec.events.is_empty() {
+            log::warn!(
+                "the last run did not stop cleanly: {} events from the journal queued again",
+                rec.events.len()
+            );
+        }
+        let now = Instant::now();
+        for ev in rec.events {
+            self.stats.recovered += 1;
+            self.push(ev, now);
+        }
+        self.journal.drop_idle();
+    }
+
+    /// One line for `STATUS=`.
+    fn status_text(&self) -> String {
+        format!(
+            "{} queued, {} handled{}",
+            self.queue.pending(),
+            self.stats.handled,
+            if self.paused { ", paused" } else { "" }
+        )
+    }
+
+    fn flush_journal(&mut self) {
+        if let Err(e) = self.journal.flush() {
+            log::error!("journal {}: {e}", self.journal.dir().display());
         }
     }
 
@@ -339,9 +456,15 @@ impl Owner {
 
     fn serve(&mut self, ch: &Channels) {
         loop {
+            self.flush_journal();
             self.dispatch(&ch.work);
             self.feed_monitors();
             self.check_waiters();
+            if self.last_status.elapsed() >= Duration::from_secs(1) {
+                self.last_status = Instant::now();
+                self.notifier
+                    .notify(&format!("STATUS={}", self.status_text()));
+            }
             let gap = match self.queue.deadline() {
                 Some(t) => after(t.saturating_duration_since(Instant::now())),
                 None => never(),
@@ -387,9 +510,12 @@ impl Owner {
                 }
             }
             Input::Spooled(batch) => {
-                for (ev, path) in batch {
+                for (mut ev, path) in batch {
                     self.stats.received += 1;
                     self.stats.spooled_in += 1;
+                    // Journaled before the spool file goes, so a kill in between re-reads
+                    // it (a duplicate the queue drops) rather than losing it.
+                    self.journal_append(&mut ev);
                     self.push(ev, now);
                     if let Err(e) = std::fs::remove_file(&path) {
                         if e.kind() != std::io::ErrorKind::NotFound {
@@ -399,31 +525,50 @@ impl Owner {
                 }
             }
             Input::Bad(n) => self.stats.bad_messages += n,
+            Input::Sealed(n) => self.journal.sealed(n),
             Input::FifoClosed => {}
+        }
+    }
+
+    fn journal_append(&mut self, ev: &mut Event) {
+        if let Err(e) = self.journal.append(ev) {
+            log::error!(
+                "journal {}: {e}; {} is not crash-safe",
+                self.journal.dir().display(),
+                ev.summary()
+            );
         }
     }
 
     fn push(&mut self, ev: Event, now: Instant) {
         let summary = ev.summary().to_string();
         let tag = tag_of(&ev);
+        let id = ev.id();
         match self.queue.push(ev, now) {
-            Push::Queued | Push::Waiting => log::debug!("queued {summary}"),
+            Push::Queued | Push::Waiting => {
+                self.journal.queued(id);
+                log::debug!("queued {summary}")
+            }
             Push::Late => {
+                self.journal.queued(id);
                 self.stats.late += 1;
                 log::info!(
                     "late {summary}: its SEQNUM was skipped or predates this start; queued now"
                 );
             }
-            Push::Duplicate => {
+            Push::Duplicate(ev) => {
+                self.journal.done(&ev, false);
                 self.stats.duplicates += 1;
                 log::info!("duplicate {summary}: already queued or handled; ignoring it");
             }
-            Push::Coalesced { add } => {
+            Push::Coalesced { add, remove } => {
+                self.journal.done(&add, true);
+                self.journal.done(&remove, false);
                 self.stats.coalesced += 2;
                 self.stats.recalled += 2;
                 log::info!(
                     "coalesced {summary} with its add (SEQNUM {}) still queued: neither runs",
-                    add.map_or("-".into(), |s| s.to_string())
+                    add.seqnum().map_or("-".into(), |s| s.to_string())
                 );
                 self.count_tag(tag);
             }
@@ -462,6 +607,11 @@ impl Owner {
                     j
                 })
                 .collect();
+            // Every event done so far is on record before a handler starts: after a kill
+            // only the one running now can run again.
+            if let Err(e) = self.journal.flush() {
+                log::error!("journal {}: {e}", self.journal.dir().display());
+            }
             self.running = Some(Running {
                 event: ev.summary().to_string(),
                 seqnum: ev.seqnum(),
@@ -540,6 +690,7 @@ impl Owner {
 
     /// An event left the queue for good: handled, or nothing to run for it.
     fn finished(&mut self, ev: &Event) {
+        self.journal.done(ev, true);
         self.stats.handled += 1;
         self.stats.last_handled = ev.seqnum().or(self.stats.last_handled);
         self.count_tag(tag_of(ev));
@@ -630,7 +781,8 @@ impl Owner {
                 }
             },
             Request::Recall(seq) => match self.queue.recall(seq) {
-                Ok(()) => {
+                Ok(ev) => {
+                    self.journal.done(&ev, true);
                     self.stats.recalled += 1;
                     log::info!("recalled SEQNUM {seq}");
                     ok(&tx, "");
@@ -654,8 +806,9 @@ impl Owner {
                 log::info!("log level now {level}");
                 ok(&tx, "");
             }
-            Request::Inject(ev) => {
+            Request::Inject(mut ev) => {
                 self.stats.received += 1;
+                self.journal_append(&mut ev);
                 self.push(ev, Instant::now());
                 ok(&tx, "queued");
             }
@@ -702,6 +855,7 @@ impl Owner {
             format!("late {}", s.late),
             format!("gaps_skipped {}", s.gaps_skipped),
             format!("monitor_overruns {}", s.monitor_overruns),
+            format!("recovered {}", s.recovered),
             format!("monitors {}", self.monitors.len()),
         ]);
         lines
@@ -812,6 +966,14 @@ impl Owner {
 
     /// Load the config again; on success swap it in. Errors as lines for the caller.
     fn reload(&mut self) -> Result<usize, Vec<String>> {
+        self.notifier.notify("RELOADING=1");
+        let result = self.load_config();
+        self.notifier
+            .notify(&format!("READY=1\nSTATUS={}", self.status_text()));
+        result
+    }
+
+    fn load_config(&mut self) -> Result<usize, Vec<String>> {
         match Config::load(self.opts.config.as_deref()) {
             Ok(config) => {
                 self.queue
@@ -858,8 +1020,20 @@ impl Owner {
         for ev in &rest {
             match self.runtime.spool.write(ev) {
                 Ok(_) => kept += 1,
-                Err(e) => log::error!("{}: event LOST: {e}", ev.summary()),
+                Err(e) => log::error!("{}: cannot spool it: {e}", ev.summary()),
             }
+        }
+        self.flush_journal();
+        if kept == rest.len() {
+            // Everything queued is in the spool now: the journal has nothing left to keep.
+            if let Err(e) = self.journal.clear() {
+                log::warn!("journal {}: {e}", self.journal.dir().display());
+            }
+        } else {
+            log::error!(
+                "{} events could not be spooled; the journal keeps them for the next start",
+                rest.len() - kept
+            );
         }
         log::info!(
             "stopped after {:.1} s: {} handled, {} queued events handed to {}",

@@ -30,6 +30,8 @@ pub enum EventError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Event {
     seqnum: u64,
+    /// Where the journal keeps this event (0: not journaled); see `journal`.
+    id: u64,
     buf: Box<[u8]>,
     action: (u16, u16),
     devpath: (u16, u16),
@@ -50,6 +52,7 @@ impl Event {
         }
         let mut ev = Event {
             seqnum: NO_SEQNUM,
+            id: 0,
             action: (0, 0),
             devpath: (0, 0),
             subsystem: (0, 0),
@@ -111,6 +114,15 @@ impl Event {
             buf.push(0);
         }
         Self::from_boxed(buf.into_boxed_slice())
+    }
+
+    /// The journal's name for this event (0: not journaled).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn set_id(&mut self, id: u64) {
+        self.id = id;
     }
 
     /// The kernel's sequence number, if the event has one.

@@ -5,11 +5,13 @@
 //! them by SEQNUM with kue semantics; the [`daemon`] takes them out one at a time, matches
 //! the [`rules`] and has the [`runner`] run each handler.
 
+pub mod activation;
 pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod event;
+pub mod journal;
 pub mod message;
 pub mod queue;
 pub mod rules;

@@ -175,6 +175,8 @@ pub fn decode_whole(buf: &[u8]) -> Result<&[u8], FrameError> {
 #[derive(Debug, Default)]
 pub struct Splitter {
     buf: Vec<u8>,
+    /// Stream offset of `buf[0]`: how many bytes were fed and consumed before it.
+    consumed: u64,
 }
 
 /// One item out of a [`Splitter`].
@@ -192,6 +194,7 @@ impl Splitter {
     pub fn new() -> Self {
         Splitter {
             buf: Vec::with_capacity(2 * PIPE_BUF),
+            consumed: 0,
         }
     }
 
@@ -203,48 +206,69 @@ impl Splitter {
     /// Split `chunk` (appended to any held-back partial message) into items. Garbage runs
     /// are merged into one report each.
     pub fn feed(&mut self, chunk: &[u8], mut on: impl FnMut(Item<'_>)) {
-        if self.buf.is_empty() {
-            let used = split(chunk, &mut on);
+        self.feed_at(chunk, |item, _| on(item))
+    }
+
+    /// As [`feed`](Self::feed), also telling each item's offset in the whole stream fed so
+    /// far (the journal names events by it).
+    pub fn feed_at(&mut self, chunk: &[u8], mut on: impl FnMut(Item<'_>, u64)) {
+        let base = self.consumed;
+        let used = if self.buf.is_empty() {
+            let used = split(chunk, base, &mut on);
             self.buf.extend_from_slice(&chunk[used..]);
+            used
         } else {
             self.buf.extend_from_slice(chunk);
-            let used = split(&self.buf, &mut on);
+            let used = split(&self.buf, base, &mut on);
             self.buf.drain(..used);
-        }
+            used
+        };
+        self.consumed += used as u64;
     }
 
     /// The writer went quiet with a partial message held: it was truncated. Drop bytes up
     /// to the next possible magic and split what follows.
     pub fn flush_stale(&mut self, mut on: impl FnMut(Item<'_>)) {
+        self.flush_stale_at(|item, _| on(item))
+    }
+
+    /// As [`flush_stale`](Self::flush_stale), with stream offsets.
+    pub fn flush_stale_at(&mut self, mut on: impl FnMut(Item<'_>, u64)) {
         if self.buf.is_empty() {
             return;
         }
         let skip = resync_offset(&self.buf);
-        on(Item::Garbage {
-            bytes: skip,
-            error: FrameError::Truncated,
-        });
+        on(
+            Item::Garbage {
+                bytes: skip,
+                error: FrameError::Truncated,
+            },
+            self.consumed,
+        );
         self.buf.drain(..skip);
-        let used = split(&self.buf, &mut on);
+        self.consumed += skip as u64;
+        let used = split(&self.buf, self.consumed, &mut on);
         self.buf.drain(..used);
+        self.consumed += used as u64;
     }
 }
 
-/// Split whole messages off the front of `buf`; returns how many bytes were used.
-fn split(buf: &[u8], on: &mut impl FnMut(Item<'_>)) -> usize {
+/// Split whole messages off the front of `buf` (at stream offset `base`); returns how many
+/// bytes were used.
+fn split(buf: &[u8], base: u64, on: &mut impl FnMut(Item<'_>, u64)) -> usize {
     let mut pos = 0;
-    let mut garbage: Option<(usize, FrameError)> = None;
+    let mut garbage: Option<(usize, FrameError, usize)> = None;
     loop {
         match next_frame(&buf[pos..], MAX_FIFO_PAYLOAD) {
             Frame::Message { payload, len } => {
-                if let Some((bytes, error)) = garbage.take() {
-                    on(Item::Garbage { bytes, error });
+                if let Some((bytes, error, at)) = garbage.take() {
+                    on(Item::Garbage { bytes, error }, base + at as u64);
                 }
-                on(Item::Message(payload));
+                on(Item::Message(payload), base + pos as u64);
                 pos += len;
             }
             Frame::Garbage { skip, error } => {
-                let g = garbage.get_or_insert((0, error));
+                let g = garbage.get_or_insert((0, error, pos));
                 g.0 += skip;
                 pos += skip;
             }
@@ -254,8 +278,8 @@ fn split(buf: &[u8], on: &mut impl FnMut(Item<'_>)) -> usize {
             break;
         }
     }
-    if let Some((bytes, error)) = garbage {
-        on(Item::Garbage { bytes, error });
+    if let Some((bytes, error, at)) = garbage {
+        on(Item::Garbage { bytes, error }, base + at as u64);
     }
     pos
 }
@@ -292,6 +316,31 @@ mod tests {
         }
         assert_eq!(got, vec!["usb\0ACTION=add\0", "net\0ACTION=remove\0"]);
         assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn offsets_follow_the_stream() {
+        let a = encode(b"a\0");
+        let b = encode(b"bb\0");
+        let mut stream = a.clone();
+        stream.extend_from_slice(b"junk");
+        stream.extend_from_slice(&b);
+        let mut s = Splitter::new();
+        let mut got = Vec::new();
+        for chunk in stream.chunks(5) {
+            s.feed_at(chunk, |item, off| {
+                if let Item::Message(p) = item {
+                    got.push((p.to_vec(), off))
+                }
+            });
+        }
+        assert_eq!(
+            got,
+            vec![
+                (b"a\0".to_vec(), 0),
+                (b"bb\0".to_vec(), (a.len() + 4) as u64)
+            ]
+        );
     }
 
     #[test]

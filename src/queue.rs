@@ -46,7 +46,7 @@ pub struct ReaderId(usize);
 pub const RUNNER: ReaderId = ReaderId(0);
 
 /// What `push` did with an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Push {
     /// Released to the log (possibly with others that waited behind it).
     Queued,
@@ -54,10 +54,10 @@ pub enum Push {
     Waiting,
     /// Its SEQNUM was skipped after a gap timeout; released now, out of order.
     Late,
-    /// Seen before; dropped.
-    Duplicate,
-    /// A `remove` whose `add` (this SEQNUM) was still queued: both recalled.
-    Coalesced { add: Option<u64> },
+    /// Seen before; handed back, not queued.
+    Duplicate(Event),
+    /// A `remove` whose `add` was still queued: both recalled and handed back.
+    Coalesced { add: Event, remove: Event },
 }
 
 /// Why a recall failed.
@@ -169,7 +169,7 @@ impl Queue {
             if let Some(add) = self.coalesce_remove(&ev) {
                 // The remove takes its slot as a tombstone so the gap logic does not wait.
                 self.settle_seq(seq, now);
-                return Push::Coalesced { add: Some(add) };
+                return Push::Coalesced { add, remove: ev };
             }
         }
         let next = match self.next_expected {
@@ -186,11 +186,11 @@ impl Queue {
                 self.append(ev);
                 Push::Late
             } else {
-                Push::Duplicate
+                Push::Duplicate(ev)
             };
         }
         if self.waiting.contains_key(&seq) {
-            return Push::Duplicate;
+            return Push::Duplicate(ev);
         }
         self.bytes += ev.heap_bytes();
         self.pending += 1;
@@ -278,7 +278,7 @@ impl Queue {
     }
 
     /// Recall the queued `add` this `remove` cancels, if there is one.
-    fn coalesce_remove(&mut self, remove: &Event) -> Option<u64> {
+    fn coalesce_remove(&mut self, remove: &Event) -> Option<Event> {
         let key = devpath_key(remove);
         let loc = *self.adds.get(&key)?;
         let add = self.get(loc)?;
@@ -286,7 +286,7 @@ impl Queue {
             return None;
         }
         let seq = add.seqnum()?;
-        self.recall(seq).ok().map(|_| seq)
+        self.recall(seq).ok()
     }
 
     fn get(&self, loc: Loc) -> Option<&Event> {
@@ -437,14 +437,14 @@ impl Queue {
             .map_or(0, |c| end - c)
     }
 
-    /// Remove an event the runner has not taken.
-    pub fn recall(&mut self, seq: u64) -> Result<(), RecallError> {
+    /// Remove an event the runner has not taken, handing it back.
+    pub fn recall(&mut self, seq: u64) -> Result<Event, RecallError> {
         if let Some(slot) = self.waiting.get_mut(&seq) {
             let ev = slot.take().ok_or(RecallError::NotQueued(seq))?;
             self.bytes -= ev.heap_bytes();
             self.pending -= 1;
             self.forget_add(&ev);
-            return Ok(());
+            return Ok(ev);
         }
         let from = (self.runner_cursor() - self.base) as usize;
         let found = self
@@ -455,16 +455,15 @@ impl Queue {
             .map(|(i, _)| i);
         match found {
             Some(i) if i >= from => {
-                if let Some(ev) = self.log[i].take() {
-                    self.bytes -= ev.heap_bytes();
-                    self.pending -= 1;
-                    let key = devpath_key(&ev);
-                    if self.adds.get(&key) == Some(&Loc::Log(self.base + i as u64)) {
-                        self.adds.remove(&key);
-                    }
+                let ev = self.log[i].take().ok_or(RecallError::NotQueued(seq))?;
+                self.bytes -= ev.heap_bytes();
+                self.pending -= 1;
+                let key = devpath_key(&ev);
+                if self.adds.get(&key) == Some(&Loc::Log(self.base + i as u64)) {
+                    self.adds.remove(&key);
                 }
                 self.collect();
-                Ok(())
+                Ok(ev)
             }
             Some(_) => Err(RecallError::Taken(seq)),
             None => Err(RecallError::NotQueued(seq)),
@@ -559,8 +558,14 @@ mod tests {
         assert_eq!(drain(&mut q, RUNNER), vec![3]);
         assert_eq!(q.push(ev(2, "change", "/a"), t), Push::Late);
         assert_eq!(drain(&mut q, RUNNER), vec![2]);
-        assert_eq!(q.push(ev(2, "change", "/a"), t), Push::Duplicate);
-        assert_eq!(q.push(ev(3, "change", "/a"), t), Push::Duplicate);
+        assert!(matches!(
+            q.push(ev(2, "change", "/a"), t),
+            Push::Duplicate(_)
+        ));
+        assert!(matches!(
+            q.push(ev(3, "change", "/a"), t),
+            Push::Duplicate(_)
+        ));
     }
 
     #[test]
@@ -570,10 +575,13 @@ mod tests {
         q.start_at(1);
         q.push(ev(1, "add", "/x"), t);
         q.push(ev(2, "add", "/y"), t);
-        assert_eq!(
-            q.push(ev(3, "remove", "/x"), t),
-            Push::Coalesced { add: Some(1) }
-        );
+        match q.push(ev(3, "remove", "/x"), t) {
+            Push::Coalesced { add, remove } => {
+                assert_eq!(add.seqnum(), Some(1));
+                assert_eq!(remove.seqnum(), Some(3));
+            }
+            other => panic!("{other:?}"),
+        }
         q.push(ev(4, "change", "/y"), t);
         assert_eq!(drain(&mut q, RUNNER), vec![2, 4]);
         // After the add was taken, a remove runs.
@@ -623,8 +631,8 @@ mod tests {
         q.push(ev(4, "change", "/a"), t);
         assert_eq!(q.next(RUNNER).unwrap().seqnum(), Some(1));
         assert_eq!(q.recall(1), Err(RecallError::Taken(1)));
-        assert_eq!(q.recall(2), Ok(()));
-        assert_eq!(q.recall(4), Ok(()));
+        assert_eq!(q.recall(2).unwrap().seqnum(), Some(2));
+        assert_eq!(q.recall(4).unwrap().seqnum(), Some(4));
         assert_eq!(q.recall(4), Err(RecallError::NotQueued(4)));
         assert_eq!(q.recall(9), Err(RecallError::NotQueued(9)));
         assert_eq!(q.pending(), 0);
@@ -639,7 +647,10 @@ mod tests {
         q.start_at_kernel(10);
         assert_eq!(q.push(ev(11, "change", "/a"), t), Push::Queued);
         assert_eq!(q.push(ev(4, "change", "/a"), t), Push::Late);
-        assert_eq!(q.push(ev(4, "change", "/a"), t), Push::Duplicate);
+        assert!(matches!(
+            q.push(ev(4, "change", "/a"), t),
+            Push::Duplicate(_)
+        ));
         assert_eq!(q.push(ev(3, "change", "/a"), t), Push::Late);
         assert_eq!(drain(&mut q, RUNNER), vec![11, 4, 3]);
         let mut q = Queue::new(Duration::from_secs(2), true);

@@ -65,10 +65,18 @@ impl Runtime {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        // SAFETY: flock on an fd we own. The lock goes with the fd, so a killed daemon
-        // never leaves a stale lock behind.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // The lock goes with the open file, so a killed daemon never leaves a stale one;
+        // but a handler it was starting holds a copy until its exec, so a restart right
+        // after a kill may find it held for a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        // SAFETY: flock on an fd we own.
+        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) && std::time::Instant::now() < deadline {
+                log::debug!("{}: held; waiting up to 2 s", lock_path.display());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let pid = fs::read_to_string(&lock_path)
                     .ok()
@@ -121,23 +129,34 @@ impl Runtime {
         .map_err(|e| io_err(&path)(e.into()))?;
         // SAFETY: open returned a new fd that nothing else owns.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let st = fstat(fd.as_raw_fd()).map_err(|e| io_err(&path)(e.into()))?;
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
-            return Err(RuntimeError::Refused(format!(
-                "{}: not a FIFO; refusing it",
-                path.display()
-            )));
-        }
-        // SAFETY: fcntl on an fd we own.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) } < 0 {
-            log::warn!(
-                "{}: could not enlarge the pipe buffer to {PIPE_SIZE} bytes: {}; bursts may spool",
-                path.display(),
-                io::Error::last_os_error()
-            );
-        }
-        Ok(fd)
+        prepare_fifo(fd, &path)
     }
+}
+
+/// Check that `fd` is a FIFO (whoever opened it) and enlarge its buffer.
+pub fn prepare_fifo(fd: OwnedFd, path: &Path) -> Result<OwnedFd, RuntimeError> {
+    let st = fstat(fd.as_raw_fd()).map_err(|e| io_err(path)(e.into()))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+        return Err(RuntimeError::Refused(format!(
+            "{}: not a FIFO; refusing it",
+            path.display()
+        )));
+    }
+    // SAFETY: fcntl on an fd we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) } < 0 {
+        log::warn!(
+            "{}: could not enlarge the pipe buffer to {PIPE_SIZE} bytes: {}; bursts may spool",
+            path.display(),
+            io::Error::last_os_error()
+        );
+    }
+    // Reads must never block: the reader drains until EAGAIN.
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    Ok(fd)
 }
 
 fn check_fifo_meta(path: &Path, symlink: bool, meta: &fs::Metadata) -> Result<(), RuntimeError> {

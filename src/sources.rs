@@ -2,7 +2,8 @@
 //! back to. Each source runs on its own thread and only feeds the queue's owner over a
 //! channel; none of them touches the queue.
 //!
-//! The FIFO reader keeps draining while handlers run (a full pipe would push shims to the
+//! The FIFO reader moves the pipe's bytes into the crash journal with `splice(2)` and
+//! reads them back from there (see `journal`). It keeps draining while handlers run (a full pipe would push shims to the
 //! slower spool path), reads big chunks, and splits whole messages with
 //! [`message::Splitter`]. Any byte sequence is survivable: bad bytes are counted, logged
 //! (rate-limited) and skipped, and the next good message is found. A partial message held
@@ -23,6 +24,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::event::Event;
+use crate::journal::{self, Journal, Numbers, Segment, SEGMENT_SIZE};
 use crate::message::{Item, Splitter};
 use crate::spool::{Spool, SpoolError};
 
@@ -44,6 +46,8 @@ pub enum Input {
     Spooled(Vec<(Event, PathBuf)>),
     /// The FIFO reader drained the pipe after being told to stop, and exited.
     FifoClosed,
+    /// A journal segment will get no more events.
+    Sealed(u32),
 }
 
 /// Logs at most `burst` warnings per `window`, then one line saying how many it held back.
@@ -87,16 +91,37 @@ impl RateLimit {
     }
 }
 
+/// Where the FIFO reader journals what it takes from the pipe.
+pub struct FifoJournal {
+    pub dir: std::path::PathBuf,
+    pub numbers: Numbers,
+}
+
 /// Start the FIFO reader on `fifo` (opened O_RDWR|O_NONBLOCK by the daemon). When `stop`
-/// becomes readable it drains what the pipe holds, sends it, sends `FifoClosed` and exits.
+/// becomes readable it drains what the pipe holds (`drain_on_stop`; a supervisor that holds
+/// the FIFO keeps the rest for the next start otherwise), sends `FifoClosed` and exits.
 pub fn spawn_fifo_reader(
     fifo: OwnedFd,
     stop: OwnedFd,
+    journal: FifoJournal,
+    drain_on_stop: bool,
     tx: Sender<Input>,
 ) -> std::io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new()
-        .name("fifo".into())
-        .spawn(move || FifoReader::new(tx).run(fifo.as_fd(), stop.as_fd()))
+    let segment = Journal::new_fifo_segment(&journal.dir, &journal.numbers)?;
+    thread::Builder::new().name("fifo".into()).spawn(move || {
+        let mut reader = FifoReader {
+            tx,
+            splitter: Splitter::new(),
+            buf: vec![0; CHUNK],
+            batch: Vec::with_capacity(1024),
+            bad: 0,
+            warn: RateLimit::new(10, Duration::from_secs(10)),
+            journal,
+            segment: Some(segment),
+            empty: false,
+        };
+        reader.run(fifo.as_fd(), stop.as_fd(), drain_on_stop)
+    })
 }
 
 struct FifoReader {
@@ -106,21 +131,16 @@ struct FifoReader {
     batch: Vec<Event>,
     bad: u64,
     warn: RateLimit,
+    journal: FifoJournal,
+    /// The segment the pipe's bytes are spliced into; None if the journal failed and
+    /// the reader fell back to plain reads.
+    segment: Option<Segment>,
+    /// The last splice found the pipe empty.
+    empty: bool,
 }
 
 impl FifoReader {
-    fn new(tx: Sender<Input>) -> Self {
-        FifoReader {
-            tx,
-            splitter: Splitter::new(),
-            buf: vec![0; CHUNK],
-            batch: Vec::with_capacity(1024),
-            bad: 0,
-            warn: RateLimit::new(10, Duration::from_secs(10)),
-        }
-    }
-
-    fn run(&mut self, fifo: BorrowedFd, stop: BorrowedFd) {
+    fn run(&mut self, fifo: BorrowedFd, stop: BorrowedFd, drain_on_stop: bool) {
         loop {
             let timeout = if self.splitter.pending() > 0 {
                 PollTimeout::from(STALE_AFTER.as_millis() as u16)
@@ -133,9 +153,10 @@ impl FifoReader {
             ];
             match poll(&mut fds, timeout) {
                 Ok(0) => {
+                    let seg = self.segment.as_ref().map_or(0, |s| s.number);
                     let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
                     self.splitter
-                        .flush_stale(|item| take_item(item, batch, bad, warn));
+                        .flush_stale_at(|item, off| take_item(item, seg, off, batch, bad, warn));
                     self.send();
                     continue;
                 }
@@ -147,40 +168,148 @@ impl FifoReader {
                 }
             }
             let stopping = fds[1].any().unwrap_or(false);
-            self.drain(fifo);
-            if stopping {
-                // A shim that opened the FIFO just before it was unlinked may still be
-                // between its open() and its write(): give it a moment, then drain again.
-                thread::sleep(Duration::from_millis(50));
+            if !stopping || drain_on_stop {
                 self.drain(fifo);
+            }
+            if stopping {
+                if drain_on_stop {
+                    // A shim that opened the FIFO just before it was unlinked may still be
+                    // between its open() and its write(): give it a moment, drain again.
+                    thread::sleep(Duration::from_millis(50));
+                    self.drain(fifo);
+                }
                 let _ = self.tx.send(Input::FifoClosed);
                 return;
             }
         }
     }
 
-    /// Read until the pipe is empty, splitting and sending whole messages.
+    /// Move what the pipe holds into the journal and split it, until the pipe is empty.
     fn drain(&mut self, fifo: BorrowedFd) {
         loop {
-            match nix::unistd::read(fifo.as_raw_fd(), &mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
-                    self.splitter
-                        .feed(&self.buf[..n], |item| take_item(item, batch, bad, warn));
-                    if self.batch.len() >= 4096 {
-                        self.send();
-                    }
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => break,
-                Err(e) => {
-                    log::error!("reading the FIFO: {e}");
-                    break;
-                }
+            let seg = self.segment.as_ref().map_or(0, |s| s.number);
+            let got = match self.splice_into_journal(fifo) {
+                Some(range) => self.read_back(range, seg),
+                None => self.read_plain(fifo, seg),
+            };
+            if !got {
+                break;
+            }
+            if self.batch.len() >= 4096 {
+                self.send();
             }
         }
         self.send();
+        self.rotate();
+    }
+
+    /// Move every byte the pipe holds into the journal segment; the byte range it took
+    /// there. Each shim's write is atomic, so "everything the pipe holds now" is whole
+    /// messages: a kill after this call leaves no message half in the pipe, half here.
+    /// None when there is nothing, or no journal (then the caller reads plainly).
+    fn splice_into_journal(&mut self, fifo: BorrowedFd) -> Option<(u64, usize)> {
+        let seg = self.segment.as_mut()?;
+        let mut avail: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        if unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
+            avail = CHUNK as libc::c_int;
+        }
+        let at = seg.len as libc::loff_t;
+        let mut off = at;
+        // SAFETY: both fds are open; `off` is a valid in/out offset.
+        let n = unsafe {
+            libc::splice(
+                fifo.as_raw_fd(),
+                std::ptr::null_mut(),
+                seg.file.as_raw_fd(),
+                &mut off,
+                avail as usize,
+                libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n > 0 {
+            seg.len = off as u64;
+            return Some((at as u64, n as usize));
+        }
+        let e = std::io::Error::last_os_error();
+        if n == 0 || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
+            // Empty; or interrupted, and the next poll round tries again.
+            self.empty = true;
+            return None;
+        }
+        log::error!(
+            "journal {}: {e}; reading the FIFO without a journal until restart",
+            self.journal.dir.display()
+        );
+        if let Some(seg) = self.segment.take() {
+            let _ = self.tx.send(Input::Sealed(seg.number));
+        }
+        None
+    }
+
+    /// Split the bytes just spliced, reading them back from the segment.
+    fn read_back(&mut self, (at, n): (u64, usize), seg: u32) -> bool {
+        let Some(file) = self.segment.as_ref().map(|s| &s.file) else {
+            return false;
+        };
+        let mut done = 0;
+        while done < n {
+            let len = (n - done).min(self.buf.len());
+            let buf = &mut self.buf[..len];
+            if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(file, buf, at + done as u64) {
+                log::error!("journal segment {seg}: read back: {e}");
+                return false;
+            }
+            let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
+            self.splitter.feed_at(&self.buf[..len], |item, off| {
+                take_item(item, seg, off, batch, bad, warn)
+            });
+            done += len;
+        }
+        true
+    }
+
+    /// Without a journal: read and split.
+    fn read_plain(&mut self, fifo: BorrowedFd, seg: u32) -> bool {
+        if std::mem::take(&mut self.empty) {
+            return false;
+        }
+        loop {
+            match nix::unistd::read(fifo.as_raw_fd(), &mut self.buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
+                    self.splitter.feed_at(&self.buf[..n], |item, off| {
+                        take_item(item, seg, off, batch, bad, warn)
+                    });
+                    return true;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return false,
+                Err(e) => {
+                    log::error!("reading the FIFO: {e}");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Start a new segment once the current one is big and ends on a message boundary.
+    fn rotate(&mut self) {
+        let Some(seg) = &self.segment else { return };
+        if seg.len < SEGMENT_SIZE || self.splitter.pending() > 0 {
+            return;
+        }
+        match Journal::new_fifo_segment(&self.journal.dir, &self.journal.numbers) {
+            Ok(new) => {
+                let old = self.segment.replace(new);
+                self.splitter = Splitter::new();
+                if let Some(old) = old {
+                    let _ = self.tx.send(Input::Sealed(old.number));
+                }
+            }
+            Err(e) => log::error!("journal {}: {e}", self.journal.dir.display()),
+        }
     }
 
     fn send(&mut self) {
@@ -194,10 +323,22 @@ impl FifoReader {
     }
 }
 
-fn take_item(item: Item<'_>, batch: &mut Vec<Event>, bad: &mut u64, warn: &mut RateLimit) {
+fn take_item(
+    item: Item<'_>,
+    segment: u32,
+    offset: u64,
+    batch: &mut Vec<Event>,
+    bad: &mut u64,
+    warn: &mut RateLimit,
+) {
     match item {
         Item::Message(payload) => match Event::from_payload(payload) {
-            Ok(ev) => batch.push(ev),
+            Ok(mut ev) => {
+                if segment != 0 {
+                    ev.set_id(journal::event_id(segment, offset));
+                }
+                batch.push(ev)
+            }
             Err(e) => {
                 *bad += 1;
                 if warn.allow("bad messages") {

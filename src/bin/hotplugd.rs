@@ -8,7 +8,7 @@ use hotplugd::daemon::{self, Options};
 use hotplugd::spool::{DEFAULT_RUNTIME_DIR, RUNTIME_DIR_ENV};
 
 const USAGE: &str = "\
-usage: hotplugd [--config FILE] [--runtime-dir DIR] [--log-level LEVEL]
+usage: hotplugd [--config FILE] [--runtime-dir DIR] [--log-level LEVEL] [--ready-fd N]
        hotplugd --check-config [--config FILE]
        hotplugd --version | --help
 
@@ -21,6 +21,12 @@ foreground and logs to stderr.
   --runtime-dir DIR   runtime directory (default /run/hotplugd, or $HOTPLUGD_RUNTIME_DIR)
   --log-level LEVEL   error, warn, info (default), debug, trace; RUST_LOG works too
   --check-config      validate the config and rules, print FILE:LINE:COL: errors
+  --ready-fd N        write a newline to fd N once ready (s6 readiness); with
+                      NOTIFY_SOCKET set, systemd is told READY=1 as well
+
+Socket activation: a FIFO and a listening Unix socket passed with LISTEN_FDS
+(systemd ListenFIFO= and ListenStream=) are used instead of DIR/events and
+DIR/control; the FIFO, and the events buffered in it, then outlive a restart.
 
 Signals: SIGHUP reloads the config (a broken one is rejected, the old rules stay);
 SIGTERM/SIGINT stop intake, let the running handler finish, spool queued events, exit 0.
@@ -32,6 +38,7 @@ struct Args {
     runtime_dir: Option<PathBuf>,
     log_level: Option<String>,
     check: bool,
+    ready_fd: Option<i32>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         runtime_dir: None,
         log_level: None,
         check: false,
+        ready_fd: None,
     };
     let mut it = std::env::args_os().skip(1);
     while let Some(arg) = it.next() {
@@ -61,6 +69,16 @@ fn parse_args() -> Result<Args, String> {
                 args.log_level = Some(value("--log-level")?.to_string_lossy().into_owned())
             }
             "--check-config" => args.check = true,
+            "--ready-fd" => {
+                let v = value("--ready-fd")?;
+                let v = v.to_string_lossy();
+                args.ready_fd = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|fd: &i32| *fd > 2)
+                        .ok_or_else(|| format!("--ready-fd: {v:?} is not an fd above 2"))?,
+                );
+            }
             "--version" | "-V" => {
                 println!("hotplugd {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
@@ -128,6 +146,7 @@ fn main() -> ExitCode {
     let opts = Options {
         config: args.config.map(absolute),
         runtime_dir: absolute(runtime_dir),
+        ready_fd: args.ready_fd,
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

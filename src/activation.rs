@@ -1,0 +1,135 @@
+//! What a supervisor hands the daemon and wants to hear back: systemd socket activation
+//! (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`: the event FIFO from `ListenFIFO=` and the
+//! control socket from `ListenStream=`), `sd_notify` readiness (`NOTIFY_SOCKET`), and
+//! s6-style readiness (`--ready-fd N`: a newline written to fd N).
+//!
+//! A FIFO held by the supervisor outlives the daemon, and so do the events buffered in it:
+//! a restart loses nothing that the kernel's helpers wrote. Each fd is checked to be what it
+//! claims (a FIFO; a listening Unix stream socket) before it is used.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixDatagram, UnixListener};
+
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::stat::{fstat, SFlag};
+
+/// The first fd systemd passes.
+const SD_LISTEN_FDS_START: RawFd = 3;
+
+/// The fds a supervisor passed.
+#[derive(Debug, Default)]
+pub struct Activated {
+    pub fifo: Option<OwnedFd>,
+    pub control: Option<UnixListener>,
+}
+
+/// Take the fds passed by socket activation, if `LISTEN_PID` is this process. The
+/// variables are removed so nothing inherits them.
+pub fn take_listen_fds() -> io::Result<Activated> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(v);
+    }
+    let mut out = Activated::default();
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(out);
+    };
+    if pid.parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(out);
+    }
+    let n: RawFd = fds
+        .parse()
+        .map_err(|_| io::Error::other(format!("LISTEN_FDS={fds:?} is not a number")))?;
+    let names: Vec<&str> = names
+        .as_deref()
+        .map_or(Vec::new(), |n| n.split(':').collect());
+    for i in 0..n {
+        let raw = SD_LISTEN_FDS_START + i;
+        let name = names.get(i as usize).copied().unwrap_or("");
+        // SAFETY: systemd passes these fds to us to own; each is taken once.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: fcntl on an fd we own.
+        unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+        let st = fstat(raw).map_err(io::Error::from)?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFIFO {
+            if out.fifo.is_some() {
+                return Err(io::Error::other(format!(
+                    "fd {raw} ({name}): a second FIFO"
+                )));
+            }
+            out.fifo = Some(fd);
+        } else if kind == SFlag::S_IFSOCK {
+            let listening = getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false);
+            let stream =
+                getsockopt(&fd, sockopt::SockType).ok() == Some(nix::sys::socket::SockType::Stream);
+            if !listening || !stream || out.control.is_some() {
+                return Err(io::Error::other(format!(
+                    "fd {raw} ({name}): not the one listening Unix stream socket expected"
+                )));
+            }
+            out.control = Some(UnixListener::from(fd));
+        } else {
+            return Err(io::Error::other(format!(
+                "fd {raw} ({name}): neither a FIFO nor a socket"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Readiness and status for the supervisor.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    socket: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
+    ready_fd: Option<OwnedFd>,
+}
+
+impl Notifier {
+    /// From `NOTIFY_SOCKET` (removed from the environment) and `--ready-fd`.
+    pub fn new(ready_fd: Option<RawFd>) -> io::Result<Notifier> {
+        let mut n = Notifier::default();
+        if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+            std::env::remove_var("NOTIFY_SOCKET");
+            let path = path.to_string_lossy().into_owned();
+            let addr = match path.strip_prefix('@') {
+                Some(abs) => {
+                    use std::os::linux::net::SocketAddrExt;
+                    std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes())?
+                }
+                None => std::os::unix::net::SocketAddr::from_pathname(&path)?,
+            };
+            n.socket = Some((UnixDatagram::unbound()?, addr));
+        }
+        if let Some(fd) = ready_fd {
+            // SAFETY: the supervisor gave us this fd to write one line and close.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(io::Error::other(format!("--ready-fd {fd}: not an open fd")));
+            }
+            // SAFETY: checked open just above; owned from here on.
+            n.ready_fd = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        Ok(n)
+    }
+
+    /// Send `KEY=VALUE` lines to systemd, if it listens.
+    pub fn notify(&self, state: &str) {
+        if let Some((sock, addr)) = &self.socket {
+            if let Err(e) = sock.send_to_addr(state.as_bytes(), addr) {
+                log::debug!("sd_notify: {e}");
+            }
+        }
+    }
+
+    /// Tell every supervisor the daemon is ready.
+    pub fn ready(&mut self, status: &str) {
+        self.notify(&format!("READY=1\nSTATUS={status}"));
+        if let Some(fd) = self.ready_fd.take() {
+            // SAFETY: writing a valid buffer to an fd we own.
+            let _ = unsafe { libc::write(fd.as_raw_fd(), b"\n".as_ptr().cast(), 1) };
+        }
+    }
+}
