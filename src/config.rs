@@ -1,7 +1,7 @@
 //! The daemon's configuration: the main TOML file (`[daemon]` settings and optionally
 //! `[[rule]]`s), the `*.toml` rule files of `rules_dir`, the built-in default used when no
 //! file exists, and the `file:line:col` errors for all of them. Every error of every file
-//! is collected before giving up, so one `hotplugd --check` run shows the whole damage.
+//! is collected before giving up, so one `hotplugd --check-config` run shows the whole damage.
 
 use std::fmt;
 use std::io;
@@ -29,6 +29,7 @@ const DAEMON_FIELDS: &[&str] = &[
     "hotplug_d",
     "seqnum_file",
     "max_output_bytes",
+    "max_queue_memory",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub struct DaemonConfig {
     /// `None` when configured as `""`: the first event then sets the start.
     pub seqnum_file: Option<PathBuf>,
     pub max_output_bytes: usize,
+    /// Past this many bytes of queued events in memory, new ones spill to the journal.
+    pub max_queue_memory: usize,
 }
 
 impl Default for DaemonConfig {
@@ -57,6 +60,7 @@ impl Default for DaemonConfig {
             hotplug_d: None,
             seqnum_file: Some(PathBuf::from("/sys/kernel/uevent_seqnum")),
             max_output_bytes: 65536,
+            max_queue_memory: 64 << 20,
         }
     }
 }
@@ -218,6 +222,7 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             "hotplug_d" => set(&mut cfg.hotplug_d, path(d, &v)),
             "seqnum_file" => set(&mut cfg.seqnum_file, path(d, &v)),
             "max_output_bytes" => set(&mut cfg.max_output_bytes, d.unsigned(&v)),
+            "max_queue_memory" => set(&mut cfg.max_queue_memory, d.bytes(&v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -445,7 +450,7 @@ mod tests {
             one_err("[daemon]\nbogus = 1\n"),
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, \
-             `max_output_bytes`"
+             `max_output_bytes`, `max_queue_memory`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -540,7 +545,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, `max_output_bytes`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",

@@ -85,6 +85,8 @@ pub struct Stats {
 struct Work {
     event: Event,
     jobs: Vec<Job>,
+    /// Taken from the config at dispatch, so a reload applies to the next event.
+    max_output: usize,
 }
 
 /// What the runner thread tells the owner.
@@ -96,6 +98,10 @@ enum FromRunner {
 
 /// Run the daemon until SIGTERM/SIGINT. Returns once queued events are handed to the spool.
 pub fn run(opts: Options) -> Result<(), DaemonError> {
+    // One malloc arena: events are allocated on the FIFO thread and freed on the owner's;
+    // with per-thread arenas the freed memory is not reused and RSS outgrows the cap.
+    // SAFETY: mallopt only tunes the allocator, before any thread starts.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let activated = activation::take_listen_fds().map_err(io("socket activation"))?;
     let notifier = Notifier::new(opts.ready_fd).map_err(io("readiness"))?;
     // Whatever else we were started with must not reach handlers.
@@ -120,7 +126,9 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // chdir in the child (which would cost the posix_spawn path).
     std::env::set_current_dir("/").map_err(io("chdir /"))?;
 
-    let (input_tx, input_rx) = unbounded();
+    // Bounded: if the owner falls behind, the FIFO reader waits, the pipe fills and shims
+    // spool, rather than batches piling up in memory.
+    let (input_tx, input_rx) = crossbeam_channel::bounded(4);
     let (sig_tx, sig_rx) = unbounded();
     let (work_tx, work_rx) = unbounded::<Work>();
     let (runner_tx, runner_rx) = unbounded::<FromRunner>();
@@ -147,7 +155,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     .map_err(io("fifo thread"))?;
     sources::spawn_spool_watcher(owner.runtime.spool.clone(), spool_stop_r, input_tx)
         .map_err(io("spool watcher"))?;
-    spawn_runner(work_rx, runner_tx, owner.max_output())?;
+    spawn_runner(work_rx, runner_tx)?;
     control::spawn_server(listener, ctl_tx).map_err(io("control thread"))?;
     log::info!(
         "hotplugd {} ready on {} ({} rules from {}{})",
@@ -245,11 +253,7 @@ fn spawn_signals(tx: Sender<i32>) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn spawn_runner(
-    work_rx: Receiver<Work>,
-    tx: Sender<FromRunner>,
-    max_output: usize,
-) -> Result<(), DaemonError> {
+fn spawn_runner(work_rx: Receiver<Work>, tx: Sender<FromRunner>) -> Result<(), DaemonError> {
     thread::Builder::new()
         .name("runner".into())
         .spawn(move || {
@@ -264,7 +268,7 @@ fn spawn_runner(
                         event: &work.event,
                         timeout: job.timeout.unwrap_or(Duration::from_secs(30)),
                         kill_grace: KILL_GRACE,
-                        max_output_bytes: max_output,
+                        max_output_bytes: work.max_output,
                     };
                     let report = runner::run(&spec);
                     let _ = tx.send(FromRunner::Finished {
@@ -329,6 +333,7 @@ struct Owner {
     tag_waits: Vec<(String, u64, Sender<Reply>)>,
     tags_done: VecDeque<(String, u64)>,
     journal: Journal,
+    journal_warn: sources::RateLimit,
     notifier: Notifier,
     last_status: Instant,
 }
@@ -341,7 +346,13 @@ impl Owner {
         journal: Journal,
         notifier: Notifier,
     ) -> Owner {
-        let queue = Queue::new(config.daemon.gap_timeout, config.daemon.coalesce);
+        let mut queue = Queue::new(config.daemon.gap_timeout, config.daemon.coalesce);
+        // Past max_queue_memory, released events stay in the journal until needed.
+        let mut reader = crate::journal::Reader::new(journal.dir());
+        queue.set_spill(
+            config.daemon.max_queue_memory,
+            Box::new(move |id| reader.load(id)),
+        );
         Owner {
             config,
             runtime,
@@ -358,6 +369,7 @@ impl Owner {
             tag_waits: Vec::new(),
             tags_done: VecDeque::new(),
             journal,
+            journal_warn: sources::RateLimit::new(3, Duration::from_secs(60)),
             notifier,
             last_status: Instant::now(),
         }
@@ -396,12 +408,10 @@ impl Owner {
 
     fn flush_journal(&mut self) {
         if let Err(e) = self.journal.flush() {
-            log::error!("journal {}: {e}", self.journal.dir().display());
+            if self.journal_warn.allow("journal errors") {
+                log::error!("journal {}: {e}", self.journal.dir().display());
+            }
         }
-    }
-
-    fn max_output(&self) -> usize {
-        self.config.daemon.max_output_bytes
     }
 
     fn config_name(&self) -> String {
@@ -504,9 +514,15 @@ impl Owner {
         let now = Instant::now();
         match input {
             Input::Fifo(events) => {
+                let spilled = self.queue.spilled();
                 for ev in events {
                     self.stats.received += 1;
                     self.push(ev, now);
+                }
+                if self.queue.spilled() >= spilled + 4096 {
+                    // Spilled events were freed all over the heap: hand the pages back.
+                    // SAFETY: malloc_trim only returns free memory to the kernel.
+                    unsafe { libc::malloc_trim(0) };
                 }
             }
             Input::Spooled(batch) => {
@@ -610,7 +626,9 @@ impl Owner {
             // Every event done so far is on record before a handler starts: after a kill
             // only the one running now can run again.
             if let Err(e) = self.journal.flush() {
-                log::error!("journal {}: {e}", self.journal.dir().display());
+                if self.journal_warn.allow("journal errors") {
+                    log::error!("journal {}: {e}", self.journal.dir().display());
+                }
             }
             self.running = Some(Running {
                 event: ev.summary().to_string(),
@@ -621,6 +639,7 @@ impl Owner {
             let _ = work_tx.send(Work {
                 event: ev.clone(),
                 jobs,
+                max_output: self.config.daemon.max_output_bytes,
             });
             return;
         }
@@ -731,11 +750,7 @@ impl Owner {
                 ok(&tx, "");
             }
             Request::Pending => {
-                let mut lines: Vec<String> = self
-                    .queue
-                    .pending_events()
-                    .map(|e| e.summary().to_string())
-                    .collect();
+                let mut lines = self.queue.pending_lines();
                 if let Some(r) = &self.running {
                     lines.insert(0, format!("running {}", r.event));
                 }
@@ -824,6 +839,8 @@ impl Owner {
             format!("uptime_s {:.1}", self.started.elapsed().as_secs_f64()),
             format!("queued {}", self.queue.pending()),
             format!("queue_bytes {}", self.queue.bytes()),
+            format!("queue_memory {}", self.queue.memory()),
+            format!("spilled {}", self.queue.spilled()),
             format!("waiting_for {}", opt(self.queue.waiting_for())),
             format!("next_expected {}", opt(self.queue.next_expected())),
             format!("paused {}", if self.paused { "yes" } else { "no" }),
@@ -978,6 +995,7 @@ impl Owner {
             Ok(config) => {
                 self.queue
                     .set_gap_timeout(config.daemon.gap_timeout, config.daemon.coalesce);
+                self.queue.set_limit(config.daemon.max_queue_memory);
                 let n = config.rules.len();
                 self.config = config;
                 log::info!("reloaded {}: {n} rules", self.config_name());

@@ -87,8 +87,8 @@ pub struct Queue {
     /// When delivery first stalled on the current gap.
     stalled_since: Option<Instant>,
     skipped: VecDeque<RangeInclusive<u64>>,
-    /// Released events; `log[0]` is at position `base`. `None` is a recalled tombstone.
-    log: VecDeque<Option<Event>>,
+    /// Released events; `log[0]` is at position `base`.
+    log: VecDeque<Slot>,
     base: u64,
     /// Cursor per reader (the position of the next event it will get); None = free slot.
     cursors: Vec<Option<u64>>,
@@ -100,6 +100,51 @@ pub struct Queue {
     pending: usize,
     /// Heap bytes of events held (waiting + log).
     bytes: usize,
+    /// Past this estimate of memory, released events are kept as stubs (see `Slot`).
+    limit: usize,
+    loader: Option<LoaderBox>,
+    spilled: usize,
+}
+
+struct LoaderBox(Loader);
+
+impl std::fmt::Debug for LoaderBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Loader")
+    }
+}
+
+/// Reads a spilled event back by its journal id.
+pub type Loader = Box<dyn FnMut(u64) -> Option<Event> + Send>;
+
+/// Most queued `add`s indexed for coalescing (~2 MiB of index).
+const MAX_ADDS: usize = 1 << 16;
+
+/// Allocator overhead per boxed payload, for the memory estimate.
+const MALLOC_OVERHEAD: usize = 16;
+
+/// One released event. Past the memory limit an event is kept as a stub: its SEQNUM, its
+/// journal id (the body is in the journal segment and is read back when a reader gets
+/// to it) and, for an `add`, its DEVPATH hash for coalescing.
+#[derive(Debug)]
+enum Slot {
+    Mem(Event),
+    Stub { seqnum: u64, id: u64, add_key: u64 },
+    Gone,
+}
+
+impl Slot {
+    fn seqnum(&self) -> Option<u64> {
+        match self {
+            Slot::Mem(ev) => ev.seqnum(),
+            Slot::Stub { seqnum, .. } => (*seqnum != u64::MAX).then_some(*seqnum),
+            Slot::Gone => None,
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        !matches!(self, Slot::Gone)
+    }
 }
 
 fn devpath_key(ev: &Event) -> u64 {
@@ -124,7 +169,34 @@ impl Queue {
             expect_upto: None,
             pending: 0,
             bytes: 0,
+            limit: usize::MAX,
+            loader: None,
+            spilled: 0,
         }
+    }
+
+    /// Keep at most about `limit` bytes of events in memory; past it, released events that
+    /// have a journal id become stubs, read back with `loader` when a reader reaches them.
+    pub fn set_spill(&mut self, limit: usize, loader: Loader) {
+        self.limit = limit;
+        self.loader = Some(LoaderBox(loader));
+    }
+
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// Estimated memory held: bodies, allocator overhead, and the slots themselves.
+    pub fn memory(&self) -> usize {
+        self.bytes
+            + (self.log.len() - self.spilled) * MALLOC_OVERHEAD
+            + self.log.capacity() * std::mem::size_of::<Slot>()
+            + self.waiting.len() * (std::mem::size_of::<Option<Event>>() + 48)
+    }
+
+    /// Events kept as stubs right now.
+    pub fn spilled(&self) -> usize {
+        self.spilled
     }
 
     /// Set the first SEQNUM expected. Events below it are treated as already handled.
@@ -195,7 +267,7 @@ impl Queue {
         self.bytes += ev.heap_bytes();
         self.pending += 1;
         if ev.action() == b"add" && self.coalesce {
-            self.adds.insert(devpath_key(&ev), Loc::Waiting(seq));
+            self.index_add(devpath_key(&ev), Loc::Waiting(seq));
         }
         self.waiting.insert(seq, Some(ev));
         self.release(now);
@@ -269,36 +341,120 @@ impl Queue {
 
     fn append(&mut self, ev: Event) {
         let pos = self.base + self.log.len() as u64;
-        if self.coalesce && ev.action() == b"add" {
-            self.adds.insert(devpath_key(&ev), Loc::Log(pos));
+        let add_key = if ev.action() == b"add" {
+            devpath_key(&ev)
+        } else {
+            0
+        };
+        if self.coalesce && add_key != 0 {
+            self.index_add(add_key, Loc::Log(pos));
+        }
+        self.pending += 1;
+        if ev.id() != 0 && self.memory() + ev.heap_bytes() > self.limit {
+            self.spilled += 1;
+            self.log.push_back(Slot::Stub {
+                seqnum: ev.seqnum().unwrap_or(u64::MAX),
+                id: ev.id(),
+                add_key,
+            });
+            // The slots themselves grow too: give back what the newest events hold.
+            if self.spilled.is_power_of_two() {
+                self.enforce_limit();
+            }
+            return;
         }
         self.bytes += ev.heap_bytes();
-        self.pending += 1;
-        self.log.push_back(Some(ev));
+        self.log.push_back(Slot::Mem(ev));
+    }
+
+    /// Over the limit: turn the newest in-memory events the runner has not taken into stubs
+    /// until the estimate is 1/8 below the limit (so this runs rarely). The oldest stay: the
+    /// runner needs them first.
+    fn enforce_limit(&mut self) {
+        if self.loader.is_none() || self.memory() <= self.limit {
+            return;
+        }
+        let target = self.limit - self.limit / 8;
+        let from = (self.runner_cursor() - self.base) as usize;
+        let mut idx = self.log.len();
+        while idx > from + 1 && self.memory() > target {
+            idx -= 1;
+            if let Slot::Mem(ev) = &self.log[idx] {
+                if ev.id() == 0 {
+                    continue;
+                }
+                let stub = Slot::Stub {
+                    seqnum: ev.seqnum().unwrap_or(u64::MAX),
+                    id: ev.id(),
+                    add_key: if ev.action() == b"add" {
+                        devpath_key(ev)
+                    } else {
+                        0
+                    },
+                };
+                self.bytes -= ev.heap_bytes();
+                self.spilled += 1;
+                self.log[idx] = stub;
+            }
+        }
+    }
+
+    /// Remember where a queued `add` is, for coalescing. The index is bounded: past
+    /// `MAX_ADDS` queued adds, newer ones are not indexed, so a `remove` for one of them
+    /// runs its handlers instead of being coalesced (an optimisation lost, nothing else).
+    fn index_add(&mut self, key: u64, loc: Loc) {
+        if self.adds.len() < MAX_ADDS || self.adds.contains_key(&key) {
+            self.adds.insert(key, loc);
+        }
+    }
+
+    /// Bring the stub at log index `idx` back into memory; false if it cannot be read.
+    fn load(&mut self, idx: usize) -> bool {
+        let Slot::Stub { id, .. } = self.log[idx] else {
+            return self.log[idx].is_live();
+        };
+        self.spilled -= 1;
+        match self.loader.as_mut().and_then(|load| (load.0)(id)) {
+            Some(ev) => {
+                self.bytes += ev.heap_bytes();
+                self.log[idx] = Slot::Mem(ev);
+                true
+            }
+            None => {
+                log::error!("journal: spilled event {id:#x} cannot be read back; it is lost");
+                self.log[idx] = Slot::Gone;
+                if self.base + idx as u64 >= self.runner_cursor() {
+                    self.pending -= 1;
+                }
+                false
+            }
+        }
     }
 
     /// Recall the queued `add` this `remove` cancels, if there is one.
     fn coalesce_remove(&mut self, remove: &Event) -> Option<Event> {
         let key = devpath_key(remove);
-        let loc = *self.adds.get(&key)?;
-        let add = self.get(loc)?;
-        if add.devpath() != remove.devpath() || add.seqnum() >= remove.seqnum() {
-            return None;
-        }
-        let seq = add.seqnum()?;
-        self.recall(seq).ok()
-    }
-
-    fn get(&self, loc: Loc) -> Option<&Event> {
-        match loc {
-            Loc::Waiting(seq) => self.waiting.get(&seq)?.as_ref(),
+        let (seq, same) = match *self.adds.get(&key)? {
+            Loc::Waiting(seq) => {
+                let add = self.waiting.get(&seq)?.as_ref()?;
+                (add.seqnum()?, add.devpath() == remove.devpath())
+            }
             Loc::Log(pos) => {
                 if pos < self.runner_cursor() {
                     return None;
                 }
-                self.log.get((pos - self.base) as usize)?.as_ref()
+                match self.log.get((pos - self.base) as usize)? {
+                    Slot::Mem(add) => (add.seqnum()?, add.devpath() == remove.devpath()),
+                    // A spilled add is known by its DEVPATH hash only.
+                    slot @ Slot::Stub { .. } => (slot.seqnum()?, true),
+                    Slot::Gone => return None,
+                }
             }
+        };
+        if !same || Some(seq) >= remove.seqnum() {
+            return None;
         }
+        self.recall(seq).ok()
     }
 
     fn take_skipped(&mut self, seq: u64) -> bool {
@@ -362,7 +518,7 @@ impl Queue {
                 return None;
             }
             pos += 1;
-            if self.log[idx].is_some() {
+            if self.load(idx) {
                 break;
             }
         }
@@ -370,7 +526,10 @@ impl Queue {
         if reader == RUNNER {
             self.pending -= 1;
         }
-        self.log.get((pos - 1 - self.base) as usize)?.as_ref()
+        match self.log.get((pos - 1 - self.base) as usize)? {
+            Slot::Mem(ev) => Some(ev),
+            _ => None,
+        }
     }
 
     /// Drop events every reader has passed.
@@ -383,9 +542,18 @@ impl Queue {
             .min()
             .unwrap_or(self.base);
         while self.base < min {
-            if let Some(Some(ev)) = self.log.pop_front() {
-                self.bytes -= ev.heap_bytes();
-                self.forget_add(&ev);
+            match self.log.pop_front() {
+                Some(Slot::Mem(ev)) => {
+                    self.bytes -= ev.heap_bytes();
+                    self.forget_add(&ev);
+                }
+                Some(Slot::Stub { add_key, .. }) => {
+                    self.spilled -= 1;
+                    if add_key != 0 && self.adds.get(&add_key) == Some(&Loc::Log(self.base)) {
+                        self.adds.remove(&add_key);
+                    }
+                }
+                _ => {}
             }
             self.base += 1;
         }
@@ -451,11 +619,16 @@ impl Queue {
             .log
             .iter()
             .enumerate()
-            .find(|(_, s)| s.as_ref().and_then(Event::seqnum) == Some(seq))
+            .find(|(_, s)| s.seqnum() == Some(seq))
             .map(|(i, _)| i);
         match found {
             Some(i) if i >= from => {
-                let ev = self.log[i].take().ok_or(RecallError::NotQueued(seq))?;
+                if !self.load(i) {
+                    return Err(RecallError::NotQueued(seq));
+                }
+                let Slot::Mem(ev) = std::mem::replace(&mut self.log[i], Slot::Gone) else {
+                    return Err(RecallError::NotQueued(seq));
+                };
                 self.bytes -= ev.heap_bytes();
                 self.pending -= 1;
                 let key = devpath_key(&ev);
@@ -475,14 +648,26 @@ impl Queue {
         self.pending
     }
 
-    /// The events the runner has not taken, in the order it will take them (released ones,
-    /// then the waiting ones by SEQNUM).
-    pub fn pending_events(&self) -> impl Iterator<Item = &Event> {
+    /// The events the runner has not taken, one summary line each, in the order it will
+    /// take them (released ones, then the waiting ones by SEQNUM).
+    pub fn pending_lines(&self) -> Vec<String> {
         let from = (self.runner_cursor() - self.base) as usize;
-        self.log
-            .range(from..)
-            .flatten()
-            .chain(self.waiting.values().flatten())
+        let released = self.log.range(from..).filter_map(|slot| match slot {
+            Slot::Mem(ev) => Some(ev.summary().to_string()),
+            Slot::Stub { .. } => Some(format!(
+                "{} (spilled to the journal)",
+                slot.seqnum().map_or("-".into(), |s| s.to_string())
+            )),
+            Slot::Gone => None,
+        });
+        released
+            .chain(
+                self.waiting
+                    .values()
+                    .flatten()
+                    .map(|e| e.summary().to_string()),
+            )
+            .collect()
     }
 
     /// Heap bytes of the events held.
@@ -494,12 +679,29 @@ impl Queue {
     /// then the waiting ones by SEQNUM): the shutdown hand-off to the spool.
     pub fn drain_pending(&mut self) -> Vec<Event> {
         let from = (self.runner_cursor() - self.base) as usize;
-        let mut out: Vec<Event> = self.log.drain(from..).flatten().collect();
+        for i in from..self.log.len() {
+            self.load(i);
+        }
+        let mut out: Vec<Event> = self
+            .log
+            .drain(from..)
+            .filter_map(|slot| match slot {
+                Slot::Mem(ev) => Some(ev),
+                _ => None,
+            })
+            .collect();
         out.extend(std::mem::take(&mut self.waiting).into_values().flatten());
         self.pending = 0;
         self.adds.clear();
         self.stalled_since = None;
-        self.bytes = self.log.iter().flatten().map(Event::heap_bytes).sum();
+        self.bytes = self
+            .log
+            .iter()
+            .map(|slot| match slot {
+                Slot::Mem(ev) => ev.heap_bytes(),
+                _ => 0,
+            })
+            .sum();
         out
     }
 }
@@ -672,6 +874,49 @@ mod tests {
         assert!(q.released_through(7));
         assert_eq!(q.deadline(), None);
         assert_eq!(drain(&mut q, RUNNER), vec![5]);
+    }
+
+    #[test]
+    fn past_the_limit_events_spill_and_come_back_in_order() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        let store: std::sync::Arc<std::sync::Mutex<HashMap<u64, Event>>> = Default::default();
+        let s2 = store.clone();
+        q.set_spill(
+            4096,
+            Box::new(move |id| s2.lock().unwrap().get(&id).cloned()),
+        );
+        q.start_at(1);
+        for s in 1..=200 {
+            let mut e = ev(s, "change", "/a");
+            e.set_id(1000 + s);
+            store.lock().unwrap().insert(e.id(), e.clone());
+            q.push(e, t);
+        }
+        assert!(q.spilled() > 100, "{}", q.spilled());
+        assert!(q.bytes() <= 4096, "{}", q.bytes());
+        assert!(q.pending_lines().iter().any(|l| l.contains("spilled")));
+        assert_eq!(q.recall(150).unwrap().seqnum(), Some(150));
+        let mut want: Vec<u64> = (1..=200).filter(|s| *s != 150).collect();
+        let got = drain(&mut q, RUNNER);
+        assert_eq!(got, want);
+        assert_eq!(q.spilled(), 0);
+        assert_eq!(q.bytes(), 0);
+        // Shutdown hands spilled events back too.
+        for s in 201..=300 {
+            let mut e = ev(s, "change", "/a");
+            e.set_id(1000 + s);
+            store.lock().unwrap().insert(e.id(), e.clone());
+            q.push(e, t);
+        }
+        want = (201..=300).collect();
+        let rest: Vec<_> = q.drain_pending().iter().filter_map(Event::seqnum).collect();
+        assert_eq!(rest, want);
+        assert!(
+            std::mem::size_of::<Slot>() <= 56,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
     }
 
     #[test]

@@ -237,7 +237,11 @@ impl Diag<'_> {
             }
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
-                let msg = e.message().trim_end().replace('\n', ": ");
+                let mut msg = e.message().trim_end().replace('\n', ": ");
+                if msg.is_empty() {
+                    // toml says nothing for a value missing at the very end of the text.
+                    msg = "expected a value, found the end of the file".into();
+                }
                 self.error(&span, msg);
                 None
             }
@@ -328,6 +332,39 @@ impl Diag<'_> {
                 None
             }
         }
+    }
+
+    /// A size: an integer number of bytes, or a string with a binary suffix
+    /// (`"512KiB"`, `"64MiB"`, `"1GiB"`; `K`, `M`, `G` mean the same).
+    pub fn bytes(&mut self, v: &Value) -> Option<usize> {
+        if let Node::Str(text) = &v.node {
+            let t = text.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (num, unit) = t.split_at(split);
+            let mult: Option<usize> = match unit.trim() {
+                "" | "B" => Some(1),
+                "K" | "KiB" => Some(1 << 10),
+                "M" | "MiB" => Some(1 << 20),
+                "G" | "GiB" => Some(1 << 30),
+                _ => None,
+            };
+            return match (num.parse::<usize>().ok(), mult) {
+                (Some(n), Some(m)) => n.checked_mul(m).or_else(|| {
+                    self.error(&v.span, format!("size {t:?} is too large"));
+                    None
+                }),
+                _ => {
+                    self.error(
+                        &v.span,
+                        format!(
+                            "invalid size {t:?}: expected bytes, or a number with KiB, MiB or GiB"
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        self.unsigned(v)
     }
 
     /// A duration string (`"500ms"`, `"2s"`, `"1m"`, `"1h"`, or combined like `"1m30s"`)

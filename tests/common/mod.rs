@@ -88,6 +88,10 @@ run = ["{record}"]
 
     /// Start a daemon on this env's runtime dir and wait until it says it is ready.
     pub fn start(&self, config: &Path) -> Daemon {
+        self.start_at_level(config, "debug")
+    }
+
+    pub fn start_at_level(&self, config: &Path, level: &str) -> Daemon {
         let log = self.path(&format!("daemon-{}.log", nanos()));
         let child = Command::new(DAEMON)
             .arg("--config")
@@ -95,7 +99,7 @@ run = ["{record}"]
             .arg("--runtime-dir")
             .arg(self.runtime())
             .arg("--log-level")
-            .arg("debug")
+            .arg(level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -106,7 +110,14 @@ run = ["{record}"]
             if let Some(st) = d.child.try_wait().unwrap() {
                 panic!("daemon exited early ({st}):\n{}", d.log_text());
             }
-            d.log_text().contains(" ready on ")
+            let log = fs::read_to_string(&d.log).unwrap_or_default();
+            // Below info the ready line is not logged: then the control socket answering
+            // is the sign (it is bound after the FIFO is open).
+            log.contains(" ready on ")
+                || (level != "debug"
+                    && level != "info"
+                    && std::os::unix::net::UnixStream::connect(self.runtime().join("control"))
+                        .is_ok())
         });
         d
     }
