@@ -284,11 +284,6 @@ fn serve_connection(stream: UnixStream, me: u32, tx: crossbeam_channel::Sender<T
         Err(_) => return,
     };
     let uid = peer_uid(&stream).unwrap_or(u32::MAX);
-    if !allowed(uid, me) {
-        log::warn!("control: refused a request from uid {uid}: permission denied");
-        let _ = out.write_all(b"%error permission denied\n");
-        return;
-    }
     let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
     // A client that stops reading must not keep its thread forever; the queue never
     // waits on it anyway (monitors are dropped when they fall behind).
@@ -303,7 +298,14 @@ fn serve_connection(stream: UnixStream, me: u32, tx: crossbeam_channel::Sender<T
             _ => None,
         }
     };
+    // Read the request before answering even a refusal: closing with unread input makes
+    // the kernel reset the connection, and the client would never see why.
     let Some(line) = read_line() else { return };
+    if !allowed(uid, me) {
+        log::warn!("control: refused a request from uid {uid}: permission denied");
+        let _ = out.write_all(b"%error permission denied\n");
+        return;
+    }
     let request = match parse_request(&line, &mut read_line) {
         Ok(r) => r,
         Err(e) => {

@@ -23,7 +23,13 @@ pub enum EventError {
     Missing(&'static str),
     #[error("SEQNUM {0:?} is not a decimal number")]
     BadSeqnum(String),
+    #[error("{0} bytes is more than an event may hold ({MAX_EVENT})")]
+    TooLarge(usize),
 }
+
+/// Largest payload an event holds: its field offsets are `u16`. Above every channel's own
+/// limit (the FIFO's 4 KiB, a spool file's 64 KiB less the header).
+pub const MAX_EVENT: usize = u16::MAX as usize;
 
 /// A decoded event. Cloning copies the buffer; the queue never clones, the runner does
 /// once per handler run.
@@ -47,6 +53,9 @@ impl Event {
     }
 
     fn from_boxed(buf: Box<[u8]>) -> Result<Event, EventError> {
+        if buf.len() > MAX_EVENT {
+            return Err(EventError::TooLarge(buf.len()));
+        }
         if buf.last() != Some(&0) {
             return Err(EventError::Unterminated);
         }

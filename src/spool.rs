@@ -5,7 +5,7 @@
 //! still queued) write `spool/.tmp-*` and rename it to its final name, so a reader never
 //! sees half a file. Final names sort by SEQNUM: 20 zero-padded digits, then `-` and the
 //! writer's pid (two writers of one SEQNUM never clobber each other; the queue drops the
-//! duplicate). Events without a SEQNUM are named `~-PID-NANOS`, after every numbered one.
+//! duplicate). Events without a SEQNUM are named `~-NANOS-PID`, after every numbered one.
 //! Names starting with `.` are unfinished and never read.
 
 use std::fs;
