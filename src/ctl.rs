@@ -36,6 +36,10 @@ Commands:
   test [--config FILE] KEY=VALUE...   show which rules match an event and the argv each
                                       would run; runs nothing, needs no daemon
   pending                             list the events not yet handled
+  helper status|enable [PATH]|disable [--file FILE]
+                                      read or set the kernel's uevent helper
+                                      (/proc/sys/kernel/hotplug); enable defaults to
+                                      the hotplug shim installed beside hotplugctl
 
 The runtime dir defaults to $HOTPLUGD_RUNTIME_DIR, else /run/hotplugd.
 Exit status: 0 ok; 1 failure or timeout; 2 usage.";
@@ -148,6 +152,7 @@ fn run(args: &[String]) -> Result<(), Fail> {
         },
         "trigger" => trigger(&dir, it),
         "test" => test(it),
+        "helper" => helper(it),
         other => Err(usage(format!("unknown command {other:?}"))),
     }
 }
@@ -512,6 +517,78 @@ fn inject(dir: &Path, d: &sysfs::Device, action: &str, tag: &str) -> Result<(), 
     match end {
         End::Ok(_) => Ok(()),
         End::Error(e) => Err(Fail(format!("{}: {e}", d.devpath), 1)),
+    }
+}
+
+/// Where the kernel keeps its uevent helper path; `/sys/kernel/uevent_helper` is the same
+/// setting, and both exist only with CONFIG_UEVENT_HELPER.
+const HELPER_FILES: [&str; 2] = ["/proc/sys/kernel/hotplug", "/sys/kernel/uevent_helper"];
+
+fn helper(mut it: Args) -> Result<(), Fail> {
+    let action = it.next().ok_or_else(|| usage("usage: helper status|enable [PATH]|disable"))?;
+    let mut path: Option<String> = None;
+    let mut file: Option<PathBuf> = None;
+    while let Some((arg, v)) = it.flag() {
+        match arg {
+            "--file" => file = Some(it.value(arg, v)?.into()),
+            p if action == "enable" && path.is_none() && !p.starts_with('-') => {
+                path = Some(p.to_owned())
+            }
+            other => return Err(usage(format!("helper: unexpected argument {other:?}"))),
+        }
+    }
+    let file = match file {
+        Some(f) => f,
+        None => HELPER_FILES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                Fail(
+                    "this kernel has no uevent helper (built without CONFIG_UEVENT_HELPER): \
+                     run hotplugd with the netlink source instead (sources = [\"netlink\"])"
+                        .into(),
+                    1,
+                )
+            })?,
+    };
+    let fail = |e: std::io::Error| Fail(format!("{}: {e}", file.display()), 1);
+    match action {
+        "status" => {
+            let current = std::fs::read_to_string(&file).map_err(fail)?;
+            let current = current.trim();
+            if current.is_empty() {
+                println!("{}: no helper (the kernel runs nothing per event)", file.display());
+            } else {
+                println!("{}: {current}", file.display());
+            }
+            Ok(())
+        }
+        "enable" => {
+            let shim = match path {
+                Some(p) => PathBuf::from(p),
+                None => std::env::current_exe()
+                    .ok()
+                    .and_then(|e| Some(e.parent()?.join("hotplug")))
+                    .filter(|p| p.is_file())
+                    .unwrap_or_else(|| PathBuf::from("/sbin/hotplug")),
+            };
+            if !shim.is_absolute() || !shim.is_file() {
+                return Err(Fail(
+                    format!("{}: not an absolute path to the shim", shim.display()),
+                    1,
+                ));
+            }
+            std::fs::write(&file, format!("{}\n", shim.display())).map_err(fail)?;
+            println!("{}: {}", file.display(), shim.display());
+            Ok(())
+        }
+        "disable" => {
+            std::fs::write(&file, "\n").map_err(fail)?;
+            println!("{}: no helper", file.display());
+            Ok(())
+        }
+        other => Err(usage(format!("helper: unknown action {other:?}"))),
     }
 }
 

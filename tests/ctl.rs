@@ -465,3 +465,30 @@ fn errors_name_the_socket_and_other_uids_are_refused() {
     d.wait_log("refused a request from uid 65534");
     assert_eq!(status_field(&env, "paused"), "false");
 }
+
+#[test]
+fn helper_enable_disable_and_status_write_the_kernel_setting() {
+    let env = Env::new();
+    let file = env.path("hotplug-setting");
+    fs::write(&file, "\n").unwrap();
+    let f = file.to_str().unwrap();
+    assert!(env.ctl_ok(&["helper", "status", "--file", f]).contains("no helper"));
+    let out = env.ctl_ok(&["helper", "enable", SHIM, "--file", f]);
+    assert!(out.contains(SHIM), "{out}");
+    assert_eq!(fs::read_to_string(&file).unwrap(), format!("{SHIM}\n"));
+    assert!(env.ctl_ok(&["helper", "status", "--file", f]).contains(SHIM));
+    env.ctl_ok(&["helper", "disable", "--file", f]);
+    assert_eq!(fs::read_to_string(&file).unwrap().trim(), "");
+    let out = env.ctl(&["helper", "enable", "relative/hotplug", "--file", f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an absolute path"));
+    // On a kernel built without CONFIG_UEVENT_HELPER (like Debian's), it says what to do.
+    if !std::path::Path::new("/proc/sys/kernel/hotplug").exists()
+        && !std::path::Path::new("/sys/kernel/uevent_helper").exists()
+    {
+        let out = env.ctl(&["helper", "status"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("CONFIG_UEVENT_HELPER") && err.contains("netlink"), "{err}");
+    }
+}
