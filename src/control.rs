@@ -15,7 +15,7 @@
 //! faked by data. Event values are escaped: bytes outside printable ASCII, and `\`, are
 //! written `\xNN`. Requests: `status`, `pending`, `monitor [env] [handled] [subsystem=S]...`,
 //! `settle [SEQNUM]`, `reload`, `recall SEQNUM`, `pause`, `resume`, `log-level LEVEL`,
-//! `inject`, `wait-tag UUID COUNT`. Replies per command are in hotplugctl(8).
+//! `inject`, `wait-tag UUID COUNT`, `timeline`. Replies per command are in hotplugctl(8).
 //!
 //! Every connection is checked with `SO_PEERCRED`: only uid 0 and the daemon's own uid may
 //! talk to it; anyone else gets `%error permission denied` and the attempt is logged.
@@ -129,6 +129,8 @@ pub enum Request {
     LogLevel(log::LevelFilter),
     /// A synthetic event (`hotplugctl trigger --synthesize`).
     Inject(crate::event::Event),
+    /// The record of handler runs and gap waits.
+    Timeline,
     /// Wait until `count` events tagged `SYNTH_UUID=tag` have been handled.
     WaitTag {
         tag: String,
@@ -171,6 +173,7 @@ pub fn parse_request(
     match cmd {
         "status" => no_args(Request::Status),
         "pending" => no_args(Request::Pending),
+        "timeline" => no_args(Request::Timeline),
         "reload" => no_args(Request::Reload),
         "pause" => no_args(Request::Pause),
         "resume" => no_args(Request::Resume),

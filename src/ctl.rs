@@ -36,6 +36,8 @@ Commands:
   test [--config FILE] KEY=VALUE...   show which rules match an event and the argv each
                                       would run; runs nothing, needs no daemon
   pending                             list the events not yet handled
+  timeline [--svg FILE]               the handler runs and gap waits the daemon
+                                      remembers (last 10,000), as a table or a chart
   helper status|enable [PATH]|disable [--file FILE]
                                       read or set the kernel's uevent helper
                                       (/proc/sys/kernel/hotplug); enable defaults to
@@ -153,6 +155,7 @@ fn run(args: &[String]) -> Result<(), Fail> {
         "trigger" => trigger(&dir, it),
         "test" => test(it),
         "helper" => helper(it),
+        "timeline" => timeline(&dir, it),
         other => Err(usage(format!("unknown command {other:?}"))),
     }
 }
@@ -520,12 +523,38 @@ fn inject(dir: &Path, d: &sysfs::Device, action: &str, tag: &str) -> Result<(), 
     }
 }
 
+fn timeline(dir: &Path, mut it: Args) -> Result<(), Fail> {
+    let mut svg: Option<PathBuf> = None;
+    while let Some((flag, v)) = it.flag() {
+        match flag {
+            "--svg" => svg = Some(it.value(flag, v)?.into()),
+            other => return Err(usage(format!("timeline: unknown option {other:?}"))),
+        }
+    }
+    let (lines, end) = control::call(dir, "timeline")?;
+    if let End::Error(e) = end {
+        return Err(Fail(e, 1));
+    }
+    let spans = crate::timeline::parse(&lines);
+    match svg {
+        Some(path) => {
+            std::fs::write(&path, crate::timeline::svg(&spans))
+                .map_err(|e| Fail(format!("{}: {e}", path.display()), 1))?;
+            println!("{}: {} entries", path.display(), spans.len());
+        }
+        None => print!("{}", crate::timeline::table(&spans)),
+    }
+    Ok(())
+}
+
 /// Where the kernel keeps its uevent helper path; `/sys/kernel/uevent_helper` is the same
 /// setting, and both exist only with CONFIG_UEVENT_HELPER.
 const HELPER_FILES: [&str; 2] = ["/proc/sys/kernel/hotplug", "/sys/kernel/uevent_helper"];
 
 fn helper(mut it: Args) -> Result<(), Fail> {
-    let action = it.next().ok_or_else(|| usage("usage: helper status|enable [PATH]|disable"))?;
+    let action = it
+        .next()
+        .ok_or_else(|| usage("usage: helper status|enable [PATH]|disable"))?;
     let mut path: Option<String> = None;
     let mut file: Option<PathBuf> = None;
     while let Some((arg, v)) = it.flag() {
@@ -558,7 +587,10 @@ fn helper(mut it: Args) -> Result<(), Fail> {
             let current = std::fs::read_to_string(&file).map_err(fail)?;
             let current = current.trim();
             if current.is_empty() {
-                println!("{}: no helper (the kernel runs nothing per event)", file.display());
+                println!(
+                    "{}: no helper (the kernel runs nothing per event)",
+                    file.display()
+                );
             } else {
                 println!("{}: {current}", file.display());
             }

@@ -292,6 +292,9 @@ const MONITOR_BATCH: usize = 512;
 /// Tags (`SYNTH_UUID`) whose handled counts are remembered for `wait-tag`.
 const MAX_TAGS: usize = 64;
 
+/// Handler runs and gap waits remembered for `hotplugctl timeline`.
+const TIMELINE_LEN: usize = 10_000;
+
 /// The event the runner has now.
 struct Running {
     event: String,
@@ -332,6 +335,9 @@ struct Owner {
     settles: Vec<Settle>,
     tag_waits: Vec<(String, u64, Sender<Reply>)>,
     tags_done: VecDeque<(String, u64)>,
+    /// `run START END SEQNUM RULE OUTCOME` / `wait START END FIRST LAST` lines, seconds
+    /// since the daemon started.
+    timeline: VecDeque<String>,
     journal: Journal,
     journal_warn: sources::RateLimit,
     notifier: Notifier,
@@ -368,6 +374,7 @@ impl Owner {
             settles: Vec::new(),
             tag_waits: Vec::new(),
             tags_done: VecDeque::new(),
+            timeline: VecDeque::new(),
             journal,
             journal_warn: sources::RateLimit::new(3, Duration::from_secs(60)),
             notifier,
@@ -591,8 +598,31 @@ impl Owner {
         }
     }
 
+    fn record(&mut self, line: String) {
+        if self.timeline.len() == TIMELINE_LEN {
+            self.timeline.pop_front();
+        }
+        self.timeline.push_back(line);
+    }
+
+    fn since_start(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.started).as_secs_f64()
+    }
+
     fn expire_gap(&mut self) {
         if let Some(range) = self.queue.expire_gap(Instant::now()) {
+            let now = Instant::now();
+            let began = now
+                .checked_sub(self.config.daemon.gap_timeout)
+                .unwrap_or(now);
+            let line = format!(
+                "wait {:.6} {:.6} {} {}",
+                self.since_start(began),
+                self.since_start(now),
+                range.start(),
+                range.end()
+            );
+            self.record(line);
             self.stats.gaps_skipped += range.end() - range.start() + 1;
             log::warn!(
                 "SEQNUM {}..={} did not arrive within {:?}; going on without them",
@@ -687,6 +717,14 @@ impl Owner {
             .as_ref()
             .and_then(|r| r.seqnum)
             .map_or("-".into(), |s| s.to_string());
+        let start = self.since_start(report.started);
+        let run = format!(
+            "run {start:.6} {:.6} {seq} {} {}",
+            start + report.duration.as_secs_f64(),
+            control::escape(rule.as_bytes()).replace(' ', "\\x20"),
+            report.outcome.to_string().replace(' ', "_")
+        );
+        self.record(run);
         let line = format!(
             "{seq} {rule} {} {:.1}ms",
             report.outcome.to_string().replace(' ', "_"),
@@ -828,6 +866,10 @@ impl Owner {
                 ok(&tx, "queued");
             }
             Request::WaitTag { tag, count } => self.tag_waits.push((tag, count, tx)),
+            Request::Timeline => {
+                let _ = tx.send(Reply::Lines(self.timeline.iter().cloned().collect()));
+                ok(&tx, "");
+            }
         }
     }
 

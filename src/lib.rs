@@ -20,3 +20,4 @@ pub mod runtime;
 pub mod sources;
 pub mod spool;
 pub mod sysfs;
+pub mod timeline;

@@ -472,11 +472,15 @@ fn helper_enable_disable_and_status_write_the_kernel_setting() {
     let file = env.path("hotplug-setting");
     fs::write(&file, "\n").unwrap();
     let f = file.to_str().unwrap();
-    assert!(env.ctl_ok(&["helper", "status", "--file", f]).contains("no helper"));
+    assert!(env
+        .ctl_ok(&["helper", "status", "--file", f])
+        .contains("no helper"));
     let out = env.ctl_ok(&["helper", "enable", SHIM, "--file", f]);
     assert!(out.contains(SHIM), "{out}");
     assert_eq!(fs::read_to_string(&file).unwrap(), format!("{SHIM}\n"));
-    assert!(env.ctl_ok(&["helper", "status", "--file", f]).contains(SHIM));
+    assert!(env
+        .ctl_ok(&["helper", "status", "--file", f])
+        .contains(SHIM));
     env.ctl_ok(&["helper", "disable", "--file", f]);
     assert_eq!(fs::read_to_string(&file).unwrap().trim(), "");
     let out = env.ctl(&["helper", "enable", "relative/hotplug", "--file", f]);
@@ -489,6 +493,78 @@ fn helper_enable_disable_and_status_write_the_kernel_setting() {
         let out = env.ctl(&["helper", "status"]);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("CONFIG_UEVENT_HELPER") && err.contains("netlink"), "{err}");
+        assert!(
+            err.contains("CONFIG_UEVENT_HELPER") && err.contains("netlink"),
+            "{err}"
+        );
+    }
+}
+
+/// Headless Chromium, if installed: `--dump-dom` of the rendered SVG.
+fn chromium_dom(svg: &std::path::Path) -> Option<String> {
+    let bin = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })?;
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", svg.display()))
+        .output()
+        .unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn timeline_draws_a_bar_per_handler_run_and_the_gap_waits() {
+    let env = Env::new();
+    let rules = r#"
+[[rule]]
+name = "fails"
+match = { SUBSYSTEM = "bad" }
+run = ["/bin/false"]
+last = true
+"#;
+    let _d = env.start(&env.config("gap_timeout = \"200ms\"", rules));
+    env.event(1, "add", "/devices/a");
+    env.event(3, "add", "/devices/c");
+    env.shim(&[
+        ("ACTION", "add"),
+        ("DEVPATH", "/devices/d"),
+        ("SUBSYSTEM", "bad"),
+        ("SEQNUM", "4"),
+    ]);
+    env.ctl_ok(&["settle", "--seq", "4"]);
+    let table = env.ctl_ok(&["timeline"]);
+    assert_eq!(table.matches("record: exit 0").count(), 2, "{table}");
+    assert!(table.contains("fails: exit 1"), "{table}");
+    assert!(table.contains("waited for SEQNUM 2..=2"), "{table}");
+    let svg = env.path("timeline.svg");
+    env.ctl_ok(&["timeline", "--svg", svg.to_str().unwrap()]);
+    let text = fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches("<rect class=\"run").count(), 3, "{text}");
+    match chromium_dom(&svg) {
+        Some(dom) => {
+            // The browser parsed it as SVG and kept every bar and the wait band.
+            assert_eq!(dom.matches("<rect class=\"run").count(), 3, "{dom}");
+            assert_eq!(dom.matches("<rect class=\"wait\"").count(), 1, "{dom}");
+            assert!(dom.contains("3 record"), "{dom}");
+        }
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("chromium is missing in CI: scripts/install-test-deps.sh installs it")
+        }
+        None => eprintln!("skipping the browser check: chromium is not installed"),
     }
 }

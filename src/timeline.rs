@@ -1,0 +1,246 @@
+//! `hotplugctl timeline`: the daemon's record of handler runs and gap waits, as a table or
+//! as an SVG chart (a boot chart for hotplug): one bar per handler run on a time axis, one
+//! row each, labelled with SEQNUM and rule (the full outcome on hover), and the gap waits
+//! as shaded bands across all rows, so an admin sees where the time goes.
+
+use std::fmt::Write;
+
+/// One entry of the record, times in seconds since the daemon started.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Span {
+    Run {
+        start: f64,
+        end: f64,
+        seqnum: String,
+        rule: String,
+        outcome: String,
+    },
+    Wait {
+        start: f64,
+        end: f64,
+        first: String,
+        last: String,
+    },
+}
+
+impl Span {
+    fn bounds(&self) -> (f64, f64) {
+        match self {
+            Span::Run { start, end, .. } | Span::Wait { start, end, .. } => (*start, *end),
+        }
+    }
+}
+
+/// Parse the daemon's `timeline` reply lines; malformed lines are skipped.
+pub fn parse(lines: &[String]) -> Vec<Span> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            let num = |i: usize| w.get(i)?.parse::<f64>().ok();
+            match w.first()? {
+                &"run" if w.len() == 6 => Some(Span::Run {
+                    start: num(1)?,
+                    end: num(2)?,
+                    seqnum: w[3].to_owned(),
+                    rule: crate::control::unescape(w[4])
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())?,
+                    outcome: w[5].replace('_', " "),
+                }),
+                &"wait" if w.len() == 5 => Some(Span::Wait {
+                    start: num(1)?,
+                    end: num(2)?,
+                    first: w[3].to_owned(),
+                    last: w[4].to_owned(),
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A plain table: when, how long, what.
+pub fn table(spans: &[Span]) -> String {
+    let mut out = String::new();
+    for s in spans {
+        let _ = match s {
+            Span::Run {
+                start,
+                end,
+                seqnum,
+                rule,
+                outcome,
+            } => writeln!(
+                out,
+                "{start:>10.3}s {:>9.1}ms  {seqnum:>8}  {rule}: {outcome}",
+                (end - start) * 1e3
+            ),
+            Span::Wait {
+                start,
+                end,
+                first,
+                last,
+            } => writeln!(
+                out,
+                "{start:>10.3}s {:>9.1}ms  {:>8}  waited for SEQNUM {first}..={last}",
+                (end - start) * 1e3,
+                "gap"
+            ),
+        };
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const ROW: f64 = 16.0;
+const LEFT: f64 = 10.0;
+const TOP: f64 = 40.0;
+const WIDTH: f64 = 1200.0;
+
+/// The chart. Bars are at least a pixel wide so a 1 ms handler is still visible.
+pub fn svg(spans: &[Span]) -> String {
+    let runs = spans
+        .iter()
+        .filter(|s| matches!(s, Span::Run { .. }))
+        .count();
+    let (t0, t1) = spans
+        .iter()
+        .map(Span::bounds)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (s, e)| {
+            (a.min(s), b.max(e))
+        });
+    let (t0, t1) = if spans.is_empty() {
+        (0.0, 1.0)
+    } else {
+        (t0, t1.max(t0 + 1e-3))
+    };
+    let plot = WIDTH - LEFT - 260.0;
+    let x = |t: f64| LEFT + (t - t0) / (t1 - t0) * plot;
+    let height = TOP + (runs.max(1) as f64) * ROW + 30.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        out,
+        "<style>.run{{fill:#3b7dd8}}.run.failed{{fill:#d8453b}}.wait{{fill:#f2b134;opacity:0.35}}text{{fill:#222}}</style>"
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="16" font-size="13">hotplugd: {runs} handler runs over {:.3} s</text>"#,
+        t1 - t0
+    );
+    // Axis ticks at a round step, about ten across.
+    let span = t1 - t0;
+    let raw = span / 10.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(mag * 10.0);
+    let mut t = (t0 / step).ceil() * step;
+    while t <= t1 + 1e-9 {
+        let _ = writeln!(
+            out,
+            r##"<line x1="{0:.1}" y1="{1}" x2="{0:.1}" y2="{2}" stroke="#ccc"/><text x="{0:.1}" y="{3}" text-anchor="middle">{4:.3}s</text>"##,
+            x(t),
+            TOP - 6.0,
+            height - 24.0,
+            TOP - 10.0,
+            t
+        );
+        t += step;
+    }
+    for s in spans {
+        if let Span::Wait {
+            start,
+            end,
+            first,
+            last,
+        } = s
+        {
+            let _ = writeln!(
+                out,
+                r#"<rect class="wait" x="{:.1}" y="{TOP}" width="{:.1}" height="{:.1}"><title>waited {:.0} ms for SEQNUM {}..={}</title></rect>"#,
+                x(*start),
+                (x(*end) - x(*start)).max(1.0),
+                height - TOP - 24.0,
+                (end - start) * 1e3,
+                esc(first),
+                esc(last)
+            );
+        }
+    }
+    let mut row = 0.0;
+    for s in spans {
+        if let Span::Run {
+            start,
+            end,
+            seqnum,
+            rule,
+            outcome,
+        } = s
+        {
+            let y = TOP + row * ROW;
+            row += 1.0;
+            let class = if outcome == "exit 0" {
+                "run"
+            } else {
+                "run failed"
+            };
+            let label = format!("{} {}", esc(seqnum), esc(rule));
+            let _ = writeln!(
+                out,
+                r#"<rect class="{class}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}"><title>SEQNUM {label}: {} in {:.1} ms</title></rect><text x="{:.1}" y="{:.1}">{label}</text>"#,
+                x(*start),
+                y + 2.0,
+                (x(*end) - x(*start)).max(1.0),
+                ROW - 4.0,
+                esc(outcome),
+                (end - start) * 1e3,
+                x(*end) + 4.0,
+                y + ROW - 4.0
+            );
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_draws_every_run() {
+        let lines: Vec<String> = [
+            "run 0.100000 0.101500 7 modules exit_0",
+            "wait 0.200000 2.200000 8 8",
+            "run 2.200000 2.500000 9 a\\x20b exit_3",
+            "garbage",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let spans = parse(&lines);
+        assert_eq!(spans.len(), 3);
+        assert!(
+            matches!(&spans[2], Span::Run { rule, outcome, .. } if rule == "a b" && outcome == "exit 3")
+        );
+        let svg = svg(&spans);
+        assert_eq!(svg.matches("<rect class=\"run").count(), 2);
+        assert_eq!(svg.matches("class=\"run failed\"").count(), 1);
+        assert_eq!(svg.matches("<rect class=\"wait\"").count(), 1);
+        assert!(svg.contains("9 a b"));
+        let t = table(&spans);
+        assert!(t.contains("waited for SEQNUM 8..=8"), "{t}");
+    }
+}
