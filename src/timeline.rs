@@ -38,8 +38,8 @@ pub fn parse(lines: &[String]) -> Vec<Span> {
         .filter_map(|l| {
             let w: Vec<&str> = l.split(' ').collect();
             let num = |i: usize| w.get(i)?.parse::<f64>().ok();
-            match w.first()? {
-                &"run" if w.len() == 6 => Some(Span::Run {
+            match *w.first()? {
+                "run" if w.len() == 6 => Some(Span::Run {
                     start: num(1)?,
                     end: num(2)?,
                     seqnum: w[3].to_owned(),
@@ -47,7 +47,7 @@ pub fn parse(lines: &[String]) -> Vec<Span> {
                         .map(|b| String::from_utf8_lossy(&b).into_owned())?,
                     outcome: w[5].replace('_', " "),
                 }),
-                &"wait" if w.len() == 5 => Some(Span::Wait {
+                "wait" if w.len() == 5 => Some(Span::Wait {
                     start: num(1)?,
                     end: num(2)?,
                     first: w[3].to_owned(),
