@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod demo;
 pub mod event;
 pub mod journal;
 pub mod message;

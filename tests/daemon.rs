@@ -349,3 +349,34 @@ fn the_shim_refuses_to_loop_and_survives_closed_std_fds() {
     assert!(status.success());
     assert_eq!(env.wait_handled(1).seqs, vec![1]);
 }
+
+#[test]
+fn the_demo_replays_this_machines_devices_and_cleans_up() {
+    if !std::path::Path::new("/sys/devices").is_dir() {
+        eprintln!("skipping the demo: no /sys/devices here");
+        return;
+    }
+    let out = Command::new(DAEMON).arg("--demo").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: usize = text
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no device count in {text}"));
+    assert!(n > 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{n} events through the shim (0 shims failed), {n} handled"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("0 late, 0 duplicates"), "{text}");
+    let dir = text.rsplit("cleaned up ").next().unwrap().trim();
+    assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
+}

@@ -10,6 +10,7 @@ use hotplugd::spool::{DEFAULT_RUNTIME_DIR, RUNTIME_DIR_ENV};
 const USAGE: &str = "\
 usage: hotplugd [--config FILE] [--runtime-dir DIR] [--log-level LEVEL] [--ready-fd N]
        hotplugd --check-config [--config FILE]
+       hotplugd --demo
        hotplugd --version | --help
 
 Receives the kernel's hotplug events from the `hotplug` shim through DIR/events, orders
@@ -21,6 +22,9 @@ foreground and logs to stderr.
   --runtime-dir DIR   runtime directory (default /run/hotplugd, or $HOTPLUGD_RUNTIME_DIR)
   --log-level LEVEL   error, warn, info (default), debug, trace; RUST_LOG works too
   --check-config      validate the config and rules, print FILE:LINE:COL: errors
+  --demo              replay this machine's devices from /sys through the shim into a
+                      daemon in a temporary dir (harmless echo rules), show them flow,
+                      print a summary, clean up; no root needed
   --ready-fd N        write a newline to fd N once ready (s6 readiness); with
                       NOTIFY_SOCKET set, systemd is told READY=1 as well
 
@@ -38,6 +42,7 @@ struct Args {
     runtime_dir: Option<PathBuf>,
     log_level: Option<String>,
     check: bool,
+    demo: bool,
     ready_fd: Option<i32>,
 }
 
@@ -47,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         runtime_dir: None,
         log_level: None,
         check: false,
+        demo: false,
         ready_fd: None,
     };
     let mut it = std::env::args_os().skip(1);
@@ -69,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
                 args.log_level = Some(value("--log-level")?.to_string_lossy().into_owned())
             }
             "--check-config" => args.check = true,
+            "--demo" => args.demo = true,
             "--ready-fd" => {
                 let v = value("--ready-fd")?;
                 let v = v.to_string_lossy();
@@ -121,6 +128,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.demo {
+        return match hotplugd::demo::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hotplugd --demo: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if args.check {
         return match Config::load(args.config.as_deref()) {
             Ok(c) => {
