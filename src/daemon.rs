@@ -564,17 +564,23 @@ impl Owner {
     }
 
     fn push(&mut self, ev: Event, now: Instant) {
-        let summary = ev.summary().to_string();
-        let tag = tag_of(&ev);
+        // The hot path formats nothing: a summary only when a debug line will show it.
+        let debug = log::log_enabled!(log::Level::Debug).then(|| ev.summary().to_string());
         let id = ev.id();
         match self.queue.push(ev, now) {
             Push::Queued | Push::Waiting => {
                 self.journal.queued(id);
-                log::debug!("queued {summary}")
+                if let Some(summary) = debug {
+                    log::debug!("queued {summary}")
+                }
             }
             Push::Late => {
                 self.journal.queued(id);
                 self.stats.late += 1;
+                let summary = self
+                    .queue
+                    .newest()
+                    .map_or(String::from("-"), |e| e.summary().to_string());
                 log::info!(
                     "late {summary}: its SEQNUM was skipped or predates this start; queued now"
                 );
@@ -582,7 +588,10 @@ impl Owner {
             Push::Duplicate(ev) => {
                 self.journal.done(&ev, false);
                 self.stats.duplicates += 1;
-                log::info!("duplicate {summary}: already queued or handled; ignoring it");
+                log::info!(
+                    "duplicate {}: already queued or handled; ignoring it",
+                    ev.summary()
+                );
             }
             Push::Coalesced { add, remove } => {
                 self.journal.done(&add, true);
@@ -590,10 +599,11 @@ impl Owner {
                 self.stats.coalesced += 2;
                 self.stats.recalled += 2;
                 log::info!(
-                    "coalesced {summary} with its add (SEQNUM {}) still queued: neither runs",
+                    "coalesced {} with its add (SEQNUM {}) still queued: neither runs",
+                    remove.summary(),
                     add.seqnum().map_or("-".into(), |s| s.to_string())
                 );
-                self.count_tag(tag);
+                self.count_tag(tag_of(&remove));
             }
         }
     }
@@ -642,8 +652,7 @@ impl Owner {
             let jobs = self.config.rules.plan(ev);
             if jobs.is_empty() {
                 log::info!("{}: no rule matched", ev.summary());
-                let ev = ev.clone();
-                self.finished(&ev);
+                finished(&mut self.journal, &mut self.stats, &mut self.tags_done, ev);
                 continue;
             }
             let jobs = jobs
@@ -686,7 +695,12 @@ impl Owner {
             FromRunner::Finished { rule, report } => self.on_finished(&rule, &report),
             FromRunner::Done { event } => {
                 self.running = None;
-                self.finished(&event);
+                finished(
+                    &mut self.journal,
+                    &mut self.stats,
+                    &mut self.tags_done,
+                    &event,
+                );
             }
         }
     }
@@ -745,25 +759,8 @@ impl Owner {
         }
     }
 
-    /// An event left the queue for good: handled, or nothing to run for it.
-    fn finished(&mut self, ev: &Event) {
-        self.journal.done(ev, true);
-        self.stats.handled += 1;
-        self.stats.last_handled = ev.seqnum().or(self.stats.last_handled);
-        self.count_tag(tag_of(ev));
-    }
-
     fn count_tag(&mut self, tag: Option<String>) {
-        let Some(tag) = tag else { return };
-        match self.tags_done.iter_mut().find(|(t, _)| *t == tag) {
-            Some((_, n)) => *n += 1,
-            None => {
-                self.tags_done.push_back((tag, 1));
-                if self.tags_done.len() > MAX_TAGS {
-                    self.tags_done.pop_front();
-                }
-            }
-        }
+        count_tag(&mut self.tags_done, tag);
     }
 
     fn on_control(&mut self, msg: ToOwner) {
@@ -1102,6 +1099,33 @@ impl Owner {
             kept,
             self.runtime.spool.dir().display()
         );
+    }
+}
+
+/// An event left the queue for good: handled, or nothing to run for it. (Over the owner's
+/// parts, so the event may stay borrowed from the queue: no copy per event.)
+fn finished(
+    journal: &mut Journal,
+    stats: &mut Stats,
+    tags: &mut VecDeque<(String, u64)>,
+    ev: &Event,
+) {
+    journal.done(ev, true);
+    stats.handled += 1;
+    stats.last_handled = ev.seqnum().or(stats.last_handled);
+    count_tag(tags, tag_of(ev));
+}
+
+fn count_tag(tags: &mut VecDeque<(String, u64)>, tag: Option<String>) {
+    let Some(tag) = tag else { return };
+    match tags.iter_mut().find(|(t, _)| *t == tag) {
+        Some((_, n)) => *n += 1,
+        None => {
+            tags.push_back((tag, 1));
+            if tags.len() > MAX_TAGS {
+                tags.pop_front();
+            }
+        }
     }
 }
 

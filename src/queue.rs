@@ -194,6 +194,14 @@ impl Queue {
             + self.waiting.len() * (std::mem::size_of::<Option<Event>>() + 48)
     }
 
+    /// The event released last, if it is in memory (for a log line about it).
+    pub fn newest(&self) -> Option<&Event> {
+        match self.log.back()? {
+            Slot::Mem(ev) => Some(ev),
+            _ => None,
+        }
+    }
+
     /// Events kept as stubs right now.
     pub fn spilled(&self) -> usize {
         self.spilled
