@@ -115,6 +115,7 @@ fn sigkill_during_a_storm_loses_nothing_and_repeats_only_the_running_handler() {
         format!(
             r#"[daemon]
 seqnum_file = "{}"
+gap_timeout = "30s"
 [[rule]]
 name = "append"
 run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
