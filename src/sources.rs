@@ -119,6 +119,7 @@ pub fn spawn_fifo_reader(
             journal,
             segment: Some(segment),
             empty: false,
+            retry_at: None,
         };
         reader.run(fifo.as_fd(), stop.as_fd(), drain_on_stop)
     })
@@ -137,6 +138,8 @@ struct FifoReader {
     segment: Option<Segment>,
     /// The last splice found the pipe empty.
     empty: bool,
+    /// Without a journal: when to try a new segment.
+    retry_at: Option<Instant>,
 }
 
 impl FifoReader {
@@ -238,9 +241,10 @@ impl FifoReader {
             return None;
         }
         log::error!(
-            "journal {}: {e}; reading the FIFO without a journal until restart",
+            "journal {}: {e}; reading the FIFO without a journal until it can be written",
             self.journal.dir.display()
         );
+        self.retry_at = Some(Instant::now() + Duration::from_secs(5));
         if let Some(seg) = self.segment.take() {
             let _ = self.tx.send(Input::Sealed(seg.number));
         }
@@ -294,21 +298,35 @@ impl FifoReader {
         }
     }
 
-    /// Start a new segment once the current one is big and ends on a message boundary.
+    /// Start a new segment once the current one is big, or, after the journal failed
+    /// (a full runtime fs), try again every few seconds; only on a message boundary.
     fn rotate(&mut self) {
-        let Some(seg) = &self.segment else { return };
-        if seg.len < SEGMENT_SIZE || self.splitter.pending() > 0 {
+        if self.splitter.pending() > 0 {
             return;
+        }
+        match &self.segment {
+            Some(seg) if seg.len < SEGMENT_SIZE => return,
+            None if self.retry_at.is_some_and(|t| Instant::now() < t) => return,
+            _ => {}
         }
         match Journal::new_fifo_segment(&self.journal.dir, &self.journal.numbers) {
             Ok(new) => {
+                if self.segment.is_none() {
+                    log::warn!("journal {}: writable again", self.journal.dir.display());
+                }
+                self.retry_at = None;
                 let old = self.segment.replace(new);
                 self.splitter = Splitter::new();
                 if let Some(old) = old {
                     let _ = self.tx.send(Input::Sealed(old.number));
                 }
             }
-            Err(e) => log::error!("journal {}: {e}", self.journal.dir.display()),
+            Err(e) => {
+                if self.segment.is_some() || self.retry_at.is_none() {
+                    log::error!("journal {}: {e}", self.journal.dir.display());
+                }
+                self.retry_at = Some(Instant::now() + Duration::from_secs(5));
+            }
         }
     }
 
