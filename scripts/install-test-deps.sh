@@ -3,11 +3,18 @@
 #   user-mode-linux  a Linux kernel that runs as an ordinary process (linux.uml + modules)
 #   uml-utilities    uml_mconsole, to hot-add/remove a block device from the host
 #   busybox-static   a libc-free userland for the guest's hostfs root
+# and those scripts/check-contrib.sh needs for the man pages and contrib/:
+#   mandoc           mandoc -Tlint of the man pages
+#   groff-base       groff -ww of the man pages
+#   systemd          systemd-analyze verify of the units (nothing is started)
+# and the package of the same name for the shellcheck of the scripts, and
+#   chromium         headless, renders the SVG of hotplugctl timeline (tests/ctl.rs)
 # Idempotent: does nothing when all are present. Not root and something missing:
-# says why and exits 0 (tests/kernel.rs then skips, or fails under CI=true).
+# says why and exits 0 (tests/kernel.rs and scripts/check-contrib.sh then
+# skip, or fail under CI=true).
 set -eu
 
-PACKAGES="user-mode-linux uml-utilities busybox-static"
+PACKAGES="user-mode-linux uml-utilities busybox-static shellcheck mandoc groff-base systemd chromium"
 
 missing=""
 for pkg in $PACKAGES; do

@@ -11,4 +11,5 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+scripts/check-contrib.sh
 cargo test
