@@ -30,7 +30,18 @@ const DAEMON_FIELDS: &[&str] = &[
     "seqnum_file",
     "max_output_bytes",
     "max_queue_memory",
+    "sources",
+    "netlink_buffer",
 ];
+
+/// Where events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sources {
+    /// The kernel's uevent helper: our shim writing to the FIFO (and the spool).
+    pub fifo: bool,
+    /// The kernel's uevent broadcast on a `NETLINK_KOBJECT_UEVENT` socket.
+    pub netlink: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -48,6 +59,9 @@ pub struct DaemonConfig {
     pub max_output_bytes: usize,
     /// Past this many bytes of queued events in memory, new ones spill to the journal.
     pub max_queue_memory: usize,
+    pub sources: Sources,
+    /// The netlink socket's receive buffer, bytes.
+    pub netlink_buffer: usize,
 }
 
 impl Default for DaemonConfig {
@@ -61,6 +75,11 @@ impl Default for DaemonConfig {
             seqnum_file: Some(PathBuf::from("/sys/kernel/uevent_seqnum")),
             max_output_bytes: 65536,
             max_queue_memory: 64 << 20,
+            sources: Sources {
+                fifo: true,
+                netlink: false,
+            },
+            netlink_buffer: crate::netlink::RCVBUF,
         }
     }
 }
@@ -223,6 +242,8 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             "seqnum_file" => set(&mut cfg.seqnum_file, path(d, &v)),
             "max_output_bytes" => set(&mut cfg.max_output_bytes, d.unsigned(&v)),
             "max_queue_memory" => set(&mut cfg.max_queue_memory, d.bytes(&v)),
+            "sources" => set(&mut cfg.sources, sources(d, &v)),
+            "netlink_buffer" => set(&mut cfg.netlink_buffer, d.bytes(&v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -232,6 +253,45 @@ fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(v) = value {
         *field = v;
     }
+}
+
+/// `sources = ["fifo", "netlink"]`: a non-empty list, each name once.
+fn sources(d: &mut Diag, v: &Value) -> Option<Sources> {
+    let Node::Array(items) = &v.node else {
+        d.invalid_type(v, "an array of \"fifo\" and \"netlink\"");
+        return None;
+    };
+    let mut out = Sources {
+        fifo: false,
+        netlink: false,
+    };
+    let mut ok = true;
+    for item in items {
+        let flag = match d.string(item) {
+            Some("fifo") => &mut out.fifo,
+            Some("netlink") => &mut out.netlink,
+            Some(other) => {
+                let msg = format!("unknown source {other:?}, expected \"fifo\" or \"netlink\"");
+                d.error(&item.span, msg);
+                ok = false;
+                continue;
+            }
+            None => {
+                ok = false;
+                continue;
+            }
+        };
+        if *flag {
+            d.error(&item.span, "source listed twice");
+            ok = false;
+        }
+        *flag = true;
+    }
+    if ok && !out.fifo && !out.netlink {
+        d.error(&v.span, "sources is empty: no event would ever arrive");
+        ok = false;
+    }
+    ok.then_some(out)
 }
 
 /// A path setting; `""` switches it off (`Some(None)`).
@@ -383,6 +443,8 @@ mod tests {
             hotplug_d = "/etc/hotplug.d"
             seqnum_file = ""
             max_output_bytes = 0
+            sources = ["netlink", "fifo"]
+            netlink_buffer = "1MiB"
             "#,
             Path::new("/nonexistent/etc/main.toml"),
         )
@@ -396,6 +458,34 @@ mod tests {
         assert_eq!(c.rules.hotplug_d(), Some(Path::new("/etc/hotplug.d")));
         assert_eq!(d.seqnum_file, None);
         assert_eq!(d.max_output_bytes, 0);
+        assert_eq!(
+            d.sources,
+            Sources {
+                fifo: true,
+                netlink: true
+            }
+        );
+        assert_eq!(d.netlink_buffer, 1 << 20);
+    }
+
+    #[test]
+    fn bad_sources() {
+        assert_eq!(
+            one_err("[daemon]\nsources = [\"fifo\", \"kobject\"]\n"),
+            "main.toml:2:20: unknown source \"kobject\", expected \"fifo\" or \"netlink\""
+        );
+        assert_eq!(
+            one_err("[daemon]\nsources = [\"netlink\", \"netlink\"]\n"),
+            "main.toml:2:23: source listed twice"
+        );
+        assert_eq!(
+            one_err("[daemon]\nsources = []\n"),
+            "main.toml:2:11: sources is empty: no event would ever arrive"
+        );
+        assert_eq!(
+            one_err("[daemon]\nsources = \"netlink\"\n"),
+            "main.toml:2:11: invalid type: string \"netlink\", expected an array of \"fifo\" and \"netlink\""
+        );
     }
 
     #[test]
@@ -450,7 +540,7 @@ mod tests {
             one_err("[daemon]\nbogus = 1\n"),
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, \
-             `max_output_bytes`, `max_queue_memory`"
+             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -545,7 +635,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",

@@ -67,6 +67,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 pub struct Stats {
     pub received: u64,
     pub spooled_in: u64,
+    pub netlink_in: u64,
     pub handled: u64,
     pub failed: u64,
     pub timed_out: u64,
@@ -111,9 +112,23 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // A FIFO passed by the supervisor outlives us with its buffered events: then we
     // neither drain it at shutdown nor unlink it.
     let supervised = activated.fifo.is_some();
+    let sources = config.daemon.sources;
     let fifo = match activated.fifo {
-        Some(fd) => runtime::prepare_fifo(fd, &runtime.fifo_path())?,
-        None => runtime.open_fifo()?,
+        Some(fd) => Some(runtime::prepare_fifo(fd, &runtime.fifo_path())?),
+        None if sources.fifo => Some(runtime.open_fifo()?),
+        // No helper source: no FIFO, so a shim run anyway spools and nothing waits in a
+        // pipe nobody reads.
+        None => None,
+    };
+    // Before the kernel's SEQNUM is read (in `Owner::new`), so every later event reaches
+    // the socket.
+    let netlink = if sources.netlink {
+        Some(
+            crate::netlink::open(config.daemon.netlink_buffer)
+                .map_err(io("netlink socket (NETLINK_KOBJECT_UEVENT)"))?,
+        )
+    } else {
+        None
     };
     let control_path = runtime.dir.join(crate::spool::CONTROL);
     let own_socket = activated.control.is_none();
@@ -145,28 +160,37 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     spawn_signals(sig_tx)?;
     let (fifo_stop_r, fifo_stop_w) = stop_pipe()?;
     let (spool_stop_r, spool_stop_w) = stop_pipe()?;
-    sources::spawn_fifo_reader(
-        fifo,
-        fifo_stop_r,
-        fifo_journal,
-        !supervised,
-        input_tx.clone(),
-    )
-    .map_err(io("fifo thread"))?;
+    if let Some(fifo) = fifo {
+        sources::spawn_fifo_reader(
+            fifo,
+            fifo_stop_r,
+            fifo_journal,
+            !supervised,
+            input_tx.clone(),
+        )
+        .map_err(io("fifo thread"))?;
+    }
+    let (netlink_stop_r, netlink_stop_w) = stop_pipe()?;
+    if let Some(sock) = netlink {
+        crate::netlink::spawn_reader(sock, netlink_stop_r, "/sys".into(), input_tx.clone())
+            .map_err(io("netlink thread"))?;
+    }
     sources::spawn_spool_watcher(owner.runtime.spool.clone(), spool_stop_r, input_tx)
         .map_err(io("spool watcher"))?;
     spawn_runner(work_rx, runner_tx)?;
     control::spawn_server(listener, ctl_tx).map_err(io("control thread"))?;
     log::info!(
-        "hotplugd {} ready on {} ({} rules from {}{})",
+        "hotplugd {} ready on {} ({} rules from {}; events from {})",
         env!("CARGO_PKG_VERSION"),
         owner.runtime.dir.display(),
         owner.config.rules.len(),
         owner.config_name(),
-        if supervised {
-            "; FIFO from the supervisor"
-        } else {
-            ""
+        match (supervised, sources.fifo, sources.netlink) {
+            (true, _, false) => "the FIFO held by the supervisor",
+            (true, _, true) => "the FIFO held by the supervisor and netlink",
+            (false, true, false) => "the FIFO",
+            (false, true, true) => "the FIFO and netlink",
+            (false, false, _) => "netlink",
         }
     );
     let status = owner.status_text();
@@ -185,7 +209,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // Shutdown: no new writers can reach the FIFO once it is unlinked (they spool), the
     // reader drains what the pipe holds, the running handler finishes, and everything
     // still queued goes back to the spool for the next start.
-    if !supervised {
+    if !supervised && sources.fifo {
         let fifo_path = owner.runtime.fifo_path();
         if let Err(e) = std::fs::remove_file(&fifo_path) {
             log::warn!("{}: {e}", fifo_path.display());
@@ -195,6 +219,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         let _ = std::fs::remove_file(&control_path);
     }
     let _ = nix::unistd::write(&fifo_stop_w, b"x");
+    let _ = nix::unistd::write(&netlink_stop_w, b"x");
     let _ = nix::unistd::write(&spool_stop_w, b"x");
     owner.finish(&chans);
     Ok(())
@@ -545,6 +570,15 @@ impl Owner {
                             log::warn!("{}: {e}", path.display());
                         }
                     }
+                }
+            }
+            Input::Netlink(events) => {
+                for mut ev in events {
+                    self.stats.received += 1;
+                    self.stats.netlink_in += 1;
+                    // The socket's copy is gone once read: journal it like the FIFO's.
+                    self.journal_append(&mut ev);
+                    self.push(ev, now);
                 }
             }
             Input::Bad(n) => self.stats.bad_messages += n,
@@ -901,6 +935,7 @@ impl Owner {
             format!("last_handled {}", opt(s.last_handled)),
             format!("received {}", s.received),
             format!("spooled_in {}", s.spooled_in),
+            format!("netlink_in {}", s.netlink_in),
             format!("handled {}", s.handled),
             format!("failed {}", s.failed),
             format!("timed_out {}", s.timed_out),
@@ -1035,6 +1070,9 @@ impl Owner {
                 self.queue
                     .set_gap_timeout(config.daemon.gap_timeout, config.daemon.coalesce);
                 self.queue.set_limit(config.daemon.max_queue_memory);
+                if config.daemon.sources != self.config.daemon.sources {
+                    log::warn!("reload: a change of sources takes effect at the next start");
+                }
                 let n = config.rules.len();
                 self.config = config;
                 log::info!("reloaded {}: {n} rules", self.config_name());

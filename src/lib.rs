@@ -1,7 +1,7 @@
 //! hotplugd: a serializing dispatcher for the kernel's uevent helper.
 //!
 //! The path of an event, top to bottom: the shim ([`message`], [`spool`]) hands it to the
-//! daemon's FIFO; [`sources`] split the stream into [`event::Event`]s; the [`queue`] orders
+//! daemon's FIFO (or the kernel broadcasts it on [`netlink`]); [`sources`] split the stream into [`event::Event`]s; the [`queue`] orders
 //! them by SEQNUM with kue semantics; the [`daemon`] takes them out one at a time, matches
 //! the [`rules`] and has the [`runner`] run each handler.
 
@@ -14,6 +14,7 @@ pub mod demo;
 pub mod event;
 pub mod journal;
 pub mod message;
+pub mod netlink;
 pub mod queue;
 pub mod rules;
 pub mod runner;

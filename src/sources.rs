@@ -40,7 +40,10 @@ const CHUNK: usize = 256 * 1024;
 pub enum Input {
     /// Events read from the FIFO, in pipe order.
     Fifo(Vec<Event>),
-    /// Bytes or messages from the FIFO that were dropped.
+    /// Events from the kernel's netlink broadcast (see `netlink`), or a rescan after it
+    /// overflowed.
+    Netlink(Vec<Event>),
+    /// Bytes or messages from the FIFO, or netlink datagrams, that were dropped.
     Bad(u64),
     /// Events read from spool files; delete each file once its event is queued.
     Spooled(Vec<(Event, PathBuf)>),

@@ -5,11 +5,18 @@
 //! removed from the host through `uml_mconsole`) and checks on the host what the handler
 //! recorded against what the kernel sent. How it works: `tests/kernel/README.md`.
 //!
-//! Three boots, one per scenario, each its own `#[test]`:
+//! Seven boots, one per scenario, each its own `#[test]`:
 //! * `burst_is_handled_once_in_order`: daemon first, then the events.
 //! * `early_events_spool_until_the_daemon_starts`: helper set with no daemon.
 //! * `sigkill_mid_burst_loses_nothing`: the daemon is SIGKILLed while a handler runs and
 //!   restarted.
+//! * `netlink_source_without_a_helper`: helper path empty, events from the kernel's
+//!   netlink broadcast only.
+//! * `both_sources_run_each_event_once`: helper and netlink together.
+//! * `remove_coalesces_with_its_queued_add`: a device that comes and goes while
+//!   handlers are paused.
+//! * `netlink_overflow_is_counted_and_rescanned`: the daemon is stopped (SIGSTOP) while
+//!   events overflow a tiny netlink receive buffer.
 //!
 //! Needs root and the Debian packages `user-mode-linux uml-utilities busybox-static`
 //! (`scripts/install-test-deps.sh`). Without them each test prints why and passes, unless
@@ -102,6 +109,7 @@ fn find_prerequisites() -> Result<Prereqs, String> {
     for bin in [
         env!("CARGO_BIN_EXE_hotplug"),
         env!("CARGO_BIN_EXE_hotplugd"),
+        env!("CARGO_BIN_EXE_hotplugctl"),
     ] {
         // Not a skip: the guest has no libc, and .cargo/config.toml promises static binaries.
         assert!(
@@ -157,6 +165,10 @@ enum Scenario {
     Main,
     Early,
     Kill,
+    Netlink,
+    Both,
+    Coalesce,
+    Overflow,
 }
 
 impl Scenario {
@@ -165,6 +177,10 @@ impl Scenario {
             Scenario::Main => "main",
             Scenario::Early => "early",
             Scenario::Kill => "kill",
+            Scenario::Netlink => "netlink",
+            Scenario::Both => "both",
+            Scenario::Coalesce => "coalesce",
+            Scenario::Overflow => "overflow",
         }
     }
     /// How long the handler stays busy (µs): long enough that handlers would overlap if
@@ -181,28 +197,57 @@ impl Scenario {
     /// and a long timeout makes their order check strict.
     fn gap_timeout(self) -> &'static str {
         match self {
-            Scenario::Main => "2s",
+            Scenario::Main | Scenario::Overflow => "2s",
             _ => "20s",
+        }
+    }
+    fn sources(self) -> &'static str {
+        match self {
+            Scenario::Netlink | Scenario::Overflow => r#"["netlink"]"#,
+            Scenario::Both => r#"["fifo", "netlink"]"#,
+            _ => r#"["fifo"]"#,
         }
     }
 }
 
+/// `overflow`: room for a handful of datagrams, so a stopped daemon overflows it at
+/// once; and the rescan's events (no SEQNUM) go to their own record.
+const OVERFLOW_CONFIG: &str = r#"netlink_buffer = 4096
+
+[[rule]]
+name = "rescan"
+match = { SEQNUM = "!*", DEVPATH = "/devices/virtual/net/lo" }
+run = ["/bin/sh", "-c", "echo \"$$1 $$2\" >> /results/rescan.log", "sh", "$ACTION", "$DEVPATH"]
+last = true
+"#;
+
 /// The daemon's config: one rule for every event, running the recording handler.
-/// Coalescing is off: the test's contract is every SEQNUM handled exactly once, and it
-/// makes add/remove pairs (d0, d1, ubdb) that coalescing may legitimately drop.
+/// Coalescing is off but in `coalesce`: the other scenarios' contract is every SEQNUM
+/// handled exactly once, and they make add/remove pairs (d0, d1, ubdb) that coalescing
+/// may legitimately drop.
 fn daemon_config(scenario: Scenario) -> String {
     format!(
         r#"# Written by tests/kernel.rs.
 [daemon]
 seqnum_file = "/sys/kernel/uevent_seqnum"
-coalesce = false
+coalesce = {}
 gap_timeout = "{}"
+sources = {}
+{}
 
 [[rule]]
 name = "record"
+match.SEQNUM = "?*"
 run = ["/test/handler.sh"]
 "#,
-        scenario.gap_timeout()
+        scenario == Scenario::Coalesce,
+        scenario.gap_timeout(),
+        scenario.sources(),
+        if scenario == Scenario::Overflow {
+            OVERFLOW_CONFIG
+        } else {
+            ""
+        }
     )
 }
 
@@ -232,7 +277,12 @@ fn build_root(pre: &Prereqs, root: &Path, scenario: Scenario) -> Result<(), Stri
         }
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kernel");
-    for script in ["init.sh", "trace-helper.sh", "handler.sh"] {
+    for script in [
+        "init.sh",
+        "trace-helper.sh",
+        "trace-netlink.sh",
+        "handler.sh",
+    ] {
         let to = root.join("test").join(script);
         fs::copy(src.join(script), &to).map_err(|e| io(script, e))?;
         fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).map_err(|e| io(script, e))?;
@@ -240,6 +290,7 @@ fn build_root(pre: &Prereqs, root: &Path, scenario: Scenario) -> Result<(), Stri
     for (bin, name) in [
         (env!("CARGO_BIN_EXE_hotplug"), "hotplug"),
         (env!("CARGO_BIN_EXE_hotplugd"), "hotplugd"),
+        (env!("CARGO_BIN_EXE_hotplugctl"), "hotplugctl"),
     ] {
         link_or_copy(Path::new(bin), &root.join("test/bin").join(name)).map_err(|e| io(name, e))?;
     }
@@ -688,9 +739,18 @@ fn run(pre: &Prereqs, scenario: Scenario, dir: &Path) -> Result<Run, String> {
         let handled: BTreeSet<u64> = read_handler_log(&results)
             .map(|r| started(&r).into_iter().collect())
             .unwrap_or_default();
-        let window_traced =
-            (before + 1..=after).all(|s| trace.contains_key(&s) || netns.contains(&s));
-        let all_handled = trace.keys().all(|s| handled.contains(s));
+        // `overflow` has no record of the kernel's events (a second listener would
+        // overflow too): its window is all broadcast, and its last event must be handled.
+        let window_traced = if scenario == Scenario::Overflow {
+            handled.contains(&after)
+        } else {
+            (before + 1..=after).all(|s| trace.contains_key(&s) || netns.contains(&s))
+        };
+        // Coalesced events never run: they count as done.
+        let gone = coalesced(&results).unwrap_or_default();
+        let all_handled = trace
+            .keys()
+            .all(|s| handled.contains(s) || gone.contains(s));
         // The last handler must have finished too.
         let last_ended = log.lines().last().is_some_and(|l| l.starts_with("end "));
         if log.len() != last_len {
@@ -759,7 +819,12 @@ fn scenario(pre: &Prereqs, scenario: Scenario, check: impl FnOnce(&Run) -> Resul
         .tempdir()
         .expect("temp dir");
     let outcome = run(pre, scenario, dir.path()).and_then(|run| {
-        let checks = common_checks(&run).and_then(|_| check(&run));
+        // `overflow` has no record of what the kernel sent to compare with.
+        let common = match scenario {
+            Scenario::Overflow => Ok(()),
+            _ => common_checks(&run),
+        };
+        let checks = common.and_then(|_| check(&run));
         match checks {
             Ok(summary) => {
                 eprintln!(
@@ -1247,6 +1312,180 @@ fn sigkill_mid_burst_loses_nothing() {
             run.trace.len(),
             first_gen.len(),
             dups.len()
+        ))
+    });
+}
+
+/// Lines of the daemon's log that contain `what`.
+fn daemon_log_lines(results: &Path, what: &str) -> Vec<String> {
+    fs::read_to_string(results.join("daemon.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The SEQNUMs the daemon logged as coalesced, adds and removes:
+/// "... coalesced 812 remove /devices/virtual/net/d0 (net) with its add (SEQNUM 809) ...".
+fn coalesced(results: &Path) -> Result<BTreeSet<u64>, String> {
+    let mut dropped = BTreeSet::new();
+    for line in daemon_log_lines(results, "] coalesced ") {
+        let rest = line.split_once("] coalesced ").map_or("", |(_, r)| r);
+        let remove = rest.split(' ').next().and_then(|s| s.parse::<u64>().ok());
+        let add = rest
+            .split_once("(SEQNUM ")
+            .and_then(|(_, r)| r.split(')').next())
+            .and_then(|s| s.parse::<u64>().ok());
+        let (Some(r), Some(a)) = (remove, add) else {
+            return Err(format!("unreadable coalesce line: {line}"));
+        };
+        dropped.insert(r);
+        dropped.insert(a);
+    }
+    Ok(dropped)
+}
+
+#[test]
+fn netlink_source_without_a_helper() {
+    let Some(pre) = prerequisites() else { return };
+    scenario(&pre, Scenario::Netlink, |run| {
+        if daemon_log_lines(&run.results, "events from netlink)").is_empty() {
+            return Err("the daemon did not say it reads netlink only".into());
+        }
+        // init.sh lists the runtime dir before powering off.
+        let listing = fs::read_to_string(run.results.join("runtime-dir.txt")).unwrap_or_default();
+        if listing.lines().any(|l| l.ends_with(" events")) {
+            return Err(format!(
+                "netlink only, yet the daemon made a FIFO:
+{listing}"
+            ));
+        }
+        expect_event(run, "dummy net device add", |e| {
+            is(e, &[("ACTION", "add"), ("DEVPATH", "*/net/d0")])
+        })?;
+        expect_event(run, "ubdb hot-add with DEVNAME", |e| {
+            is(e, &[("ACTION", "add"), ("DEVNAME", "ubdb")])
+        })?;
+        check_once_in_order(run, &BTreeSet::new())?;
+        check_serialized(&run.recs, None)?;
+        Ok(format!(
+            "{} events broadcast on netlink with no helper, handled once each, in order, \
+             with the helper's environment",
+            run.trace.len()
+        ))
+    });
+}
+
+#[test]
+fn both_sources_run_each_event_once() {
+    let Some(pre) = prerequisites() else { return };
+    scenario(&pre, Scenario::Both, |run| {
+        check_once_in_order(run, &BTreeSet::new())?;
+        check_serialized(&run.recs, None)?;
+        // Each event came twice, once from each source: the second copy was dropped.
+        let dups = daemon_log_lines(&run.results, "] duplicate ").len();
+        if dups != run.trace.len() {
+            return Err(format!(
+                "{} events but {dups} duplicates dropped: every event should arrive on \
+                 both the FIFO and netlink",
+                run.trace.len()
+            ));
+        }
+        Ok(format!(
+            "{} events each arrived on the FIFO and on netlink and ran once",
+            run.trace.len()
+        ))
+    });
+}
+
+#[test]
+fn remove_coalesces_with_its_queued_add() {
+    let Some(pre) = prerequisites() else { return };
+    scenario(&pre, Scenario::Coalesce, |run| {
+        let dropped = coalesced(&run.results)?;
+        let net_pair = daemon_log_lines(&run.results, "] coalesced ")
+            .iter()
+            .any(|l| l.contains("/net/d0 (net) with its add"));
+        if !net_pair {
+            return Err("the d0 net device's add and remove were not coalesced".into());
+        }
+        let seqs = started(&run.recs);
+        for s in run.trace.keys() {
+            let n = seqs.iter().filter(|x| *x == s).count();
+            match (dropped.contains(s), n) {
+                (true, 0) | (false, 1) => {}
+                (true, _) => return Err(format!("{s} was coalesced, yet it ran {n} times")),
+                (false, _) => {
+                    return Err(format!(
+                        "{s} ({}) ran {n} times; expected once",
+                        describe(&run.trace, *s)
+                    ))
+                }
+            }
+        }
+        if let Some(w) = seqs.windows(2).find(|w| w[0] > w[1]) {
+            return Err(format!("out of order: {} before {}", w[0], w[1]));
+        }
+        check_serialized(&run.recs, None)?;
+        Ok(format!(
+            "{} events: {} coalesced in add/remove pairs, {} handled in order",
+            run.trace.len(),
+            dropped.len(),
+            seqs.len()
+        ))
+    });
+}
+
+#[test]
+fn netlink_overflow_is_counted_and_rescanned() {
+    let Some(pre) = prerequisites() else { return };
+    scenario(&pre, Scenario::Overflow, |run| {
+        if daemon_log_lines(&run.results, "receive buffer overflowed (ENOBUFS)").is_empty() {
+            return Err("no overflow was reported".into());
+        }
+        // "netlink: lost 83 events in the overflow: SEQNUM 760..=842"
+        let lines = daemon_log_lines(&run.results, "events in the overflow: SEQNUM ");
+        let [line] = lines.as_slice() else {
+            return Err(format!("expected one loss count, got {lines:?}"));
+        };
+        let range = line.rsplit("SEQNUM ").next().unwrap_or("");
+        let (lo, hi) = range
+            .split_once("..=")
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .ok_or_else(|| format!("unreadable loss line: {line}"))?;
+        if lo <= run.before || hi >= run.after {
+            return Err(format!(
+                "lost {lo}..={hi}, outside the window ({}, {})",
+                run.before, run.after
+            ));
+        }
+        // Every SEQNUM of the window ran once, in order, but those counted as lost.
+        let seqs = started(&run.recs);
+        let want: Vec<u64> = (run.before + 1..=run.after)
+            .filter(|s| !(lo..=hi).contains(s))
+            .collect();
+        if seqs != want {
+            return Err(format!(
+                "handled {seqs:?}; expected the window ({}, {}] less the lost {lo}..={hi}: {want:?}",
+                run.before, run.after
+            ));
+        }
+        check_serialized(&run.recs, None)?;
+        // The rescan queued an add for devices that exist.
+        let rescan = fs::read_to_string(run.results.join("rescan.log")).unwrap_or_default();
+        if !rescan.lines().any(|l| l == "add /devices/virtual/net/lo") {
+            return Err(format!(
+                "the rescan queued no add for lo; rescan.log:\n{rescan}"
+            ));
+        }
+        Ok(format!(
+            "{} lost of ({}, {}], counted exactly; {} handled in order; the rescan queued {} adds",
+            hi - lo + 1,
+            run.before,
+            run.after,
+            seqs.len(),
+            rescan.lines().count()
         ))
     });
 }

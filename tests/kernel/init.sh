@@ -11,6 +11,13 @@
 #          the spool, then one more event arrives live
 #   kill   daemon SIGKILLed while a handler runs mid-burst, events while it is dead,
 #          then restarted
+#   netlink  helper path empty, the daemon reads the kernel's netlink broadcast only;
+#          busybox `uevent` (a second netlink listener) records what the kernel sent
+#   both   helper and netlink at once: every SEQNUM arrives twice, runs once
+#   coalesce handlers paused while a dummy net device comes and goes: its removes
+#          find their adds still queued and neither runs
+#   overflow netlink only, a tiny receive buffer, the daemon SIGSTOPped while 100
+#          events are made: the loss is counted and /sys rescanned
 #
 # Handshake with the host, all files in /results:
 #   guest.log        progress, with uptime stamps
@@ -68,6 +75,16 @@ start_daemon() {
         --log-level info >> "$R/daemon.log" 2>&1 &
     DAEMON_PID=$!
     log "hotplugd started, pid $DAEMON_PID"
+}
+
+# The daemon is up: its control socket exists (netlink only has no FIFO).
+wait_daemon() {
+    wait_until 20 '[ -S /run/hotplugd/control ]' && log "daemon control socket is there"
+}
+
+# Events the daemon has taken in since it started.
+received() {
+    /test/bin/hotplugctl --runtime-dir /run/hotplugd status | sed -n 's/^received: *//p'
 }
 
 set_helper() {
@@ -203,6 +220,73 @@ kill)
     start_daemon
     echo "restarted $DAEMON_PID" >> "$R/handler.log"
     provoke_uevent
+    put after "$(seqnum)"
+    finish
+    ;;
+netlink)
+    echo > /proc/sys/kernel/hotplug
+    log "helper: '$(cat /proc/sys/kernel/hotplug)'"
+    # The record of what the kernel broadcast: env -i, so the recorder's environment
+    # is the event's variables and nothing else.
+    env -i /bin/uevent /test/trace-netlink.sh &
+    start_daemon
+    wait_daemon
+    put before "$(seqnum)"
+    provoke_net
+    provoke_loop
+    provoke_uevent
+    : > "$R/mconsole.request"
+    wait_until 60 '[ -e "$R/mconsole.done" ]'
+    put after "$(seqnum)"
+    finish
+    ;;
+both)
+    start_daemon
+    wait_until 20 '[ -p /run/hotplugd/events ]' && log "daemon FIFO is there"
+    set_helper
+    put before "$(seqnum)"
+    provoke_net
+    provoke_loop
+    provoke_uevent
+    put after "$(seqnum)"
+    finish
+    ;;
+coalesce)
+    start_daemon
+    wait_until 20 '[ -p /run/hotplugd/events ]' && log "daemon FIFO is there"
+    set_helper
+    /test/bin/hotplugctl --runtime-dir /run/hotplugd pause >> "$R/guest.log" 2>&1
+    put before "$(seqnum)"
+    modprobe dummy || log "modprobe dummy failed"
+    ip link add d0 type dummy || log "ip link add failed"
+    ip link del d0 || log "ip link del failed"
+    echo change > /sys/class/net/lo/uevent
+    put after "$(seqnum)"
+    # Every helper has run (and queued its event) before the handlers may start.
+    wait_traced "$(cat "$R/before")" "$(cat "$R/after")"
+    want=$(($(cat "$R/after") - $(cat "$R/before")))
+    wait_until 10 '[ "$(received)" -ge "$want" ]'
+    log "the daemon has received $(received) events; resuming"
+    /test/bin/hotplugctl --runtime-dir /run/hotplugd resume >> "$R/guest.log" 2>&1
+    finish
+    ;;
+overflow)
+    echo > /proc/sys/kernel/hotplug
+    start_daemon
+    wait_daemon
+    put before "$(seqnum)"
+    echo change > /sys/class/net/lo/uevent
+    kill -STOP "$DAEMON_PID"
+    i=0
+    while [ "$i" -lt 100 ]; do
+        echo change > /sys/class/net/lo/uevent
+        i=$((i + 1))
+    done
+    kill -CONT "$DAEMON_PID"
+    log "100 events made while the daemon was stopped"
+    usleep 200000
+    # One more after the loss, which shows how much was lost.
+    echo add > /sys/class/net/lo/uevent
     put after "$(seqnum)"
     finish
     ;;
