@@ -319,6 +319,31 @@ fn the_daemon_refuses_unsafe_runtime_paths_and_a_second_daemon() {
 }
 
 #[test]
+fn the_shim_answers_help_and_version_without_sending_anything() {
+    let env = Env::new();
+    for (arg, want) in [
+        ("--help", "usage: hotplug SUBSYSTEM"),
+        ("--version", "hotplug "),
+    ] {
+        let out = Command::new(SHIM)
+            .arg(arg)
+            .env("HOTPLUGD_RUNTIME_DIR", env.runtime())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{arg}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(want),
+            "{out:?}"
+        );
+        // Nothing was queued or spooled: the runtime dir was never made.
+        assert!(!env.runtime().exists(), "{arg} sent an event");
+    }
+    let out = Command::new(SHIM).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: hotplug SUBSYSTEM"));
+}
+
+#[test]
 fn the_shim_refuses_to_loop_and_survives_closed_std_fds() {
     let env = Env::new();
     let out = Command::new(SHIM)

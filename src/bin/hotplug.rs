@@ -12,6 +12,7 @@
 //!
 //! Exit status: 0 delivered or spooled; 1 neither worked (one line on stderr says why);
 //! 2 usage, or run by one of hotplugd's own handlers (`HOTPLUGD_RULE` set).
+//! `hotplug --help` and `hotplug --version` print and exit 0: no subsystem has such a name.
 
 #![no_main]
 
@@ -50,6 +51,21 @@ impl CPath {
 fn errno() -> c_int {
     // SAFETY: __errno_location always returns a valid thread-local pointer.
     unsafe { *libc::__errno_location() }
+}
+
+const USAGE: &[u8] = b"usage: hotplug SUBSYSTEM
+
+The shim the kernel runs for every uevent (/proc/sys/kernel/hotplug): it hands
+the event in its environment to hotplugd through RUNTIME_DIR/events, or writes
+it to RUNTIME_DIR/spool/ when no daemon reads. RUNTIME_DIR is /run/hotplugd, or
+$HOTPLUGD_RUNTIME_DIR. Exit: 0 delivered or spooled, 1 neither, 2 usage.
+See hotplug(8).
+";
+
+/// `buf` to stdout (help and version only).
+fn out(buf: &[u8]) {
+    // SAFETY: writing a valid buffer to fd 1, which main made valid.
+    unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
 }
 
 fn say(parts: &[&[u8]]) {
@@ -224,6 +240,18 @@ pub unsafe extern "C" fn main(
         return 2;
     }
     let arg1 = CStr::from_ptr(*argv.add(1)).to_bytes();
+    // No subsystem is named like an option: these are a person asking.
+    match arg1 {
+        b"--help" | b"-h" => {
+            out(USAGE);
+            return 0;
+        }
+        b"--version" | b"-V" => {
+            out(concat!("hotplug ", env!("CARGO_PKG_VERSION"), "\n").as_bytes());
+            return 0;
+        }
+        _ => {}
+    }
 
     // Frame the message on the stack; only a message too big for the FIFO (never one
     // from the kernel, whose whole environment is ≤ 2048 bytes) goes to the heap.
