@@ -100,6 +100,10 @@ pub fn run() -> Result<(), String> {
     // Stream outcomes as the runner reports them.
     let monitor = {
         let runtime = runtime.clone();
+        let names: Vec<String> = devices
+            .iter()
+            .map(|d| format!("{} ({})", d.devpath, d.subsystem.as_deref().unwrap_or("-")))
+            .collect();
         std::thread::spawn(move || {
             let Ok(mut client) = Client::request(&runtime, "monitor handled\n") else {
                 return 0usize;
@@ -108,7 +112,7 @@ pub fn run() -> Result<(), String> {
             while let Ok(Ok(line)) = client.next_line() {
                 n += 1;
                 if n <= SHOWN {
-                    println!("  handled {line}");
+                    println!("  {}", outcome(&line, &names));
                 } else if n == SHOWN + 1 {
                     println!("  ... (the rest are counted)");
                 }
@@ -208,6 +212,20 @@ pub fn run() -> Result<(), String> {
         return Err(format!("{failed} shims failed"));
     }
     Ok(())
+}
+
+/// "SEQNUM RULE STATUS DURATION" from the daemon, with the device it was for:
+/// "  3 add /devices/platform/serial8250 (platform): modules exit_0 0.9ms".
+fn outcome(line: &str, names: &[String]) -> String {
+    let device = line
+        .split(' ')
+        .next()
+        .and_then(|s| s.parse::<usize>().ok())
+        .and_then(|seq| names.get(seq.checked_sub(1)?));
+    match (device, line.split_once(' ')) {
+        (Some(dev), Some((seq, rest))) => format!("{seq:>4} add {dev}: {rest}"),
+        _ => line.to_owned(),
+    }
 }
 
 fn wait_ready(runtime: &Path, daemon: Option<&mut Child>) -> Result<(), String> {
