@@ -38,6 +38,15 @@ const IN_FLIGHT: usize = 32;
 /// Outcome lines shown before the rest are only counted.
 const SHOWN: usize = 12;
 
+/// `println!` that ignores a closed stdout (`hotplugd --demo | head`): with
+/// `panic = "abort"` a panic there would skip `Cleanup` and leave the daemon running.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 struct Cleanup {
     dir: PathBuf,
     daemon: Option<Child>,
@@ -78,7 +87,7 @@ pub fn run() -> Result<(), String> {
     std::fs::write(&seqnum, "0\n").map_err(|e| format!("{}: {e}", seqnum.display()))?;
     let text = DEMO_CONFIG.replace("SEQNUM_FILE", &seqnum.to_string_lossy());
     std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
-    println!(
+    say!(
         "hotplugd demo: daemon in {}, {} devices from /sys replayed as add events",
         runtime.display(),
         devices.len()
@@ -112,9 +121,9 @@ pub fn run() -> Result<(), String> {
             while let Ok(Ok(line)) = client.next_line() {
                 n += 1;
                 if n <= SHOWN {
-                    println!("  {}", outcome(&line, &names));
+                    say!("  {}", outcome(&line, &names));
                 } else if n == SHOWN + 1 {
-                    println!("  ... (the rest are counted)");
+                    say!("  ... (the rest are counted)");
                 }
             }
             n
@@ -186,14 +195,14 @@ pub fn run() -> Result<(), String> {
     };
     let total: f64 = runs.iter().sum();
     let max = runs.iter().copied().fold(0.0, f64::max);
-    println!("summary:");
-    println!(
+    say!("summary:");
+    say!(
         "  {n} events through the shim ({failed} shims failed), {} handled in {:.2} s: {:.0} events/s",
         field("handled"),
         wall.as_secs_f64(),
         n as f64 / wall.as_secs_f64()
     );
-    println!(
+    say!(
         "  {} handler runs ({shown} streamed): {:.2} ms on average, {:.2} ms at most; {} failed, {} timed out",
         runs.len(),
         if runs.is_empty() { 0.0 } else { total / runs.len() as f64 * 1e3 },
@@ -201,7 +210,7 @@ pub fn run() -> Result<(), String> {
         field("failed"),
         field("timed_out")
     );
-    println!(
+    say!(
         "  {} late, {} duplicates, {} SEQNUMs skipped after a gap; cleaned up {}",
         field("late"),
         field("duplicates"),

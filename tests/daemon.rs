@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -404,4 +404,43 @@ fn the_demo_replays_this_machines_devices_and_cleans_up() {
     assert!(text.contains("0 late, 0 duplicates"), "{text}");
     let dir = text.rsplit("cleaned up ").next().unwrap().trim();
     assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
+}
+
+#[test]
+fn the_demo_piped_into_head_still_cleans_up() {
+    if !std::path::Path::new("/sys/devices").is_dir() {
+        eprintln!("skipping the demo: no /sys/devices here");
+        return;
+    }
+    // `hotplugd --demo | head -1`: stdout closes after the first line.
+    let mut child = Command::new(DAEMON)
+        .arg("--demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let _ = child.wait();
+    // "hotplugd demo: daemon in /tmp/hotplugd-demo-PID/run, ..."
+    let run = first
+        .split("daemon in ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no runtime dir in {first:?}"));
+    let dir = std::path::Path::new(run).parent().unwrap();
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    // Nor is its daemon still running: it would still hold the runtime dir's name.
+    for proc in fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = fs::read(proc.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(run),
+            "the demo's daemon outlived it: pid {}",
+            proc.file_name().to_string_lossy()
+        );
+    }
 }
