@@ -67,20 +67,20 @@ impl Event {
             subsystem: (0, 0),
             buf,
         };
-        let arg1_end = ev.buf.iter().position(|&b| b == 0).unwrap_or(0);
+        let arg1_end = find_byte(&ev.buf, 0).unwrap_or(0);
         let mut subsystem = None;
         let mut seqnum = None;
         let (mut action, mut devpath) = (None, None);
         let mut pos = arg1_end + 1;
         let mut n = 0;
         while pos < ev.buf.len() {
-            let end = pos + ev.buf[pos..].iter().position(|&b| b == 0).unwrap_or(0);
+            let end = pos + find_byte(&ev.buf[pos..], 0).unwrap_or(0);
             let var = &ev.buf[pos..end];
             n += 1;
             if n > MAX_VARS {
                 return Err(EventError::TooManyVars);
             }
-            let eq = match var.iter().position(|&b| b == b'=') {
+            let eq = match find_byte(var, b'=') {
                 Some(eq) if eq > 0 => eq,
                 _ => return Err(EventError::NotAssignment(n)),
             };
@@ -150,7 +150,7 @@ impl Event {
     }
     /// The shim's argv[1] (empty for netlink and synthetic events without one).
     pub fn arg1(&self) -> &[u8] {
-        let end = self.buf.iter().position(|&b| b == 0).unwrap_or(0);
+        let end = find_byte(&self.buf, 0).unwrap_or(0);
         &self.buf[..end]
     }
 
@@ -199,6 +199,83 @@ fn range(r: Range<u16>) -> (u16, u16) {
     (r.start, r.end)
 }
 
+/// The index of the first `needle` in `hay`, eight bytes at a time (the classic
+/// "has zero byte" word trick): every event is scanned for its NULs and `=`s on intake and
+/// again on every variable lookup, and a byte loop was a visible share of the daemon's
+/// intake time.
+#[inline]
+pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let rep = LO.wrapping_mul(needle as u64);
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ rep;
+        // Exact for the lowest matching byte: a false positive can only sit above a match.
+        let t = w.wrapping_sub(LO) & !w & HI;
+        if t != 0 {
+            return Some(base + (t.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == needle)
+        .map(|p| base + p)
+}
+
+/// A fast 64-bit hash of a byte string (8 bytes at a time, multiply-rotate, then a
+/// murmur3-style finaliser). Not DoS-resistant, which is fine for what it keys: DEVPATHs
+/// from the kernel or root, hashed on every queued event, where SipHash cost more than the
+/// rest of the queue's work together.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    }
+    mix64(h)
+}
+
+/// A bijective 64-bit mixer (murmur3's finaliser).
+pub fn mix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// A `Hasher` for maps and sets keyed by one `u64` (journal ids, DEVPATH hashes): one
+/// multiply-and-mix instead of SipHash's rounds.
+#[derive(Default, Clone, Copy)]
+pub struct U64Hasher(u64);
+
+impl std::hash::Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        mix64(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = hash_bytes(bytes) ^ self.0.rotate_left(7);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n ^ self.0.rotate_left(7);
+    }
+}
+
+/// `BuildHasher` for [`U64Hasher`].
+pub type BuildU64 = std::hash::BuildHasherDefault<U64Hasher>;
+
 /// Decimal digits only, no sign, no spaces, fits in u64 and is not the "none" marker.
 pub fn parse_seqnum(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 20 || !text.iter().all(u8::is_ascii_digit) {
@@ -222,10 +299,10 @@ impl<'a> Iterator for Vars<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        let end = self.rest.iter().position(|&b| b == 0)?;
+        let end = find_byte(self.rest, 0)?;
         let var = &self.rest[..end];
         self.rest = &self.rest[end + 1..];
-        let eq = var.iter().position(|&b| b == b'=').unwrap_or(var.len());
+        let eq = find_byte(var, b'=').unwrap_or(var.len());
         Some((&var[..eq], var.get(eq + 1..).unwrap_or(b"")))
     }
 }
@@ -279,6 +356,22 @@ mod tests {
         fn to_string_summary(&self) -> String {
             self.summary().to_string()
         }
+    }
+
+    #[test]
+    fn find_byte_matches_a_byte_loop() {
+        let hay: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+        for start in 0..hay.len() {
+            for needle in [0u8, b'=', 0x5a, 0x80, 0xff, 1] {
+                let h = &hay[start..];
+                assert_eq!(find_byte(h, needle), h.iter().position(|&b| b == needle));
+            }
+        }
+        assert_eq!(find_byte(b"", 0), None);
+        assert_eq!(
+            find_byte(b"\x01\x00\x00\x00\x00\x00\x00\x00\x00", 0),
+            Some(1)
+        );
     }
 
     #[test]

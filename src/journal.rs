@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::event::Event;
+use crate::event::{BuildU64, Event};
 use crate::message::{self, Item, Splitter};
 
 /// A `.fifo` segment is sealed and a new one started past this size.
@@ -108,6 +108,10 @@ pub struct Journal {
     aux: Option<Segment>,
     done: File,
     done_records: u64,
+    /// `done` is rewritten when it reaches this many records: [`DONE_REWRITE`], or twice
+    /// what the last rewrite kept, so the rewrites cost O(1) per record however many
+    /// records of live segments each one keeps.
+    rewrite_at: u64,
     done_buf: Vec<u8>,
     max_done: Option<u64>,
     /// Per live segment: events not done yet, and whether a newer segment replaced it.
@@ -168,6 +172,7 @@ impl Journal {
             aux: None,
             done,
             done_records,
+            rewrite_at: DONE_REWRITE,
             done_buf: Vec::new(),
             max_done,
             live,
@@ -274,7 +279,7 @@ impl Journal {
         self.done.write_all(&self.done_buf)?;
         self.done_records += (self.done_buf.len() / DONE_RECORD) as u64;
         self.done_buf.clear();
-        if self.done_records >= DONE_REWRITE {
+        if self.done_records >= self.rewrite_at {
             let (ids, _, _) = read_done(&self.dir.join("done"))?;
             self.rewrite_done(&ids)?;
         }
@@ -289,7 +294,7 @@ impl Journal {
     }
 
     /// Rewrite `done` with the records of live segments only, plus the highest SEQNUM.
-    fn rewrite_done(&mut self, ids: &HashSet<u64>) -> io::Result<()> {
+    fn rewrite_done(&mut self, ids: &HashSet<u64, BuildU64>) -> io::Result<()> {
         let mut out = Vec::new();
         for id in ids {
             if self.live.contains_key(&segment_of(*id)) {
@@ -316,6 +321,7 @@ impl Journal {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(self.dir.join("done"))?;
         self.done_records = (out.len() / DONE_RECORD) as u64;
+        self.rewrite_at = DONE_REWRITE.max(2 * self.done_records);
         Ok(())
     }
 
@@ -371,13 +377,13 @@ impl Reader {
 }
 
 /// The `done` file: ids done, the highest SEQNUM done, and the record count.
-fn read_done(path: &Path) -> io::Result<(HashSet<u64>, Option<u64>, u64)> {
+fn read_done(path: &Path) -> io::Result<(HashSet<u64, BuildU64>, Option<u64>, u64)> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
-    let mut ids = HashSet::new();
+    let mut ids = HashSet::with_capacity_and_hasher(bytes.len() / DONE_RECORD, BuildU64::default());
     let mut max = None;
     // A record cut short by a kill mid-write is ignored: its event runs again.
     for rec in bytes.chunks_exact(DONE_RECORD) {

@@ -116,17 +116,18 @@ pub fn next_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
     if buf.len() < HEADER_LEN {
         return Frame::Incomplete;
     }
-    let skip = resync_offset(buf);
+    // Where the next possible message starts is only needed on the garbage paths: a scan
+    // of the whole rest of the buffer per good message would cost more than the message.
     if buf[4] != VERSION {
         return Frame::Garbage {
-            skip,
+            skip: resync_offset(buf),
             error: FrameError::BadVersion(buf[4]),
         };
     }
     let size = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
     if buf[5..8] != [0, 0, 0] || size as usize > max_payload {
         return Frame::Garbage {
-            skip,
+            skip: resync_offset(buf),
             error: FrameError::TooLarge(size),
         };
     }
@@ -138,7 +139,7 @@ pub fn next_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
     let sum = u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]);
     if checksum(payload) != sum {
         return Frame::Garbage {
-            skip,
+            skip: resync_offset(buf),
             error: FrameError::Checksum,
         };
     }
@@ -153,9 +154,12 @@ pub fn next_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
 fn resync_offset(buf: &[u8]) -> usize {
     (1..buf.len())
         .find(|&i| {
-            let rest = &buf[i..];
-            let n = rest.len().min(MAGIC.len());
-            rest[..n] == MAGIC[..n]
+            // Cheap first-byte test before comparing the (possibly partial) magic.
+            buf[i] == MAGIC[0] && {
+                let rest = &buf[i..];
+                let n = rest.len().min(MAGIC.len());
+                rest[..n] == MAGIC[..n]
+            }
         })
         .unwrap_or(buf.len())
 }
