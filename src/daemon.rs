@@ -90,11 +90,12 @@ struct Work {
     max_output: usize,
 }
 
-/// What the runner thread tells the owner.
-enum FromRunner {
-    Started { rule: String },
-    Finished { rule: String, report: Report },
-    Done { event: Event },
+/// What the runner thread tells the owner: one message per handler run, the last of an
+/// event's runs carrying the event back. (Each message wakes the owner; between one
+/// handler and the next those wakeups are the daemon's whole overhead.)
+struct FromRunner {
+    report: Report,
+    done: Option<Event>,
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Returns once queued events are handed to the spool.
@@ -283,10 +284,8 @@ fn spawn_runner(work_rx: Receiver<Work>, tx: Sender<FromRunner>) -> Result<(), D
         .name("runner".into())
         .spawn(move || {
             for work in work_rx {
-                for job in &work.jobs {
-                    let _ = tx.send(FromRunner::Started {
-                        rule: job.rule.clone(),
-                    });
+                let last = work.jobs.len().saturating_sub(1);
+                for (i, job) in work.jobs.iter().enumerate() {
                     let spec = runner::Spec {
                         rule: &job.rule,
                         argv: &job.argv,
@@ -296,13 +295,10 @@ fn spawn_runner(work_rx: Receiver<Work>, tx: Sender<FromRunner>) -> Result<(), D
                         max_output_bytes: work.max_output,
                     };
                     let report = runner::run(&spec);
-                    let _ = tx.send(FromRunner::Finished {
-                        rule: job.rule.clone(),
-                        report,
-                    });
-                }
-                if tx.send(FromRunner::Done { event: work.event }).is_err() {
-                    return;
+                    let done = (i == last).then(|| work.event.clone());
+                    if tx.send(FromRunner { report, done }).is_err() {
+                        return;
+                    }
                 }
             }
         })
@@ -324,8 +320,16 @@ const TIMELINE_LEN: usize = 10_000;
 struct Running {
     event: String,
     seqnum: Option<u64>,
-    rule: Option<String>,
+    /// Its handlers' rules, in the order the runner runs them; `job` is the one running.
+    rules: Vec<String>,
+    job: usize,
     since: Instant,
+}
+
+impl Running {
+    fn rule(&self) -> &str {
+        self.rules.get(self.job).map_or("-", String::as_str)
+    }
 }
 
 /// A `hotplugctl monitor` connection: queue events through its own cursor (`reader`), or
@@ -689,7 +693,7 @@ impl Owner {
                 finished(&mut self.journal, &mut self.stats, &mut self.tags_done, ev);
                 continue;
             }
-            let jobs = jobs
+            let jobs: Vec<Job> = jobs
                 .into_iter()
                 .map(|mut j| {
                     j.timeout.get_or_insert(self.config.daemon.handler_timeout);
@@ -706,7 +710,8 @@ impl Owner {
             self.running = Some(Running {
                 event: ev.summary().to_string(),
                 seqnum: ev.seqnum(),
-                rule: None,
+                rules: jobs.iter().map(|j| j.rule.clone()).collect(),
+                job: 0,
                 since: Instant::now(),
             });
             let _ = work_tx.send(Work {
@@ -719,52 +724,51 @@ impl Owner {
     }
 
     fn on_runner(&mut self, msg: FromRunner) {
-        match msg {
-            FromRunner::Started { rule } => {
-                if let Some(r) = &mut self.running {
-                    r.rule = Some(rule);
-                    r.since = Instant::now();
-                }
-            }
-            FromRunner::Finished { rule, report } => self.on_finished(&rule, &report),
-            FromRunner::Done { event } => {
-                self.running = None;
-                finished(
-                    &mut self.journal,
-                    &mut self.stats,
-                    &mut self.tags_done,
-                    &event,
-                );
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        self.on_finished(&running, &msg.report);
+        match msg.done {
+            Some(event) => finished(
+                &mut self.journal,
+                &mut self.stats,
+                &mut self.tags_done,
+                &event,
+            ),
+            // The runner went straight on to the event's next handler.
+            None => {
+                self.running = Some(Running {
+                    job: running.job + 1,
+                    since: Instant::now(),
+                    ..running
+                })
             }
         }
     }
 
-    fn on_finished(&mut self, rule: &str, report: &Report) {
-        let event = self
-            .running
-            .as_ref()
-            .map_or("-".into(), |r| r.event.clone());
-        let what = format!(
-            "{event}: rule {rule}: {} in {:.1} ms",
-            report.outcome,
-            report.duration.as_secs_f64() * 1e3
-        );
-        match &report.outcome {
-            o if o.success() => log::info!("{what}"),
+    fn on_finished(&mut self, running: &Running, report: &Report) {
+        let rule = running.rule();
+        let level = match &report.outcome {
+            o if o.success() => log::Level::Info,
             Outcome::TimedOut { .. } => {
                 self.stats.timed_out += 1;
-                log::warn!("{what}")
+                log::Level::Warn
             }
             _ => {
                 self.stats.failed += 1;
-                log::warn!("{what}")
+                log::Level::Warn
             }
+        };
+        if log::log_enabled!(level) {
+            log::log!(
+                level,
+                "{}: rule {rule}: {} in {:.1} ms",
+                running.event,
+                report.outcome,
+                report.duration.as_secs_f64() * 1e3
+            );
         }
-        let seq = self
-            .running
-            .as_ref()
-            .and_then(|r| r.seqnum)
-            .map_or("-".into(), |s| s.to_string());
+        let seq = running.seqnum.map_or("-".into(), |s| s.to_string());
         let start = self.since_start(report.started);
         let run = format!(
             "run {start:.6} {:.6} {seq} {} {}",
@@ -773,6 +777,9 @@ impl Owner {
             report.outcome.to_string().replace(' ', "_")
         );
         self.record(run);
+        if !self.monitors.values().any(|m| m.opts.handled) {
+            return;
+        }
         let line = format!(
             "{seq} {rule} {} {:.1}ms",
             report.outcome.to_string().replace(' ', "_"),
@@ -920,7 +927,7 @@ impl Owner {
         ];
         match &self.running {
             Some(r) => {
-                lines.push(format!("running_rule {}", r.rule.as_deref().unwrap_or("-")));
+                lines.push(format!("running_rule {}", r.rule()));
                 lines.push(format!("running_seqnum {}", opt(r.seqnum)));
                 lines.push(format!(
                     "running_for_ms {:.1}",
