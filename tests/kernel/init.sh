@@ -259,6 +259,10 @@ coalesce)
     put before "$(seqnum)"
     modprobe dummy || log "modprobe dummy failed"
     ip link add d0 type dummy || log "ip link add failed"
+    # The adds must be queued before the removes exist: helpers race, and a remove
+    # whose add has not arrived yet is not coalesced (both then run, in order).
+    want=$(($(seqnum) - $(cat "$R/before")))
+    wait_until 10 '[ "$(received)" -ge "$want" ]'
     ip link del d0 || log "ip link del failed"
     echo change > /sys/class/net/lo/uevent
     put after "$(seqnum)"
@@ -284,7 +288,10 @@ overflow)
     done
     kill -CONT "$DAEMON_PID"
     log "100 events made while the daemon was stopped"
-    usleep 200000
+    # The rescan's adds (hundreds) are queued only once the socket has been drained: from
+    # then on it takes events again. (A full 4 KiB buffer holds about ten.)
+    wait_until 30 '[ "$(received)" -ge 50 ]'
+    log "the daemon has drained the socket and rescanned: $(received) received"
     # One more after the loss, which shows how much was lost.
     echo add > /sys/class/net/lo/uevent
     put after "$(seqnum)"
