@@ -631,17 +631,30 @@ impl Owner {
                     ev.summary()
                 );
             }
-            Push::Coalesced { add, remove } => {
-                self.journal.done(&add, true);
-                self.journal.done(&remove, false);
+            Push::Coalesced {
+                add,
+                remove,
+                add_was_queued,
+            } => {
+                self.journal.done(&add, add_was_queued);
+                self.journal.done(&remove, !add_was_queued);
                 self.stats.coalesced += 2;
                 self.stats.recalled += 2;
-                log::info!(
-                    "coalesced {} with its add (SEQNUM {}) still queued: neither runs",
-                    remove.summary(),
-                    add.seqnum().map_or("-".into(), |s| s.to_string())
-                );
-                self.count_tag(tag_of(&remove));
+                let add_seq = add.seqnum().map_or("-".into(), |s| s.to_string());
+                if add_was_queued {
+                    log::info!(
+                        "coalesced {} with its add (SEQNUM {add_seq}) still queued: neither runs",
+                        remove.summary()
+                    );
+                    self.count_tag(tag_of(&remove));
+                } else {
+                    log::info!(
+                        "coalesced {} with its add (SEQNUM {add_seq}), which arrived after it: \
+                         neither runs",
+                        remove.summary()
+                    );
+                    self.count_tag(tag_of(&add));
+                }
             }
         }
     }

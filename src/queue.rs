@@ -54,8 +54,15 @@ pub enum Push {
     Late,
     /// Seen before; handed back, not queued.
     Duplicate(Event),
-    /// A `remove` whose `add` was still queued: both recalled and handed back.
-    Coalesced { add: Event, remove: Event },
+    /// An `add` and a `remove` of one DEVPATH, both not yet taken: both recalled and
+    /// handed back. `add_was_queued`: the `add` was queued and the `remove` is the new
+    /// arrival (the usual order); false when helpers raced and the `remove` was waiting
+    /// behind the `add`'s gap.
+    Coalesced {
+        add: Event,
+        remove: Event,
+        add_was_queued: bool,
+    },
 }
 
 /// Why a recall failed.
@@ -129,6 +136,10 @@ pub struct Queue {
     /// Cursor per reader (the position of the next event it will get); None = free slot.
     cursors: Vec<Option<u64>>,
     adds: AddIndex,
+    /// DEVPATH hash → SEQNUM of a `remove` waiting behind a gap, for an `add` that arrives
+    /// after its `remove` (their helpers raced). Checked against `waiting` when used, and
+    /// unindexed when the remove is released.
+    removes: HashMap<u64, u64, BuildU64>,
     /// A SEQNUM someone waits to see handled (settle): if nothing arrives to fill the
     /// range up to it, the gap timeout skips it like any other gap.
     expect_upto: Option<u64>,
@@ -205,6 +216,7 @@ impl Queue {
             base: 0,
             cursors: vec![Some(0)],
             adds: AddIndex::default(),
+            removes: HashMap::default(),
             expect_upto: None,
             pending: 0,
             bytes: 0,
@@ -271,6 +283,9 @@ impl Queue {
     pub fn set_gap_timeout(&mut self, gap_timeout: Duration, coalesce: bool) {
         self.gap_timeout = gap_timeout;
         self.coalesce = coalesce;
+        if !coalesce {
+            self.removes.clear();
+        }
     }
 
     /// The next SEQNUM the queue will release, if it knows.
@@ -288,7 +303,11 @@ impl Queue {
             if let Some(add) = self.coalesce_remove(&ev) {
                 // The remove takes its slot as a tombstone so the gap logic does not wait.
                 self.settle_seq(seq, now);
-                return Push::Coalesced { add, remove: ev };
+                return Push::Coalesced {
+                    add,
+                    remove: ev,
+                    add_was_queued: true,
+                };
             }
         }
         let next = match self.next_expected {
@@ -307,6 +326,16 @@ impl Queue {
             } else {
                 Push::Duplicate(ev)
             };
+        }
+        if self.coalesce && ev.action() == b"add" && !self.waiting.contains_key(&seq) {
+            if let Some(remove) = self.coalesce_add(&ev, seq) {
+                self.settle_seq(seq, now);
+                return Push::Coalesced {
+                    add: ev,
+                    remove,
+                    add_was_queued: false,
+                };
+            }
         }
         if seq == next && self.waiting.is_empty() {
             // In order with nothing waiting (the usual case): straight to the log, as
@@ -327,6 +356,10 @@ impl Queue {
         self.pending += 1;
         if ev.action() == b"add" && self.coalesce {
             self.index_add(devpath_key(&ev), Loc::Waiting(seq));
+        }
+        if ev.action() == b"remove" && self.coalesce && self.removes.len() < MAX_ADDS {
+            let first = self.removes.entry(devpath_key(&ev)).or_insert(seq);
+            *first = (*first).min(seq);
         }
         self.waiting.insert(seq, Some(ev));
         self.release(now);
@@ -363,6 +396,12 @@ impl Queue {
             if let Some(ev) = entry.remove() {
                 self.bytes -= ev.heap_bytes();
                 self.pending -= 1;
+                if ev.action() == b"remove" && !self.removes.is_empty() {
+                    let key = devpath_key(&ev);
+                    if self.removes.get(&key) == Some(&next) {
+                        self.removes.remove(&key);
+                    }
+                }
                 self.append(ev);
             }
             next += 1;
@@ -517,6 +556,32 @@ impl Queue {
             return None;
         }
         self.recall(seq).ok()
+    }
+
+    /// Recall the waiting `remove` that this new `add` (SEQNUM `seq`, not late) cancels:
+    /// the remove's helper won the race and it waits behind the add's gap.
+    fn coalesce_add(&mut self, add: &Event, seq: u64) -> Option<Event> {
+        if self.removes.is_empty() {
+            return None;
+        }
+        let key = devpath_key(add);
+        let r = *self.removes.get(&key)?;
+        let slot = self.waiting.get_mut(&r);
+        let matches = r > seq
+            && matches!(&slot, Some(Some(rem)) if rem.action() == b"remove" && rem.devpath() == add.devpath());
+        if !matches {
+            if !matches!(&slot, Some(Some(rem)) if rem.action() == b"remove" && devpath_key(rem) == key)
+            {
+                // Recalled or gone meanwhile.
+                self.removes.remove(&key);
+            }
+            return None;
+        }
+        self.removes.remove(&key);
+        let remove = slot?.take()?;
+        self.bytes -= remove.heap_bytes();
+        self.pending -= 1;
+        Some(remove)
     }
 
     fn take_skipped(&mut self, seq: u64) -> bool {
@@ -756,6 +821,7 @@ impl Queue {
         out.extend(std::mem::take(&mut self.waiting).into_values().flatten());
         self.pending = 0;
         self.adds.clear();
+        self.removes.clear();
         self.stalled_since = None;
         self.bytes = self
             .log
@@ -847,7 +913,7 @@ mod tests {
         q.push(ev(1, "add", "/x"), t);
         q.push(ev(2, "add", "/y"), t);
         match q.push(ev(3, "remove", "/x"), t) {
-            Push::Coalesced { add, remove } => {
+            Push::Coalesced { add, remove, .. } => {
                 assert_eq!(add.seqnum(), Some(1));
                 assert_eq!(remove.seqnum(), Some(3));
             }
@@ -857,6 +923,57 @@ mod tests {
         assert_eq!(drain(&mut q, RUNNER), vec![2, 4]);
         // After the add was taken, a remove runs.
         assert_eq!(q.push(ev(5, "remove", "/y"), t), Push::Queued);
+        assert_eq!(drain(&mut q, RUNNER), vec![5]);
+    }
+
+    #[test]
+    fn an_add_arriving_after_its_waiting_remove_coalesces_too() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        // The helpers raced: the remove (3) and another device's event came first.
+        assert_eq!(q.push(ev(3, "remove", "/x"), t), Push::Waiting);
+        assert_eq!(q.push(ev(2, "change", "/y"), t), Push::Waiting);
+        match q.push(ev(1, "add", "/x"), t) {
+            Push::Coalesced {
+                add,
+                remove,
+                add_was_queued,
+            } => {
+                assert_eq!(add.seqnum(), Some(1));
+                assert_eq!(remove.seqnum(), Some(3));
+                assert!(!add_was_queued);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.pending(), 1);
+        assert_eq!(drain(&mut q, RUNNER), vec![2]);
+        assert_eq!(q.push(ev(4, "change", "/z"), t), Push::Queued);
+        assert_eq!(drain(&mut q, RUNNER), vec![4]);
+        assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn an_add_never_coalesces_with_the_wrong_remove() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        // Another DEVPATH's remove waits: the add is just queued.
+        assert_eq!(q.push(ev(2, "remove", "/y"), t), Push::Waiting);
+        assert_eq!(q.push(ev(1, "add", "/x"), t), Push::Queued);
+        assert_eq!(drain(&mut q, RUNNER), vec![1, 2]);
+        // A remove that ran already is not taken back by a duplicate of its add.
+        assert_eq!(q.push(ev(4, "remove", "/x"), t), Push::Waiting);
+        assert!(matches!(q.push(ev(1, "add", "/x"), t), Push::Duplicate(_)));
+        // A remove recalled while waiting leaves nothing for the add to take.
+        q.recall(4).unwrap();
+        assert_eq!(q.push(ev(3, "add", "/x"), t), Push::Queued);
+        assert_eq!(drain(&mut q, RUNNER), vec![3]);
+        // An add arriving after the gap timed out over it is late, and its remove ran.
+        assert_eq!(q.push(ev(6, "remove", "/w"), t), Push::Waiting);
+        q.expire_gap(t + Duration::from_secs(3));
+        assert_eq!(drain(&mut q, RUNNER), vec![6]);
+        assert_eq!(q.push(ev(5, "add", "/w"), t), Push::Late);
         assert_eq!(drain(&mut q, RUNNER), vec![5]);
     }
 

@@ -87,6 +87,13 @@ fn add_and_remove_both_queued_coalesce_but_remove_after_add_runs() {
     assert_eq!(env.wait_handled(2).seqs, vec![1, 4]);
     env.event(5, "remove", "/devices/stays");
     assert_eq!(env.wait_handled(3).seqs, vec![1, 4, 5]);
+    // Helpers race: a remove (7) can arrive before its add (6). Both still queued: the
+    // add coalesces with the waiting remove when it comes.
+    env.event(7, "remove", "/devices/flicker");
+    env.event(8, "change", "/devices/other");
+    env.event(6, "add", "/devices/flicker");
+    daemon.wait_log("coalesced 7 remove /devices/flicker (");
+    assert_eq!(env.wait_handled(4).seqs, vec![1, 4, 5, 8]);
 }
 
 #[test]

@@ -259,8 +259,9 @@ coalesce)
     put before "$(seqnum)"
     modprobe dummy || log "modprobe dummy failed"
     ip link add d0 type dummy || log "ip link add failed"
-    # The adds must be queued before the removes exist: helpers race, and a remove
-    # whose add has not arrived yet is not coalesced (both then run, in order).
+    # The adds are queued before the removes exist, so this boot checks the usual
+    # order; a remove whose helper wins the race is coalesced when its add arrives
+    # (tests/daemon.rs and the queue's unit tests check that order).
     want=$(($(seqnum) - $(cat "$R/before")))
     wait_until 10 '[ "$(received)" -ge "$want" ]'
     ip link del d0 || log "ip link del failed"
