@@ -298,6 +298,43 @@ overflow)
     put after "$(seqnum)"
     finish
     ;;
+storm)
+    # The benchmark (tests/kernel.rs storm_bench): the kernel runs the helper for N
+    # synthetic add events (mdev runs its @command on add only); every variant runs
+    # /test/handler, which appends "SEQNUM NS".
+    variant=$(cat /test/storm-variant)
+    count=$(cat /test/storm-n) # not n: wait_until uses that
+    case "$variant" in
+    hotplugd)
+        /test/bin/hotplugd --config /test/hotplugd.toml --runtime-dir /run/hotplugd \
+            --log-level warn >> "$R/daemon.log" 2>&1 &
+        wait_until 20 '[ -p /run/hotplugd/events ]'
+        echo /test/bin/hotplug > /proc/sys/kernel/hotplug
+        ;;
+    mdev)
+        printf '\n' > /dev/mdev.seq
+        echo '.* 0:0 660 @/test/handler /results/records' > /etc/mdev.conf
+        echo /bin/mdev > /proc/sys/kernel/hotplug
+        ;;
+    legacy)
+        printf '#!/bin/sh\nexec /test/handler /results/records\n' > /run/legacy-hotplug
+        chmod +x /run/legacy-hotplug
+        echo /run/legacy-hotplug > /proc/sys/kernel/hotplug
+        ;;
+    esac
+    log "storm: $variant, $count events"
+    SEQNUM=0 /test/handler "$R/t0"
+    i=0
+    while [ "$i" -lt "$count" ]; do
+        echo add > /sys/devices/virtual/mem/null/uevent
+        i=$((i + 1))
+    done
+    log "storm: $count events made"
+    wait_until 300 '[ "$(wc -l < "$R/records" 2>/dev/null || echo 0)" -ge "$count" ]'
+    usleep 500000
+    log "storm: $(wc -l < "$R/records") handler runs"
+    poweroff -f
+    ;;
 *)
     log "unknown scenario '$scenario'"
     poweroff -f
