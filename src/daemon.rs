@@ -284,8 +284,10 @@ fn spawn_runner(work_rx: Receiver<Work>, tx: Sender<FromRunner>) -> Result<(), D
         .name("runner".into())
         .spawn(move || {
             for work in work_rx {
-                let last = work.jobs.len().saturating_sub(1);
-                for (i, job) in work.jobs.iter().enumerate() {
+                // Each report goes to the owner as soon as its handler ends; the last
+                // one waits for the loop to end so it can take the event back along.
+                let mut last = None;
+                for job in &work.jobs {
                     let spec = runner::Spec {
                         rule: &job.rule,
                         argv: &job.argv,
@@ -295,10 +297,16 @@ fn spawn_runner(work_rx: Receiver<Work>, tx: Sender<FromRunner>) -> Result<(), D
                         max_output_bytes: work.max_output,
                     };
                     let report = runner::run(&spec);
-                    let done = (i == last).then(|| work.event.clone());
-                    if tx.send(FromRunner { report, done }).is_err() {
-                        return;
+                    if let Some(report) = last.replace(report) {
+                        if tx.send(FromRunner { report, done: None }).is_err() {
+                            return;
+                        }
                     }
+                }
+                let Some(report) = last else { continue };
+                let done = Some(work.event);
+                if tx.send(FromRunner { report, done }).is_err() {
+                    return;
                 }
             }
         })
@@ -640,21 +648,17 @@ impl Owner {
                 self.journal.done(&remove, !add_was_queued);
                 self.stats.coalesced += 2;
                 self.stats.recalled += 2;
-                let add_seq = add.seqnum().map_or("-".into(), |s| s.to_string());
-                if add_was_queued {
-                    log::info!(
-                        "coalesced {} with its add (SEQNUM {add_seq}) still queued: neither runs",
-                        remove.summary()
-                    );
-                    self.count_tag(tag_of(&remove));
+                let (how, newcomer) = if add_was_queued {
+                    (" still queued", &remove)
                 } else {
-                    log::info!(
-                        "coalesced {} with its add (SEQNUM {add_seq}), which arrived after it: \
-                         neither runs",
-                        remove.summary()
-                    );
-                    self.count_tag(tag_of(&add));
-                }
+                    (", which arrived after it", &add)
+                };
+                log::info!(
+                    "coalesced {} with its add (SEQNUM {}){how}: neither runs",
+                    remove.summary(),
+                    add.seqnum().map_or("-".into(), |s| s.to_string())
+                );
+                self.count_tag(tag_of(newcomer));
             }
         }
     }

@@ -31,7 +31,7 @@ use nix::sys::socket::{
     NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
 
-use crate::event::{Event, EventError};
+use crate::event::{find_byte, Event, EventError};
 use crate::sources::{Input, RateLimit};
 use crate::sysfs;
 
@@ -102,10 +102,7 @@ pub fn parse(data: &[u8], sender: u32, uid: Option<u32>) -> Result<Event, Datagr
     if uid != Some(0) {
         return Err(DatagramError::NotRoot);
     }
-    let header_end = data
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(DatagramError::NoHeader)?;
+    let header_end = find_byte(data, 0).ok_or(DatagramError::NoHeader)?;
     if !data[..header_end].contains(&b'@') {
         return Err(DatagramError::NoHeader);
     }
@@ -141,7 +138,7 @@ pub fn spawn_reader(
                 sysfs,
                 warn: RateLimit::new(10, Duration::from_secs(10)),
                 last_seq: None,
-                lost_since: None,
+                lost: false,
             };
             reader.run(sock, stop)
         })
@@ -153,8 +150,8 @@ struct Reader {
     warn: RateLimit,
     /// The last SEQNUM received, to count what an overflow cost.
     last_seq: Option<u64>,
-    /// Set by ENOBUFS until the loss has been counted: the SEQNUM received before it.
-    lost_since: Option<Option<u64>>,
+    /// Set by ENOBUFS until the loss has been counted.
+    lost: bool,
 }
 
 impl Reader {
@@ -266,17 +263,17 @@ impl Reader {
             self.last_seq.map_or("-".into(), |s| s.to_string()),
             self.sysfs.display()
         );
-        self.lost_since = Some(self.last_seq);
+        self.lost = true;
     }
 
     /// After an overflow, the first jump in SEQNUMs is what it cost. (The kernel reports
     /// ENOBUFS before the datagrams that did fit, so the jump comes after those.)
     fn count_loss(&mut self, ev: &Event) {
         let Some(seq) = ev.seqnum() else { return };
-        if self.lost_since.is_some() {
+        if self.lost {
             match self.last_seq {
                 Some(b) if seq > b + 1 => {
-                    self.lost_since = None;
+                    self.lost = false;
                     log::error!(
                         "netlink: lost {} events in the overflow: SEQNUM {}..={}",
                         seq - b - 1,
@@ -285,7 +282,7 @@ impl Reader {
                     );
                 }
                 None => {
-                    self.lost_since = None;
+                    self.lost = false;
                     log::error!("netlink: events before SEQNUM {seq} were lost in the overflow");
                 }
                 Some(_) => {}

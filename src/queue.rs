@@ -566,19 +566,18 @@ impl Queue {
         }
         let key = devpath_key(add);
         let r = *self.removes.get(&key)?;
-        let slot = self.waiting.get_mut(&r);
-        let matches = r > seq
-            && matches!(&slot, Some(Some(rem)) if rem.action() == b"remove" && rem.devpath() == add.devpath());
-        if !matches {
-            if !matches!(&slot, Some(Some(rem)) if rem.action() == b"remove" && devpath_key(rem) == key)
-            {
-                // Recalled or gone meanwhile.
-                self.removes.remove(&key);
-            }
+        let Some(Some(remove)) = self.waiting.get(&r) else {
+            // Recalled meanwhile: its slot is a tombstone.
+            self.removes.remove(&key);
+            return None;
+        };
+        // An older remove is not this add's; another DEVPATH with the same hash keeps its
+        // entry.
+        if r <= seq || remove.devpath() != add.devpath() {
             return None;
         }
         self.removes.remove(&key);
-        let remove = slot?.take()?;
+        let remove = self.waiting.get_mut(&r)?.take()?;
         self.bytes -= remove.heap_bytes();
         self.pending -= 1;
         Some(remove)
