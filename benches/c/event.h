@@ -39,7 +39,26 @@ static const char *const storm_vars[] = {
 };
 
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
+
+/* The helper environment both spawning drivers hand out: VARS, then DEVPATH_VAR
+ * ("DEVPATH=..."), then SEQ (a buffer the driver rewrites as "SEQNUM=i" per event), then
+ * HOTPLUGD_RUNTIME_DIR when it is set here (formatted into RT). ENV needs room for 32. */
+static inline void bench_env(char **env, const char *const *vars, char *devpath_var, char *seq,
+                             char *rt, size_t rt_len) {
+    int k = 0;
+    for (const char *const *v = vars; *v; v++) env[k++] = (char *)*v;
+    env[k++] = devpath_var;
+    env[k++] = seq;
+    const char *d = getenv("HOTPLUGD_RUNTIME_DIR");
+    if (d) {
+        snprintf(rt, rt_len, "HOTPLUGD_RUNTIME_DIR=%s", d);
+        env[k++] = rt;
+    }
+    env[k] = 0;
+}
 static inline int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -18,18 +18,8 @@ int main(int argc, char **argv) {
     }
     long n = atol(argv[1]);
     char *env[32];
-    int k = 0;
-    for (const char *const *v = usb_vars; *v; v++) env[k++] = (char *)*v;
-    char seq[40], devpath[256], rt[600];
-    snprintf(devpath, sizeof devpath, "DEVPATH=%s", USB_DEVPATH);
-    env[k++] = devpath;
-    env[k++] = seq;
-    const char *d = getenv("HOTPLUGD_RUNTIME_DIR");
-    if (d) {
-        snprintf(rt, sizeof rt, "HOTPLUGD_RUNTIME_DIR=%s", d);
-        env[k++] = rt;
-    }
-    env[k] = 0;
+    char seq[40], devpath[] = "DEVPATH=" USB_DEVPATH, rt[600];
+    bench_env(env, usb_vars, devpath, seq, rt, sizeof rt);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     int nul = open("/dev/null", O_RDWR | O_CLOEXEC);

@@ -51,17 +51,8 @@ int main(int argc, char **argv) {
     long n = atol(argv[1]);
     int jobs = atoi(argv[2]);
     char *env[32];
-    int k = 0;
-    for (const char *const *v = storm_vars; *v; v++) env[k++] = (char *)*v;
-    char seq[40], rt[600];
-    env[k++] = "DEVPATH=" STORM_DEVPATH;
-    env[k++] = seq;
-    const char *d = getenv("HOTPLUGD_RUNTIME_DIR");
-    if (d) {
-        snprintf(rt, sizeof rt, "HOTPLUGD_RUNTIME_DIR=%s", d);
-        env[k++] = rt;
-    }
-    env[k] = 0;
+    char seq[40], devpath[] = "DEVPATH=" STORM_DEVPATH, rt[600];
+    bench_env(env, storm_vars, devpath, seq, rt, sizeof rt);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
