@@ -152,6 +152,12 @@ wait_field() { # DIR FIELD VALUE TIMEOUT_S
     done
     die "timed out waiting for $2 >= $3 (have ${v:-?})"
 }
+# daemon_header DIR GAP: the [daemon] table of a bench config (stdout). The daemon reads
+# the "kernel's" SEQNUM 0 from DIR/seqnum, so events numbered from 1 are in order.
+daemon_header() {
+    echo 0 >"$1/seqnum"
+    printf '[daemon]\nseqnum_file = "%s"\ngap_timeout = "%s"\n' "$1/seqnum" "$2"
+}
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 RESULTS=()    # markdown lines
@@ -337,12 +343,7 @@ bench_storm() {
 bench_intake() {
     local d=$WORK/intake r line t0 t1 n bytes tr
     mkdir -p "$d"
-    echo 0 >"$d/seqnum"
-    cat >"$d/norules.toml" <<EOF
-[daemon]
-seqnum_file = "$d/seqnum"
-gap_timeout = "60s"
-EOF
+    daemon_header "$d" 60s >"$d/norules.toml"
     local ceil=() daemon=() ratios=()
     log "intake: $INTAKE_R rounds of $INTAKE_N messages (ceiling, then daemon)"
     for r in $(seq 1 "$INTAKE_R"); do
@@ -426,11 +427,9 @@ bench_dispatch() {
     # /bin/true (plus one handler run, < 0.1 % at K = 1000).
     for dir in "$d0" "$dq"; do
         mkdir -p "$dir"
-        echo 0 >"$dir/seqnum"
-        cat >"$dir/true.toml" <<EOF
-[daemon]
-seqnum_file = "$dir/seqnum"
-gap_timeout = "600s"
+        {
+            daemon_header "$dir" 600s
+            cat <<EOF
 
 [[rule]]
 name = "true"
@@ -441,6 +440,7 @@ name = "mark"
 match = { BENCH_MARK = "1" }
 run = ["$BIN/handler", "$dir/marks"]
 EOF
+        } >"$dir/true.toml"
     done
     log "dispatch: $DISP_R rounds of $DISP_K runs: bare loop; daemon, empty queue; daemon, $DISP_Q queued"
     # Two daemons, each paused except while its window runs. The second holds DISP_Q
@@ -552,16 +552,10 @@ mem_run() {
 bench_memory() {
     local d=$WORK/memory
     mkdir -p "$d"
-    echo 0 >"$d/seqnum"
-    cat >"$d/true.toml" <<EOF
-[daemon]
-seqnum_file = "$d/seqnum"
-gap_timeout = "600s"
-
-[[rule]]
-name = "true"
-run = ["/bin/true"]
-EOF
+    {
+        daemon_header "$d" 600s
+        printf '\n[[rule]]\nname = "true"\nrun = ["/bin/true"]\n'
+    } >"$d/true.toml"
     # The same with the in-memory queue unbounded (max_queue_memory, where this build has
     # it): what the queue's own representation costs when nothing spills to the journal.
     sed 's/^gap_timeout = .*/&\nmax_queue_memory = "64GiB"/' "$d/true.toml" >"$d/nospill.toml"
