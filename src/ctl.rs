@@ -499,7 +499,7 @@ fn write_uevent(d: &sysfs::Device, action: &str, tag: &str, tagged: &mut bool) -
 /// queued behind what the daemon has already released and never waits on a gap.
 fn inject(dir: &Path, d: &sysfs::Device, action: &str, tag: &str) -> Result<(), Fail> {
     let vars =
-        sysfs::read_uevent(&d.dir).map_err(|e| Fail(format!("{}: {e}", d.dir.display()), 1))?;
+        sysfs::device_vars(&d.dir).map_err(|e| Fail(format!("{}: {e}", d.dir.display()), 1))?;
     let mut body = String::from("inject\n");
     let mut push = |k: &str, v: &str| {
         body.push_str(&format!("{k}={}\n", control::escape(v.as_bytes())));
@@ -509,10 +509,9 @@ fn inject(dir: &Path, d: &sysfs::Device, action: &str, tag: &str) -> Result<(), 
     if let Some(s) = &d.subsystem {
         push("SUBSYSTEM", s);
     }
-    for (k, v) in &vars {
-        if !["ACTION", "DEVPATH", "SUBSYSTEM", "SEQNUM", "SYNTH_UUID"].contains(&k.as_str()) {
-            push(k, v);
-        }
+    // Our own tag replaces any the device's uevent file shows.
+    for (k, v) in vars.iter().filter(|(k, _)| k != "SYNTH_UUID") {
+        push(k, v);
     }
     push("SYNTH_UUID", tag);
     body.push('\n');

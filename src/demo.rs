@@ -144,7 +144,7 @@ pub fn run() -> Result<(), String> {
             });
             std::thread::sleep(Duration::from_micros(200));
         }
-        let vars = sysfs::read_uevent(&dev.dir).unwrap_or_default();
+        let vars = sysfs::device_vars(&dev.dir).unwrap_or_default();
         let sub = dev.subsystem.clone().unwrap_or_default();
         let mut cmd = Command::new(&shim);
         cmd.arg(&sub)
@@ -155,11 +155,7 @@ pub fn run() -> Result<(), String> {
             .env("SUBSYSTEM", &sub)
             .env("SEQNUM", (i + 1).to_string())
             .stdin(Stdio::null());
-        for (k, v) in &vars {
-            if !matches!(k.as_str(), "ACTION" | "DEVPATH" | "SUBSYSTEM" | "SEQNUM") {
-                cmd.env(k, v);
-            }
-        }
+        cmd.envs(vars);
         flight.push(
             cmd.spawn()
                 .map_err(|e| format!("{}: {e}", shim.display()))?,

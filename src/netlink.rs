@@ -48,7 +48,8 @@ const DATAGRAM_MAX: usize = 8192;
 
 /// What the kernel adds to its helper's environment (`kobject_uevent_env`) but not to the
 /// netlink datagram.
-const HELPER_ENV: &[u8] = b"HOME=/\0PATH=/sbin:/bin:/usr/sbin:/usr/bin\0";
+const HELPER_VARS: [(&[u8], &[u8]); 2] =
+    [(b"HOME", b"/"), (b"PATH", b"/sbin:/bin:/usr/sbin:/usr/bin")];
 
 /// Why a datagram is not an event.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -111,14 +112,19 @@ pub fn parse(data: &[u8], sender: u32, uid: Option<u32>) -> Result<Event, Datagr
         .split(|&b| b == 0)
         .find_map(|v| v.strip_prefix(b"SUBSYSTEM="))
         .unwrap_or(b"");
-    let mut payload = Vec::with_capacity(subsystem.len() + 1 + vars.len() + HELPER_ENV.len() + 1);
+    let mut payload = Vec::with_capacity(subsystem.len() + vars.len() + 64);
     payload.extend_from_slice(subsystem);
     payload.push(0);
     payload.extend_from_slice(vars);
     if !payload.ends_with(b"\0") {
         payload.push(0);
     }
-    payload.extend_from_slice(HELPER_ENV);
+    for (k, v) in HELPER_VARS {
+        payload.extend_from_slice(k);
+        payload.push(b'=');
+        payload.extend_from_slice(v);
+        payload.push(0);
+    }
     Ok(Event::from_payload(&payload)?)
 }
 
@@ -304,7 +310,7 @@ pub fn rescan(sysfs: &std::path::Path) -> Vec<Event> {
     };
     let mut out = Vec::with_capacity(devices.len());
     for d in devices {
-        let Ok(vars) = sysfs::read_uevent(&d.dir) else {
+        let Ok(vars) = sysfs::device_vars(&d.dir) else {
             continue; // gone meanwhile
         };
         let subsystem = d.subsystem.as_deref().unwrap_or("");
@@ -313,15 +319,8 @@ pub fn rescan(sysfs: &std::path::Path) -> Vec<Event> {
             (b"DEVPATH", d.devpath.as_bytes()),
             (b"SUBSYSTEM", subsystem.as_bytes()),
         ];
-        fixed.extend(
-            vars.iter()
-                .filter(|(k, _)| {
-                    !["ACTION", "DEVPATH", "SUBSYSTEM", "SEQNUM"].contains(&k.as_str())
-                })
-                .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
-        );
-        fixed.push((b"HOME", b"/"));
-        fixed.push((b"PATH", b"/sbin:/bin:/usr/sbin:/usr/bin"));
+        fixed.extend(vars.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        fixed.extend(HELPER_VARS);
         match Event::from_vars(subsystem.as_bytes(), fixed) {
             Ok(ev) => out.push(ev),
             Err(e) => log::warn!("netlink: rescan: {}: {e}", d.dir.display()),

@@ -75,6 +75,15 @@ pub fn read_uevent(dir: &Path) -> io::Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// The variables of a device's `uevent` file that an event for it carries besides those
+/// the event sets itself (ACTION, DEVPATH, SUBSYSTEM, SEQNUM): what coldplug, the demo
+/// and the netlink rescan add to the events they make.
+pub fn device_vars(dir: &Path) -> io::Result<Vec<(String, String)>> {
+    let mut vars = read_uevent(dir)?;
+    vars.retain(|(k, _)| !matches!(k.as_str(), "ACTION" | "DEVPATH" | "SUBSYSTEM" | "SEQNUM"));
+    Ok(vars)
+}
+
 /// The kernel's last SEQNUM, from `path` (normally [`SEQNUM_FILE`]).
 pub fn kernel_seqnum(path: &Path) -> io::Result<u64> {
     let text = fs::read_to_string(path)?;
