@@ -172,6 +172,19 @@ impl Event {
         }
     }
 
+    /// Every variable as its `KEY=VALUE\0` bytes in the buffer, NUL included: each is a C
+    /// string as it lies (what a handler's envp points at).
+    pub fn var_strings(&self) -> impl Iterator<Item = &[u8]> {
+        let start = (self.arg1().len() + 1).min(self.buf.len());
+        let mut rest = &self.buf[start..];
+        std::iter::from_fn(move || {
+            let end = find_byte(rest, 0)?;
+            let (var, tail) = rest.split_at(end + 1);
+            rest = tail;
+            Some(var)
+        })
+    }
+
     /// The value of one variable (the last one if it is repeated).
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         match key {

@@ -20,6 +20,7 @@ pub mod rules;
 pub mod runner;
 pub mod runtime;
 pub mod sources;
+pub mod spawn;
 pub mod spool;
 pub mod sysfs;
 pub mod timeline;

@@ -8,20 +8,16 @@
 //!
 //! Three choices matter for a daemon that runs thousands of handlers back to back:
 //!
-//! * **posix_spawn, not fork.** std's `Command` uses `posix_spawn` (a `CLONE_VM|CLONE_VFORK`
-//!   clone that copies no page tables) unless something forces its fork+exec fallback:
-//!   `pre_exec`, uid/gid changes, or a `PATH` set in the child's environment while the
-//!   program name still needs a PATH search. A forked daemon holding a big queue pays for
-//!   copying its whole address space on every handler, about 30 times the cost. So we
-//!   never use `pre_exec` (the process group is set through `process_group`, which
-//!   posix_spawn supports), never set `current_dir` (the daemon chdirs to `/` at start
-//!   and children inherit it), and do the PATH search ourselves against the *event's*
-//!   `PATH`, handing std an absolute path.
+//! * **posix_spawn, not fork, and nothing built twice.** [`crate::spawn`] calls
+//!   `posix_spawn` directly with the event's own bytes as the environment; `/dev/null`
+//!   and the 64 KiB output buffer are the [`Runner`]'s for its whole life. Between one
+//!   handler's exit and the next one's exec the daemon does only what the handler run
+//!   needs: a pipe, the spawn, a pidfd, a poll, a wait.
 //! * **pidfd, not sleep polling.** We `poll()` on a pidfd of the child together with the
 //!   output pipe, with the timeout set to the next deadline, so the exit is noticed the
 //!   moment it happens and dispatch latency stays at the cost of the spawn itself. Kernels
 //!   without `pidfd_open` (before 5.3) fall back to polling the pipe in 10 ms ticks with
-//!   `try_wait`.
+//!   `waitpid(WNOHANG)`.
 //! * **The exit ends the run, not EOF.** A handler may leave a grandchild behind (a
 //!   daemon, a `sleep &`) that still holds the output pipe. Waiting for EOF would stall
 //!   the whole queue on it, so once the handler itself has exited we take only what is
@@ -33,11 +29,9 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -47,6 +41,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{access, AccessFlags, Pid};
 
 use crate::event::Event;
+use crate::spawn::{Child, Spawner};
 
 /// Longest output line logged as is; longer ones are cut and marked with `…`.
 pub const MAX_LINE: usize = 1024;
@@ -139,9 +134,32 @@ pub struct Report {
     pub pid: Option<u32>,
 }
 
-/// Run one handler to completion. Never panics; every failure is in the report.
-pub fn run(spec: &Spec) -> Report {
-    run_with(spec, true)
+/// Runs handlers one after another; owns what every run reuses.
+pub struct Runner {
+    spawner: Spawner,
+    buf: Box<[u8]>,
+    use_pidfd: bool,
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Runner {
+    pub fn new() -> Runner {
+        Runner {
+            spawner: Spawner::new(),
+            buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            use_pidfd: true,
+        }
+    }
+
+    /// Run one handler to completion. Never panics; every failure is in the report.
+    pub fn run(&mut self, spec: &Spec) -> Report {
+        run_with(self, spec)
+    }
 }
 
 /// `SEQNUM` or `-`, for log prefixes.
@@ -166,11 +184,11 @@ enum Phase {
     Killed(Instant),
 }
 
-fn run_with(spec: &Spec, use_pidfd: bool) -> Report {
+fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
     let rule = spec.rule;
     let seq = Seq(spec.event.seqnum());
     let started = Instant::now();
-    let (mut child, pipe) = match spawn(spec) {
+    let (child, pipe) = match spawn(&mut runner.spawner, spec) {
         Ok(spawned) => spawned,
         Err(why) => {
             return Report {
@@ -181,9 +199,13 @@ fn run_with(spec: &Spec, use_pidfd: bool) -> Report {
             }
         }
     };
-    let pid = child.id();
-    let pgid = Pid::from_raw(pid as libc::pid_t);
-    let pidfd = if use_pidfd { pidfd_open(pid) } else { None };
+    let pid = child.pid as u32;
+    let pgid = Pid::from_raw(child.pid);
+    let pidfd = if runner.use_pidfd {
+        pidfd_open(pid)
+    } else {
+        None
+    };
 
     let mut out = Output::new(spec.max_output_bytes);
     let mut sink = |msg: Msg<'_>| match msg {
@@ -197,12 +219,12 @@ fn run_with(spec: &Spec, use_pidfd: bool) -> Report {
             log::info!(target: "handler", "[{rule} {seq}] output truncated after {n} bytes")
         }
     };
-    let mut buf = vec![0u8; READ_BUF];
+    let buf = &mut runner.buf[..];
     let mut pipe = Some(pipe);
     let deadline = started.checked_add(spec.timeout);
     let mut phase = Phase::Running;
 
-    let status: io::Result<ExitStatus> = loop {
+    let status: io::Result<libc::c_int> = loop {
         let now = Instant::now();
         let due = match phase {
             Phase::Running => deadline,
@@ -246,7 +268,7 @@ fn run_with(spec: &Spec, use_pidfd: bool) -> Report {
 
         if pipe_ready {
             if let Some(p) = &pipe {
-                if read_pipe(p, &mut buf, READS_PER_WAKEUP, &mut out, &mut sink) {
+                if read_pipe(p, buf, READS_PER_WAKEUP, &mut out, &mut sink) {
                     pipe = None;
                 }
             }
@@ -256,9 +278,9 @@ fn run_with(spec: &Spec, use_pidfd: bool) -> Report {
         }
         if pidfd.is_some() {
             // Readable pidfd: the child is a zombie, this wait does not block.
-            break child.wait();
+            break reap(child, 0).map(|st| st.unwrap_or(0));
         }
-        match child.try_wait() {
+        match reap(child, libc::WNOHANG) {
             Ok(Some(status)) => break Ok(status),
             Ok(None) => {}
             Err(e) => break Err(e),
@@ -270,7 +292,7 @@ fn run_with(spec: &Spec, use_pidfd: bool) -> Report {
     // Take what the handler left in the pipe, without waiting for an EOF a grandchild
     // may hold off forever, then close it.
     if let Some(p) = pipe.take() {
-        read_pipe(&p, &mut buf, READS_AFTER_EXIT, &mut out, &mut sink);
+        read_pipe(&p, buf, READS_AFTER_EXIT, &mut out, &mut sink);
     }
     out.finish(&mut sink);
 
@@ -278,11 +300,9 @@ fn run_with(spec: &Spec, use_pidfd: bool) -> Report {
         Phase::Termed(_) => Outcome::TimedOut { killed: false },
         Phase::Killed(_) => Outcome::TimedOut { killed: true },
         Phase::Running => match status {
-            Ok(st) => match (st.code(), st.signal()) {
-                (Some(code), _) => Outcome::Exited(code),
-                (None, Some(sig)) => Outcome::Signaled(sig),
-                (None, None) => Outcome::Exited(-1),
-            },
+            Ok(st) if libc::WIFEXITED(st) => Outcome::Exited(libc::WEXITSTATUS(st)),
+            Ok(st) if libc::WIFSIGNALED(st) => Outcome::Signaled(libc::WTERMSIG(st)),
+            Ok(_) => Outcome::Exited(-1),
             Err(e) => {
                 log::error!(
                     "[{rule} {seq}] cannot collect the exit status of pid {pid}: {e} \
@@ -302,43 +322,39 @@ fn run_with(spec: &Spec, use_pidfd: bool) -> Report {
 
 /// Start the handler; the returned fd is the non-blocking read end of its output pipe.
 /// The error is the text of [`Outcome::SpawnFailed`].
-fn spawn(spec: &Spec) -> Result<(Child, File), String> {
+fn spawn(spawner: &mut Spawner, spec: &Spec) -> Result<(Child, File), String> {
     let Some(program) = spec.argv.first() else {
         return Err("empty command line".into());
     };
     let exe = resolve(program, spec.event)?;
-
     let (read_end, write_end) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e.desc()))?;
     // Non-blocking on our end only: O_NONBLOCK is per open file description, and the
     // child must get an ordinary blocking pipe.
     set_nonblocking(read_end.as_raw_fd()).map_err(|e| format!("pipe: {}", e.desc()))?;
-    let write_end2 = write_end
-        .try_clone()
-        .map_err(|e| format!("pipe: {}", errno_text(&e)))?;
+    // Our write end closes when this returns, so the pipe can report EOF once the
+    // handler's side is gone.
+    let child = spawner
+        .spawn(&exe, spec.argv, spec.event, spec.rule, write_end.as_fd())
+        .map_err(|e| e.to_string())?;
+    Ok((child, File::from(read_end)))
+}
 
-    // No pre_exec and no current_dir: either sends std down fork+exec instead of
-    // posix_spawn (see the module docs). `exe` is a path, so the PATH we put into the
-    // environment does not do that either.
-    let mut cmd = Command::new(&exe);
-    cmd.arg0(program)
-        .args(&spec.argv[1..])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(write_end))
-        .stderr(Stdio::from(write_end2))
-        .process_group(0);
-    for (key, value) in spec.event.vars() {
-        cmd.env(OsStr::from_bytes(key), OsStr::from_bytes(value));
-    }
-    cmd.env("HOTPLUGD_RULE", spec.rule);
-    let spawned = cmd.spawn();
-    // The Command holds our copies of the write end: drop them now, or the pipe could
-    // never report EOF.
-    drop(cmd);
-    match spawned {
-        Ok(child) => Ok((child, File::from(read_end))),
-        Err(e) => Err(format!("{}: {}", exe.display(), errno_text(&e))),
+/// Reap `child`: `Some(status)` once it has exited, `None` if `flags` has WNOHANG and it
+/// is still running.
+fn reap(child: Child, flags: libc::c_int) -> io::Result<Option<libc::c_int>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: a valid pointer to a local int.
+        let r = unsafe { libc::waitpid(child.pid, &mut status, flags) };
+        match r {
+            0 => return Ok(None),
+            r if r > 0 => return Ok(Some(status)),
+            _ => match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(io::Error::from_raw_os_error(e as i32)),
+            },
+        }
     }
 }
 
@@ -382,13 +398,6 @@ fn resolve(program: &OsStr, event: &Event) -> Result<PathBuf, String> {
 fn set_nonblocking(fd: RawFd) -> nix::Result<()> {
     let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
-}
-
-fn errno_text(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => Errno::from_raw(n).desc().to_string(),
-        None => e.to_string(),
-    }
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -616,7 +625,9 @@ mod tests {
             kill_grace: Duration::from_millis(300),
             max_output_bytes: 4096,
         };
-        run_with(&spec, pidfd)
+        let mut runner = Runner::new();
+        runner.use_pidfd = pidfd;
+        runner.run(&spec)
     }
 
     fn sh(script: &str, timeout: Duration, pidfd: bool) -> Report {
