@@ -9,10 +9,11 @@
 //! Three choices matter for a daemon that runs thousands of handlers back to back:
 //!
 //! * **posix_spawn, not fork, and nothing built twice.** [`crate::spawn`] calls
-//!   `posix_spawn` directly with the event's own bytes as the environment; `/dev/null`
-//!   and the 64 KiB output buffer are the [`Runner`]'s for its whole life. Between one
-//!   handler's exit and the next one's exec the daemon does only what the handler run
-//!   needs: a pipe, the spawn, a pidfd, a poll, a wait.
+//!   `posix_spawn` directly with the event's own bytes as the environment; `/dev/null`,
+//!   the spawn's file actions and the 64 KiB output buffer are the [`Runner`]'s for its
+//!   whole life, and so is the output pipe while no process is left in the last handler's
+//!   process group to write into it. Between one handler's exit and the next one's exec
+//!   the daemon does only what the run needs: the spawn, a pidfd, a poll, a wait.
 //! * **pidfd, not sleep polling.** We `poll()` on a pidfd of the child together with the
 //!   output pipe, with the timeout set to the next deadline, so the exit is noticed the
 //!   moment it happens and dispatch latency stays at the cost of the spawn itself. Kernels
@@ -21,7 +22,10 @@
 //! * **The exit ends the run, not EOF.** A handler may leave a grandchild behind (a
 //!   daemon, a `sleep &`) that still holds the output pipe. Waiting for EOF would stall
 //!   the whole queue on it, so once the handler itself has exited we take only what is
-//!   already in the pipe and close our end; a straggler that writes afterwards gets EPIPE.
+//!   already in the pipe. If anything of its process group is still alive, that pipe is
+//!   closed and the next handler gets a new one: a straggler that writes afterwards gets
+//!   EPIPE, and never lands in another handler's log. (A descendant that left the group,
+//!   `setsid` and all, and kept the handler's stdout is the one case that can.)
 //!   The process group is signalled only on timeout, never after a normal exit: a handler
 //!   may legitimately start a long-running program.
 
@@ -139,6 +143,28 @@ pub struct Runner {
     spawner: Spawner,
     buf: Box<[u8]>,
     use_pidfd: bool,
+    pipe: Option<OutputPipe>,
+}
+
+/// The handlers' stdout and stderr: our read end (non-blocking) and the write end each
+/// child gets a copy of.
+struct OutputPipe {
+    read: File,
+    write: OwnedFd,
+}
+
+impl OutputPipe {
+    fn new() -> Result<OutputPipe, String> {
+        let (read, write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e.desc()))?;
+        // Non-blocking on our end only: O_NONBLOCK is per open file description, and the
+        // child must get an ordinary blocking pipe.
+        set_nonblocking(read.as_raw_fd()).map_err(|e| format!("pipe: {}", e.desc()))?;
+        Ok(OutputPipe {
+            read: File::from(read),
+            write,
+        })
+    }
 }
 
 impl Default for Runner {
@@ -153,6 +179,7 @@ impl Runner {
             spawner: Spawner::new(),
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
             use_pidfd: true,
+            pipe: None,
         }
     }
 
@@ -188,8 +215,8 @@ fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
     let rule = spec.rule;
     let seq = Seq(spec.event.seqnum());
     let started = Instant::now();
-    let (child, pipe) = match spawn(&mut runner.spawner, spec) {
-        Ok(spawned) => spawned,
+    let child = match spawn(runner, spec) {
+        Ok(child) => child,
         Err(why) => {
             return Report {
                 outcome: Outcome::SpawnFailed(why),
@@ -220,7 +247,11 @@ fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
         }
     };
     let buf = &mut runner.buf[..];
-    let mut pipe = Some(pipe);
+    let pipe = &runner.pipe.as_ref().expect("spawn made it").read;
+    // Cleared on EOF or a read error: that pipe is done for.
+    let mut pipe_open = true;
+    // What the last read left: Drained means the pipe was empty.
+    let mut last_read;
     let deadline = started.checked_add(spec.timeout);
     let mut phase = Phase::Running;
 
@@ -264,14 +295,18 @@ fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
         if pidfd.is_none() {
             wait = Some(wait.map_or(FALLBACK_TICK, |w| w.min(FALLBACK_TICK)));
         }
-        let (child_ready, pipe_ready) = poll2(pidfd.as_ref(), pipe.as_ref(), wait);
+        let (child_ready, pipe_ready) = poll2(pidfd.as_ref(), pipe_open.then_some(pipe), wait);
 
         if pipe_ready {
-            if let Some(p) = &pipe {
-                if read_pipe(p, buf, READS_PER_WAKEUP, &mut out, &mut sink) {
-                    pipe = None;
-                }
-            }
+            last_read = read_pipe(pipe, buf, READS_PER_WAKEUP, &mut out, &mut sink);
+            pipe_open &= last_read != Drain::Closed;
+        } else if pidfd.is_none() {
+            // Polled before the exit we may be about to see: read again after it.
+            last_read = Drain::More;
+        } else {
+            // In the same poll as the pidfd: whatever the child wrote before it exited
+            // would show.
+            last_read = Drain::Drained;
         }
         if pidfd.is_some() && !child_ready {
             continue;
@@ -290,11 +325,17 @@ fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
     drop(pidfd);
 
     // Take what the handler left in the pipe, without waiting for an EOF a grandchild
-    // may hold off forever, then close it.
-    if let Some(p) = pipe.take() {
-        read_pipe(&p, buf, READS_AFTER_EXIT, &mut out, &mut sink);
+    // may hold off forever.
+    if pipe_open && last_read == Drain::More {
+        last_read = read_pipe(pipe, buf, READS_AFTER_EXIT, &mut out, &mut sink);
     }
     out.finish(&mut sink);
+    // Keep the pipe for the next handler only if it is empty and nothing of this one's
+    // process group is left to write into it.
+    let reusable = last_read == Drain::Drained && matches!(killpg(pgid, None), Err(Errno::ESRCH));
+    if !reusable {
+        runner.pipe = None;
+    }
 
     let outcome = match phase {
         Phase::Termed(_) => Outcome::TimedOut { killed: false },
@@ -320,24 +361,21 @@ fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
     }
 }
 
-/// Start the handler; the returned fd is the non-blocking read end of its output pipe.
-/// The error is the text of [`Outcome::SpawnFailed`].
-fn spawn(spawner: &mut Spawner, spec: &Spec) -> Result<(Child, File), String> {
+/// Start the handler with stdout and stderr on the runner's output pipe (made first if
+/// there is none). The error is the text of [`Outcome::SpawnFailed`].
+fn spawn(runner: &mut Runner, spec: &Spec) -> Result<Child, String> {
     let Some(program) = spec.argv.first() else {
         return Err("empty command line".into());
     };
     let exe = resolve(program, spec.event)?;
-    let (read_end, write_end) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e.desc()))?;
-    // Non-blocking on our end only: O_NONBLOCK is per open file description, and the
-    // child must get an ordinary blocking pipe.
-    set_nonblocking(read_end.as_raw_fd()).map_err(|e| format!("pipe: {}", e.desc()))?;
-    // Our write end closes when this returns, so the pipe can report EOF once the
-    // handler's side is gone.
-    let child = spawner
-        .spawn(&exe, spec.argv, spec.event, spec.rule, write_end.as_fd())
-        .map_err(|e| e.to_string())?;
-    Ok((child, File::from(read_end)))
+    if runner.pipe.is_none() {
+        runner.pipe = Some(OutputPipe::new()?);
+    }
+    let out = runner.pipe.as_ref().expect("just made").write.as_fd();
+    runner
+        .spawner
+        .spawn(&exe, spec.argv, spec.event, spec.rule, out)
+        .map_err(|e| e.to_string())
 }
 
 /// Reap `child`: `Some(status)` once it has exited, `None` if `flags` has WNOHANG and it
@@ -457,32 +495,42 @@ fn poll2(pidfd: Option<&OwnedFd>, pipe: Option<&File>, wait: Option<Duration>) -
     (fds[0].revents != 0, fds[1].revents != 0)
 }
 
-/// Read what is available, at most `max_reads` times. True when the pipe is finished
-/// (EOF or a read error) and should be closed.
+/// Where [`read_pipe`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// The pipe is empty (EAGAIN).
+    Drained,
+    /// `max_reads` reached; there may be more.
+    More,
+    /// EOF or a read error: the pipe is finished.
+    Closed,
+}
+
+/// Read what is available, at most `max_reads` times.
 fn read_pipe(
     mut pipe: &File,
     buf: &mut [u8],
     max_reads: usize,
     out: &mut Output,
     sink: &mut dyn FnMut(Msg<'_>),
-) -> bool {
+) -> Drain {
     let mut reads = 0;
     while reads < max_reads {
         match pipe.read(buf) {
-            Ok(0) => return true,
+            Ok(0) => return Drain::Closed,
             Ok(n) => {
                 reads += 1;
                 out.feed(&buf[..n], sink);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drain::Drained,
             Err(e) => {
                 log::warn!("reading handler output: {e}");
-                return true;
+                return Drain::Closed;
             }
         }
     }
-    false
+    Drain::More
 }
 
 /// What [`Output`] wants logged.
@@ -824,6 +872,48 @@ mod tests {
             }
             assert_eq!(r.outcome, Outcome::Exited(0));
             assert!(elapsed < GUARD, "{elapsed:?}");
+        }
+    }
+
+    /// The output pipe outlives a handler only when nothing of its process group can
+    /// write into it any more; a straggler's pipe is never handed to the next handler.
+    #[test]
+    fn output_pipe_is_kept_only_without_stragglers() {
+        for pidfd in [true, false] {
+            let mut runner = Runner::new();
+            runner.use_pidfd = pidfd;
+            let ev = event(&[]);
+            let mut run = |script: &str| {
+                let args = argv(&["/bin/sh", "-c", script]);
+                let spec = Spec {
+                    rule: "test",
+                    argv: &args,
+                    event: &ev,
+                    timeout: GUARD,
+                    kill_grace: Duration::from_millis(300),
+                    max_output_bytes: 4096,
+                };
+                let r = runner.run(&spec);
+                let fd = runner.pipe.as_ref().map(|p| p.write.as_raw_fd());
+                (r, fd)
+            };
+            let (r, first) = run("echo one");
+            assert_eq!(r.outcome, Outcome::Exited(0));
+            assert!(first.is_some(), "a clean run keeps its pipe");
+            let (r, second) = run("echo two; exit 3");
+            assert_eq!(r.outcome, Outcome::Exited(3));
+            assert_eq!(second, first, "and the next run reuses it");
+
+            let (r, after_straggler) = run("sleep 30 & echo started");
+            let _ = killpg(
+                Pid::from_raw(r.pid.unwrap() as libc::pid_t),
+                Signal::SIGKILL,
+            );
+            assert_eq!(r.outcome, Outcome::Exited(0));
+            assert_eq!(after_straggler, None, "a live group member may still write");
+            let (r, fresh) = run("echo three");
+            assert_eq!(r.outcome, Outcome::Exited(0));
+            assert!(fresh.is_some());
         }
     }
 

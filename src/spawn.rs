@@ -53,9 +53,13 @@ pub enum SpawnError {
     Exec(String, &'static str),
 }
 
-/// Starts handler processes; holds what every spawn shares.
+/// Starts handler processes; holds what every spawn shares. The file actions depend only
+/// on the output fd's number, so they are built again only when that changes (glibc checks
+/// each `adddup2` against RLIMIT_NOFILE with two `getrlimit` calls).
 pub struct Spawner {
     devnull: Option<OwnedFd>,
+    actions: Option<(libc::c_int, FileActions)>,
+    attr: Option<Attr>,
 }
 
 impl Default for Spawner {
@@ -66,7 +70,11 @@ impl Default for Spawner {
 
 impl Spawner {
     pub fn new() -> Spawner {
-        Spawner { devnull: None }
+        Spawner {
+            devnull: None,
+            actions: None,
+            attr: None,
+        }
     }
 
     /// Opened at the first spawn and kept: a daemon started before `/dev` is populated
@@ -113,13 +121,21 @@ impl Spawner {
         env_ptrs.push(rule_var.as_ptr().cast_mut());
         env_ptrs.push(ptr::null_mut());
 
-        let devnull = self.devnull()?.as_raw_fd();
         let out = output.as_raw_fd();
-        let mut actions = FileActions::new()?;
-        actions.dup2(devnull, libc::STDIN_FILENO)?;
-        actions.dup2(out, libc::STDOUT_FILENO)?;
-        actions.dup2(out, libc::STDERR_FILENO)?;
-        let attr = Attr::new()?;
+        if self.actions.as_ref().is_none_or(|(fd, _)| *fd != out) {
+            let devnull = self.devnull()?.as_raw_fd();
+            let mut actions = FileActions::new()?;
+            actions.dup2(devnull, libc::STDIN_FILENO)?;
+            actions.dup2(out, libc::STDOUT_FILENO)?;
+            actions.dup2(out, libc::STDERR_FILENO)?;
+            self.actions = Some((out, actions));
+        }
+        if self.attr.is_none() {
+            self.attr = Some(Attr::new()?);
+        }
+        let (Some((_, actions)), Some(attr)) = (&self.actions, &self.attr) else {
+            unreachable!("both set above");
+        };
 
         let mut pid: libc::pid_t = 0;
         // SAFETY: every pointer is valid for the call: the C strings above, the event's
