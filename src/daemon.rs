@@ -360,6 +360,22 @@ impl Running {
     }
 }
 
+/// One entry of the timeline.
+enum Mark {
+    Run {
+        started: Instant,
+        duration: Duration,
+        seqnum: Option<u64>,
+        rule: String,
+        outcome: Outcome,
+    },
+    Wait {
+        began: Instant,
+        ended: Instant,
+        gap: std::ops::RangeInclusive<u64>,
+    },
+}
+
 /// A `hotplugctl monitor` connection: queue events through its own cursor (`reader`), or
 /// handler outcomes when `opts.handled`.
 struct Monitor {
@@ -392,9 +408,8 @@ struct Owner {
     settles: Vec<Settle>,
     tag_waits: Vec<(String, u64, Sender<Reply>)>,
     tags_done: VecDeque<(String, u64)>,
-    /// `run START END SEQNUM RULE OUTCOME` / `wait START END FIRST LAST` lines, seconds
-    /// since the daemon started.
-    timeline: VecDeque<String>,
+    /// Handler runs and gap waits, formatted only when `hotplugctl timeline` asks.
+    timeline: VecDeque<Mark>,
     journal: Journal,
     journal_warn: sources::RateLimit,
     notifier: Notifier,
@@ -651,11 +666,43 @@ impl Owner {
         }
     }
 
-    fn record(&mut self, line: String) {
+    fn record(&mut self, mark: Mark) {
         if self.timeline.len() == TIMELINE_LEN {
             self.timeline.pop_front();
         }
-        self.timeline.push_back(line);
+        self.timeline.push_back(mark);
+    }
+
+    /// The timeline as the protocol's `run START END SEQNUM RULE OUTCOME` and
+    /// `wait START END FIRST LAST` lines, in seconds since the daemon started.
+    fn timeline_lines(&self) -> Vec<String> {
+        let secs = |t: Instant| self.since_start(t);
+        self.timeline
+            .iter()
+            .map(|m| match m {
+                Mark::Run {
+                    started,
+                    duration,
+                    seqnum,
+                    rule,
+                    outcome,
+                } => format!(
+                    "run {:.6} {:.6} {} {} {}",
+                    secs(*started),
+                    secs(*started) + duration.as_secs_f64(),
+                    seqnum.map_or("-".into(), |s| s.to_string()),
+                    control::escape(rule.as_bytes()).replace(' ', "\\x20"),
+                    outcome.to_string().replace(' ', "_")
+                ),
+                Mark::Wait { began, ended, gap } => format!(
+                    "wait {:.6} {:.6} {} {}",
+                    secs(*began),
+                    secs(*ended),
+                    gap.start(),
+                    gap.end()
+                ),
+            })
+            .collect()
     }
 
     fn since_start(&self, t: Instant) -> f64 {
@@ -668,14 +715,11 @@ impl Owner {
             let began = now
                 .checked_sub(self.config.daemon.gap_timeout)
                 .unwrap_or(now);
-            let line = format!(
-                "wait {:.6} {:.6} {} {}",
-                self.since_start(began),
-                self.since_start(now),
-                range.start(),
-                range.end()
-            );
-            self.record(line);
+            self.record(Mark::Wait {
+                began,
+                ended: now,
+                gap: range.clone(),
+            });
             self.stats.gaps_skipped += range.end() - range.start() + 1;
             log::warn!(
                 "SEQNUM {}..={} did not arrive within {:?}; going on without them",
@@ -773,18 +817,17 @@ impl Owner {
                 report.duration.as_secs_f64() * 1e3
             );
         }
-        let seq = running.seqnum().map_or("-".into(), |s| s.to_string());
-        let start = self.since_start(report.started);
-        let run = format!(
-            "run {start:.6} {:.6} {seq} {} {}",
-            start + report.duration.as_secs_f64(),
-            control::escape(rule.as_bytes()).replace(' ', "\\x20"),
-            report.outcome.to_string().replace(' ', "_")
-        );
-        self.record(run);
+        self.record(Mark::Run {
+            started: report.started,
+            duration: report.duration,
+            seqnum: running.seqnum(),
+            rule: rule.to_owned(),
+            outcome: report.outcome.clone(),
+        });
         if !self.monitors.values().any(|m| m.opts.handled) {
             return;
         }
+        let seq = running.seqnum().map_or("-".into(), |s| s.to_string());
         let line = format!(
             "{seq} {rule} {} {:.1}ms",
             report.outcome.to_string().replace(' ', "_"),
@@ -910,7 +953,7 @@ impl Owner {
             }
             Request::WaitTag { tag, count } => self.tag_waits.push((tag, count, tx)),
             Request::Timeline => {
-                let _ = tx.send(Reply::Lines(self.timeline.iter().cloned().collect()));
+                let _ = tx.send(Reply::Lines(self.timeline_lines()));
                 ok(&tx, "");
             }
         }
