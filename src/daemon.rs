@@ -1268,6 +1268,5 @@ fn count_tag(tags: &mut VecDeque<(String, u64)>, tag: Option<String>) {
 
 /// The `SYNTH_UUID` a triggered event carries, if any.
 fn tag_of(ev: &Event) -> Option<String> {
-    ev.get(b"SYNTH_UUID")
-        .map(|t| String::from_utf8_lossy(t).into_owned())
+    ev.tag().map(|t| String::from_utf8_lossy(t).into_owned())
 }

@@ -42,6 +42,9 @@ pub struct Event {
     action: (u16, u16),
     devpath: (u16, u16),
     subsystem: (u16, u16),
+    /// `SYNTH_UUID`'s value ((0, 0) when absent): every handled event is checked for
+    /// one, and this fits the struct's padding.
+    tag: (u16, u16),
 }
 
 const NO_SEQNUM: u64 = u64::MAX;
@@ -65,12 +68,13 @@ impl Event {
             action: (0, 0),
             devpath: (0, 0),
             subsystem: (0, 0),
+            tag: (0, 0),
             buf,
         };
         let arg1_end = find_byte(&ev.buf, 0).unwrap_or(0);
         let mut subsystem = None;
         let mut seqnum = None;
-        let (mut action, mut devpath) = (None, None);
+        let (mut action, mut devpath, mut tag) = (None, None, None);
         let mut pos = arg1_end + 1;
         let mut n = 0;
         while pos < ev.buf.len() {
@@ -90,6 +94,7 @@ impl Event {
                 b"DEVPATH" => devpath = Some(value),
                 b"SUBSYSTEM" => subsystem = Some(value),
                 b"SEQNUM" => seqnum = Some(value),
+                b"SYNTH_UUID" => tag = Some(value),
                 _ => {}
             }
             pos = end + 1;
@@ -99,6 +104,7 @@ impl Event {
         ev.action = range(action.ok_or(EventError::Missing("ACTION"))?);
         ev.devpath = range(devpath.ok_or(EventError::Missing("DEVPATH"))?);
         ev.subsystem = range(subsystem.unwrap_or(0..arg1_end as u16));
+        ev.tag = tag.map_or((0, 0), range);
         if let Some(r) = seqnum {
             let text = &ev.buf[r.start as usize..r.end as usize];
             ev.seqnum = parse_seqnum(text)
@@ -148,6 +154,12 @@ impl Event {
     pub fn subsystem(&self) -> &[u8] {
         self.field(self.subsystem)
     }
+    /// `SYNTH_UUID`, the tag `hotplugctl trigger` gives its events (the last one if
+    /// repeated, as [`get`](Self::get) has it).
+    pub fn tag(&self) -> Option<&[u8]> {
+        (self.tag.1 != 0).then(|| self.field(self.tag))
+    }
+
     /// The shim's argv[1] (empty for netlink and synthetic events without one).
     pub fn arg1(&self) -> &[u8] {
         let end = find_byte(&self.buf, 0).unwrap_or(0);
@@ -348,6 +360,18 @@ impl fmt::Debug for Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_is_indexed_like_get() {
+        let ev = Event::from_payload(b"usb\0ACTION=add\0DEVPATH=/d\0SYNTH_UUID=a\0SYNTH_UUID=b\0")
+            .unwrap();
+        assert_eq!(ev.tag(), Some(&b"b"[..]));
+        assert_eq!(ev.tag(), ev.get(b"SYNTH_UUID"));
+        let ev = Event::from_payload(b"usb\0ACTION=add\0DEVPATH=/d\0SYNTH_UUID=\0").unwrap();
+        assert_eq!(ev.tag(), Some(&b""[..]));
+        let ev = Event::from_payload(b"usb\0ACTION=add\0DEVPATH=/d\0").unwrap();
+        assert_eq!(ev.tag(), None);
+    }
 
     #[test]
     fn indexes_fields() {

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "event.h"
+#include "frame.h"
 
 extern char **environ;
 
@@ -63,13 +64,8 @@ int main(int argc, char **argv) {
         p += put(p, tmp);
         for (int k = 0; k < nmarks; k++)
             if (marks[k] == seq) p += put(p, "BENCH_MARK=1");
-        uint32_t len = (uint32_t)(p - m - 16), h = 0x811c9dc5u;
-        for (unsigned char *q = m + 16; q < p; q++) h = (h ^ *q) * 0x01000193u;
-        memcpy(m, "HPLG\1\0\0\0", 8);
-        for (int b = 0; b < 4; b++) {
-            m[8 + b] = (unsigned char)(len >> (8 * b));
-            m[12 + b] = (unsigned char)(h >> (8 * b));
-        }
+        uint32_t len = (uint32_t)(p - m - 16);
+        frame_header(m, len);
         lens[i] = (unsigned short)(len + 16);
         payload_bytes += len;
     }

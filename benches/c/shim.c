@@ -1,6 +1,6 @@
 /* The job of hotplugd's shim, in plain static C: frame argv[1] and the environment as one
- * message in hotplugd's wire format (src/message.rs: "HPLG", version 1, three zero bytes,
- * payload length u32 LE, FNV-1a 32 of the payload LE, then ARG1\0KEY=VALUE\0...), open
+ * message in hotplugd's wire format (frame.h, src/message.rs: "HPLG", version 2, three
+ * zero bytes, payload length u32 LE, checksum LE, then ARG1\0KEY=VALUE\0...), open
  * the FIFO O_WRONLY|O_NONBLOCK and write it with one write(). HOTPLUGD_RUNTIME_DIR picks
  * the directory and is left out of the message, as the real shim does.
  * No spool fallback, no fd sanitising, no owner check: the floor for "doing the job". */
@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
+#include "frame.h"
 
 extern char **environ;
 
@@ -31,13 +32,7 @@ int main(int argc, char **argv) {
         memcpy(buf + len, *e, n);
         len += n;
     }
-    uint32_t plen = (uint32_t)(len - 16), h = 0x811c9dc5u;
-    for (size_t i = 16; i < len; i++) h = (h ^ buf[i]) * 0x01000193u;
-    memcpy(buf, "HPLG\1\0\0\0", 8);
-    for (int i = 0; i < 4; i++) {
-        buf[8 + i] = (unsigned char)(plen >> (8 * i));
-        buf[12 + i] = (unsigned char)(h >> (8 * i));
-    }
+    frame_header(buf, (uint32_t)(len - 16));
     char path[512];
     size_t dl = strlen(dir);
     if (dl + sizeof "/events" > sizeof path) return 1;
