@@ -106,6 +106,9 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // with per-thread arenas the freed memory is not reused and RSS outgrows the cap.
     // SAFETY: mallopt only tunes the allocator, before any thread starts.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    // Handler exits reach the runner as SIGCHLD on a signalfd: blocked here, before the
+    // first thread starts, so every thread has it blocked and none takes it instead.
+    runner::block_sigchld().map_err(|e| io("blocking SIGCHLD")(e.into()))?;
     let activated = activation::take_listen_fds().map_err(io("socket activation"))?;
     let notifier = Notifier::new(opts.ready_fd).map_err(io("readiness"))?;
     // Whatever else we were started with must not reach handlers.
@@ -304,7 +307,7 @@ fn spawn_runner(
     thread::Builder::new()
         .name("runner".into())
         .spawn(move || {
-            let mut handlers = runner::Runner::new();
+            let mut handlers = runner::Runner::with_blocked_sigchld();
             for work in work_rx {
                 for (i, job) in work.jobs.iter().enumerate() {
                     let spec = runner::Spec {
