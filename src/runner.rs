@@ -861,6 +861,29 @@ mod tests {
         assert_eq!(lines[1], lines[2]);
     }
 
+    /// The test harness ignores SIGPIPE, as the daemon does: the handler must not.
+    #[test]
+    fn handler_has_no_blocked_or_ignored_signals() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("status");
+        let args = vec![
+            OsString::from("/bin/cp"),
+            OsString::from("/proc/self/status"),
+            dump.clone().into_os_string(),
+        ];
+        let r = run_argv(&args, &event(&[]), GUARD, true);
+        assert_eq!(r.outcome, Outcome::Exited(0));
+        let text = std::fs::read_to_string(&dump).unwrap();
+        let mask = |field: &str| {
+            let line = text.lines().find(|l| l.starts_with(field)).unwrap();
+            u64::from_str_radix(line[field.len()..].trim(), 16).unwrap()
+        };
+        assert_eq!(mask("SigBlk:"), 0);
+        // Signals 1-31; glibc's spawn leaves its two internal real-time signals (32, 33)
+        // ignored in every child, which glibc programs take back at start.
+        assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{text}");
+    }
+
     #[test]
     fn argument_with_shell_metacharacters_is_one_element() {
         let dir = tempfile::tempdir().unwrap();

@@ -17,8 +17,10 @@
 //!   1 GiB costs 30 times as much).
 //!
 //! The child gets its own process group (so a timeout can signal everything it started),
-//! an empty signal mask and the default SIGPIPE disposition (Rust ignores SIGPIPE, and an
-//! ignored signal stays ignored across exec).
+//! an empty signal mask (the daemon blocks SIGCHLD) and every standard signal at its default
+//! disposition: an ignored signal stays ignored across exec, and Rust ignores SIGPIPE, a
+//! supervisor may have left others ignored. (glibc's child visits every signal anyway, so
+//! resetting them all costs nothing more.)
 
 use std::ffi::{CStr, CString, OsString};
 use std::fs::File;
@@ -215,8 +217,7 @@ impl Attr {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             let mut default: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut default);
-            libc::sigaddset(&mut default, libc::SIGPIPE);
+            libc::sigfillset(&mut default);
             check(libc::posix_spawnattr_setsigmask(&mut a.0, &empty))?;
             check(libc::posix_spawnattr_setsigdefault(&mut a.0, &default))?;
             check(libc::posix_spawnattr_setpgroup(&mut a.0, 0))?;
