@@ -143,8 +143,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         None => control::bind(&control_path).map_err(io(control_path.display().to_string()))?,
     };
     let (journal, recovered) = Journal::open(&runtime.dir).map_err(io("journal"))?;
-    // Handlers inherit the cwd: set it here, once, so the runner need not ask std for a
-    // chdir in the child (which would cost the posix_spawn path).
+    // Handlers inherit the cwd: set it here, once, rather than in every child.
     std::env::set_current_dir("/").map_err(io("chdir /"))?;
 
     // Bounded: if the owner falls behind, the FIFO reader waits, the pipe fills and shims

@@ -8,9 +8,9 @@
 //!
 //! Three choices matter for a daemon that runs thousands of handlers back to back:
 //!
-//! * **posix_spawn, not fork, and nothing built twice.** [`crate::spawn`] calls
-//!   `posix_spawn` directly with the event's own bytes as the environment; `/dev/null`,
-//!   the spawn's file actions and the 64 KiB output buffer are the [`Runner`]'s for its
+//! * **No fork, and nothing built twice.** [`crate::spawn`] starts the child with a
+//!   vfork-style clone and the event's own bytes as the environment; `/dev/null`, the
+//!   child's stack and the 64 KiB output buffer are the [`Runner`]'s for its
 //!   whole life, and so is the output pipe while no process is left in the last handler's
 //!   process group to write into it. Between one handler's exit and the next one's exec
 //!   the daemon does only what the run needs: the spawn, a poll, a wait.
@@ -789,6 +789,20 @@ mod tests {
             "{:?}",
             r.outcome
         );
+
+        // Executable, but not a program: execve itself fails in the child, which must
+        // report it (and be reaped), not run anything.
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, [0u8, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+        std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let r = run_argv(&[junk.into_os_string()], &ev, GUARD, true);
+        let Outcome::SpawnFailed(why) = &r.outcome else {
+            panic!("{:?}", r.outcome)
+        };
+        assert!(why.contains("Exec format error"), "{why}");
+        // And the runner still works after it.
+        let r = run_argv(&argv(&["/bin/sh", "-c", "exit 4"]), &ev, GUARD, true);
+        assert_eq!(r.outcome, Outcome::Exited(4));
 
         assert!(matches!(
             run_argv(&[], &ev, GUARD, true).outcome,

@@ -1,33 +1,39 @@
-//! Starting a handler process: `posix_spawn(3)` called directly, with the event's own bytes
-//! as the environment.
+//! Starting a handler process: a `vfork`-style clone, then `execve`, with the event's own
+//! bytes as the environment.
 //!
 //! The daemon starts one process per handler run, back to back, so what happens between
 //! one handler's exit and the next one's exec is the daemon's whole dispatch overhead.
 //! std's `Command` spends that time on work this job does not need: it copies every
 //! variable into a map and then into fresh C strings, opens `/dev/null` anew for each
-//! child and rebuilds its spawn attributes. Here:
+//! child and rebuilds its spawn attributes. glibc's `posix_spawn` itself maps and unmaps
+//! a child stack per call (with a TLB shootdown when other daemon threads share the
+//! address space) and has the child reset all 64 signal dispositions one `sigaction` at a
+//! time while the parent waits. Here:
 //!
 //! * **envp points into the event.** A message payload is `ARG1\0KEY=VALUE\0…`, so every
 //!   variable already is a C string; the environment is an array of pointers into the
 //!   event's buffer plus one `HOTPLUGD_RULE=` string. Nothing is copied.
-//! * **`/dev/null` is opened once** per [`Spawner`] and `dup2`ed onto stdin by the spawn's
-//!   file actions; stdout and stderr are the two ends of one pipe the caller passes.
-//! * **No fork.** glibc's `posix_spawn` is a `CLONE_VM|CLONE_VFORK` clone: no page tables
-//!   are copied however large the daemon's queue is (fork+exec from a parent holding
-//!   1 GiB costs 30 times as much).
+//! * **Built once:** `/dev/null`, the child's stack, and the list of signals whose
+//!   disposition is not the default (the daemon's handlers and ignored signals, four or
+//!   so), taken when the [`Spawner`] is made.
+//! * **No fork.** `clone(CLONE_VM | CLONE_VFORK)`: the child borrows the daemon's memory
+//!   until it execs, so no page tables are copied however large the queue is (fork+exec
+//!   from a parent holding 1 GiB costs 30 times as much), and the parent sleeps until
+//!   then. All signals are blocked around the clone, so none can run a daemon handler on
+//!   the child's borrowed stack before the child has reset it.
 //!
 //! The child gets its own process group (so a timeout can signal everything it started),
-//! an empty signal mask (the daemon blocks SIGCHLD) and every standard signal at its default
-//! disposition: an ignored signal stays ignored across exec, and Rust ignores SIGPIPE, a
-//! supervisor may have left others ignored. (glibc's child visits every signal anyway, so
-//! resetting them all costs nothing more.)
+//! an empty signal mask (the daemon blocks SIGCHLD) and every standard signal at its
+//! default disposition: an ignored signal stays ignored across exec, and Rust ignores
+//! SIGPIPE, a supervisor may have left others ignored; a caught one is reset by the exec.
 
 use std::ffi::{CStr, CString, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr;
+use std::sync::atomic::{AtomicI32, Ordering as AtomicOrdering};
 
 use nix::errno::Errno;
 
@@ -49,20 +55,21 @@ pub enum SpawnError {
     Nul(String),
     #[error("/dev/null: {0}")]
     DevNull(&'static str),
-    #[error("posix_spawn setup: {0}")]
-    Setup(&'static str),
     #[error("{0}: {1}")]
     Exec(String, &'static str),
 }
 
-/// Starts handler processes; holds what every spawn shares. The file actions depend only
-/// on the output fd's number, so they are built again only when that changes (glibc checks
-/// each `adddup2` against RLIMIT_NOFILE with two `getrlimit` calls).
+/// Starts handler processes; holds what every spawn shares.
 pub struct Spawner {
     devnull: Option<OwnedFd>,
-    actions: Option<(libc::c_int, FileActions)>,
-    attr: Option<Attr>,
+    /// The child's stack until it execs (the parent is suspended meanwhile).
+    stack: Box<[u128]>,
+    /// Signals 1-31 not at SIG_DFL when the spawner was made: the child resets these.
+    reset: Vec<libc::c_int>,
 }
+
+/// Bytes of stack for the child between clone and exec: it only makes syscalls.
+const CHILD_STACK: usize = 64 * 1024;
 
 impl Default for Spawner {
     fn default() -> Self {
@@ -70,18 +77,75 @@ impl Default for Spawner {
     }
 }
 
+/// What the child needs, in memory it shares with the suspended parent.
+struct ChildArgs {
+    exe: *const libc::c_char,
+    argv: *const *mut libc::c_char,
+    envp: *const *mut libc::c_char,
+    devnull: libc::c_int,
+    out: libc::c_int,
+    reset: *const libc::c_int,
+    reset_len: usize,
+    /// The errno of a failed exec (0: the exec happened).
+    err: AtomicI32,
+}
+
+/// The child, on the spawner's stack in the parent's memory: async-signal-safe calls
+/// only (no allocation, no locks), then exec or `_exit`.
+extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` the parent keeps alive, unmoved, until this child
+    // has exec'd or exited (CLONE_VFORK); every pointer in it is valid as long.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for &sig in std::slice::from_raw_parts(a.reset, a.reset_len) {
+            libc::sigaction(sig, &dfl, ptr::null_mut());
+        }
+        let fail = |a: &ChildArgs| {
+            a.err
+                .store(*libc::__errno_location(), AtomicOrdering::Relaxed);
+            libc::_exit(127)
+        };
+        if libc::setpgid(0, 0) != 0
+            || libc::dup2(a.devnull, libc::STDIN_FILENO) < 0
+            || libc::dup2(a.out, libc::STDOUT_FILENO) < 0
+            || libc::dup2(a.out, libc::STDERR_FILENO) < 0
+        {
+            fail(a);
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+        libc::execve(a.exe, a.argv.cast(), a.envp.cast());
+        fail(a)
+    }
+}
+
 impl Spawner {
     pub fn new() -> Spawner {
+        let mut reset = Vec::new();
+        for sig in 1..32 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // SAFETY: a query only, into a local.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            let ok = unsafe { libc::sigaction(sig, ptr::null(), &mut old) } == 0;
+            if ok && old.sa_sigaction != libc::SIG_DFL {
+                reset.push(sig);
+            }
+        }
         Spawner {
             devnull: None,
-            actions: None,
-            attr: None,
+            stack: vec![0u128; CHILD_STACK / 16].into_boxed_slice(),
+            reset,
         }
     }
 
     /// Opened at the first spawn and kept: a daemon started before `/dev` is populated
     /// (an initramfs) still starts, and reports the failure per handler.
-    fn devnull(&mut self) -> Result<BorrowedFd<'_>, SpawnError> {
+    fn devnull(&mut self) -> Result<libc::c_int, SpawnError> {
         if self.devnull.is_none() {
             let file = File::options()
                 .read(true)
@@ -90,7 +154,7 @@ impl Spawner {
                 .map_err(|e| SpawnError::DevNull(errno_desc(&e)))?;
             self.devnull = Some(file.into());
         }
-        Ok(self.devnull.as_ref().expect("just opened").as_fd())
+        Ok(self.devnull.as_ref().expect("just opened").as_raw_fd())
     }
 
     /// Start `exe` with `argv` (argv[0] included) and exactly the event's variables plus
@@ -123,38 +187,49 @@ impl Spawner {
         env_ptrs.push(rule_var.as_ptr().cast_mut());
         env_ptrs.push(ptr::null_mut());
 
-        let out = output.as_raw_fd();
-        if self.actions.as_ref().is_none_or(|(fd, _)| *fd != out) {
-            let devnull = self.devnull()?.as_raw_fd();
-            let mut actions = FileActions::new()?;
-            actions.dup2(devnull, libc::STDIN_FILENO)?;
-            actions.dup2(out, libc::STDOUT_FILENO)?;
-            actions.dup2(out, libc::STDERR_FILENO)?;
-            self.actions = Some((out, actions));
-        }
-        if self.attr.is_none() {
-            self.attr = Some(Attr::new()?);
-        }
-        let (Some((_, actions)), Some(attr)) = (&self.actions, &self.attr) else {
-            unreachable!("both set above");
+        let args = ChildArgs {
+            exe: exe_c.as_ptr(),
+            argv: arg_ptrs.as_ptr(),
+            envp: env_ptrs.as_ptr(),
+            devnull: self.devnull()?,
+            out: output.as_raw_fd(),
+            reset: self.reset.as_ptr(),
+            reset_len: self.reset.len(),
+            err: AtomicI32::new(0),
         };
-
-        let mut pid: libc::pid_t = 0;
-        // SAFETY: every pointer is valid for the call: the C strings above, the event's
-        // buffer (borrowed for this whole function) and the initialised actions and
-        // attributes; both pointer arrays end with NULL.
-        let rc = unsafe {
-            libc::posix_spawn(
-                &mut pid,
-                exe_c.as_ptr(),
-                &actions.0,
-                &attr.0,
-                arg_ptrs.as_ptr(),
-                env_ptrs.as_ptr(),
-            )
+        let stack_top = self.stack.as_mut_ptr_range().end.cast::<libc::c_void>();
+        // SAFETY: all signals are blocked around the clone (and restored after it) so
+        // that no daemon signal handler runs in the child before it reset them. The child
+        // runs `child` on our stack buffer (16-byte aligned, unused by anyone else while
+        // we are suspended), with `args` alive and unmoved until clone returns: with
+        // CLONE_VFORK it returns only once the child has exec'd or exited.
+        let pid = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            let pid = libc::clone(
+                child,
+                stack_top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                ptr::from_ref(&args).cast_mut().cast(),
+            );
+            let clone_errno = Errno::last();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
+            if pid < 0 {
+                return Err(SpawnError::Exec(shown(), clone_errno.desc()));
+            }
+            pid
         };
-        if rc != 0 {
-            return Err(SpawnError::Exec(shown(), Errno::from_raw(rc).desc()));
+        let err = args.err.load(AtomicOrdering::Relaxed);
+        if err != 0 {
+            // The child is gone: collect it now, it never ran the handler.
+            let mut status = 0;
+            // SAFETY: our own child, a local int.
+            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && Errno::last() == Errno::EINTR
+            {
+            }
+            return Err(SpawnError::Exec(shown(), Errno::from_raw(err).desc()));
         }
         Ok(Child { pid })
     }
@@ -179,72 +254,6 @@ fn environment(event: &Event) -> Vec<&CStr> {
         }
     }
     env
-}
-
-struct FileActions(libc::posix_spawn_file_actions_t);
-
-impl FileActions {
-    fn new() -> Result<FileActions, SpawnError> {
-        // SAFETY: zeroed storage is what posix_spawn_file_actions_init expects to fill.
-        let mut fa = FileActions(unsafe { std::mem::zeroed() });
-        // SAFETY: a valid pointer to owned storage.
-        check(unsafe { libc::posix_spawn_file_actions_init(&mut fa.0) })?;
-        Ok(fa)
-    }
-
-    fn dup2(&mut self, fd: libc::c_int, to: libc::c_int) -> Result<(), SpawnError> {
-        // SAFETY: initialised in `new`.
-        check(unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd, to) })
-    }
-}
-
-impl Drop for FileActions {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new`, destroyed once.
-        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
-    }
-}
-
-struct Attr(libc::posix_spawnattr_t);
-
-impl Attr {
-    fn new() -> Result<Attr, SpawnError> {
-        // SAFETY: zeroed storage is what posix_spawnattr_init expects to fill; every call
-        // below gets a pointer to it or to local sigsets it only reads.
-        unsafe {
-            let mut a = Attr(std::mem::zeroed());
-            check(libc::posix_spawnattr_init(&mut a.0))?;
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            let mut default: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut default);
-            check(libc::posix_spawnattr_setsigmask(&mut a.0, &empty))?;
-            check(libc::posix_spawnattr_setsigdefault(&mut a.0, &default))?;
-            check(libc::posix_spawnattr_setpgroup(&mut a.0, 0))?;
-            let flags = libc::POSIX_SPAWN_SETPGROUP
-                | libc::POSIX_SPAWN_SETSIGMASK
-                | libc::POSIX_SPAWN_SETSIGDEF;
-            check(libc::posix_spawnattr_setflags(
-                &mut a.0,
-                flags as libc::c_short,
-            ))?;
-            Ok(a)
-        }
-    }
-}
-
-impl Drop for Attr {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new`, destroyed once.
-        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
-    }
-}
-
-fn check(rc: libc::c_int) -> Result<(), SpawnError> {
-    match rc {
-        0 => Ok(()),
-        e => Err(SpawnError::Setup(Errno::from_raw(e).desc())),
-    }
 }
 
 fn errno_desc(e: &std::io::Error) -> &'static str {
