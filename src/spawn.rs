@@ -107,10 +107,18 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
                 .store(*libc::__errno_location(), AtomicOrdering::Relaxed);
             libc::_exit(127)
         };
+        // dup2 onto itself would keep close-on-exec set: clear the flag instead.
+        let onto = |fd: libc::c_int, to: libc::c_int| {
+            if fd == to {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, to)
+            }
+        };
         if libc::setpgid(0, 0) != 0
-            || libc::dup2(a.devnull, libc::STDIN_FILENO) < 0
-            || libc::dup2(a.out, libc::STDOUT_FILENO) < 0
-            || libc::dup2(a.out, libc::STDERR_FILENO) < 0
+            || onto(a.devnull, libc::STDIN_FILENO) < 0
+            || onto(a.out, libc::STDOUT_FILENO) < 0
+            || onto(a.out, libc::STDERR_FILENO) < 0
         {
             fail(a);
         }

@@ -451,3 +451,51 @@ fn the_demo_piped_into_head_still_cleans_up() {
         );
     }
 }
+
+/// Started with stdin and stdout closed (some supervisors do), the daemon's own files must
+/// not end up as a handler's stdio: Rust's start-up fills closed fds 0-2 with /dev/null,
+/// and the spawn clears close-on-exec where an fd already sits on its target number.
+#[test]
+fn closed_std_fds_at_start_do_not_reach_handlers() {
+    let env = Env::new();
+    let fds = env.path("fds.out");
+    env.script(
+        "fds.sh",
+        &format!(
+            // In a command substitution, so the shell's own fds are the ones read.
+            "#!/bin/sh\nfds=$(readlink /proc/$$/fd/0 /proc/$$/fd/1 /proc/$$/fd/2)\n\
+             printf '%s\\n' \"$fds\" > {}.tmp && mv {0}.tmp {0}\n",
+            fds.display()
+        ),
+    );
+    let rules = format!(
+        "[[rule]]\nname = \"fds\"\nrun = [\"{}\"]\n",
+        env.path("fds.sh").display()
+    );
+    let config = env.config("", &rules);
+    let log = env.path("closed.log");
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"exec "$0" "$@" <&- >&-"#)
+        .arg(DAEMON)
+        .arg("--config")
+        .arg(&config)
+        .arg("--runtime-dir")
+        .arg(env.runtime())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the control socket", || {
+        env.runtime().join("control").exists()
+    });
+    env.event(1, "add", "/devices/closed");
+    wait_for("the handler's fds", || fds.exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = fs::read_to_string(&fds).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "/dev/null", "{text}");
+    assert!(lines[1].starts_with("pipe:"), "{text}");
+    assert_eq!(lines[1], lines[2], "{text}");
+}
