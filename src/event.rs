@@ -251,27 +251,6 @@ pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
         .map(|p| base + p)
 }
 
-/// A fast 64-bit hash of a byte string (8 bytes at a time, multiply-rotate, then a
-/// murmur3-style finaliser). Not DoS-resistant, which is fine for what it keys: DEVPATHs
-/// from the kernel or root, hashed on every queued event, where SipHash cost more than the
-/// rest of the queue's work together.
-pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h = bytes.len() as u64;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
-    }
-    mix64(h)
-}
-
 /// A bijective 64-bit mixer (murmur3's finaliser).
 pub fn mix64(mut h: u64) -> u64 {
     h ^= h >> 33;
@@ -291,7 +270,7 @@ impl std::hash::Hasher for U64Hasher {
         mix64(self.0)
     }
     fn write(&mut self, bytes: &[u8]) {
-        self.0 = hash_bytes(bytes) ^ self.0.rotate_left(7);
+        self.0 = crate::message::hash64(bytes) ^ self.0.rotate_left(7);
     }
     fn write_u64(&mut self, n: u64) {
         self.0 = n ^ self.0.rotate_left(7);

@@ -43,12 +43,19 @@ pub const MAX_PAYLOAD: usize = 64 * 1024 - HEADER_LEN;
 
 const CHECKSUM_K: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The version 2 checksum: no tables, 8 bytes per step, and good enough to tell a real
-/// header from garbage. Start from the length XOR K; for each 8-byte little-endian word of
-/// the payload (the last one padded with zero bytes), XOR it in, multiply by K and rotate
-/// left by 29; then fold the high half into the low one, multiply by K once more and keep
-/// the high 32 bits. (hotplugd.toml(5) has it in words, for other implementations.)
+/// The version 2 checksum: the high 32 bits of [`hash64`] of the payload.
+/// (hotplugd.toml(5) has it in words, for other implementations.)
 pub fn checksum(bytes: &[u8]) -> u32 {
+    (hash64(bytes) >> 32) as u32
+}
+
+/// A fast 64-bit hash of a byte string, no tables, 8 bytes per step: start from the
+/// length XOR K; for each 8-byte little-endian word (the last one padded with zero bytes),
+/// XOR it in, multiply by K and rotate left by 29; then fold the high half into the low
+/// one and multiply by K once more. The wire checksum, and the daemon's key for DEVPATHs
+/// and its byte-string map keys. Not DoS-resistant, which is fine for both: a checksum
+/// only tells a real header from garbage, and the keys come from the kernel or root.
+pub fn hash64(bytes: &[u8]) -> u64 {
     let step = |h: u64, w: u64| (h ^ w).wrapping_mul(CHECKSUM_K).rotate_left(29);
     let mut h = bytes.len() as u64 ^ CHECKSUM_K;
     let mut words = bytes.chunks_exact(8);
@@ -61,7 +68,7 @@ pub fn checksum(bytes: &[u8]) -> u32 {
         last[..rest.len()].copy_from_slice(rest);
         h = step(h, u64::from_le_bytes(last));
     }
-    ((h ^ (h >> 32)).wrapping_mul(CHECKSUM_K) >> 32) as u32
+    (h ^ (h >> 32)).wrapping_mul(CHECKSUM_K)
 }
 
 /// The version 1 checksum, FNV-1a 32: read for messages written before version 2.

@@ -200,7 +200,7 @@ impl Slot {
 
 fn devpath_key(ev: &Event) -> u64 {
     // 0 means "not an add" in a stub: a real hash of 0 becomes 1.
-    crate::event::hash_bytes(ev.devpath()).max(1)
+    crate::message::hash64(ev.devpath()).max(1)
 }
 
 impl Queue {
