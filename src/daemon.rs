@@ -488,11 +488,7 @@ impl Owner {
     }
 
     fn flush_journal(&mut self) {
-        if let Err(e) = self.journal.flush() {
-            if self.journal_warn.allow("journal errors") {
-                log::error!("journal {}: {e}", self.journal.dir().display());
-            }
-        }
+        flush_journal(&mut self.journal, &mut self.journal_warn);
     }
 
     fn config_name(&self) -> String {
@@ -752,12 +748,9 @@ impl Owner {
                 })
                 .collect();
             // Every event done so far is on record before a handler starts: after a kill
-            // only the one running now can run again.
-            if let Err(e) = self.journal.flush() {
-                if self.journal_warn.allow("journal errors") {
-                    log::error!("journal {}: {e}", self.journal.dir().display());
-                }
-            }
+            // only the one running now can run again. (Over the owner's parts: `ev` is
+            // still borrowed from the queue.)
+            flush_journal(&mut self.journal, &mut self.journal_warn);
             let work = Arc::new(Dispatch {
                 event: ev.clone(),
                 jobs,
@@ -1239,6 +1232,15 @@ fn finish(owner: &Mutex<Owner>, ch: &Channels) {
         }
     }
     lock(owner).hand_over();
+}
+
+/// Write the buffered `done` records; failures are logged, rate-limited.
+fn flush_journal(journal: &mut Journal, warn: &mut sources::RateLimit) {
+    if let Err(e) = journal.flush() {
+        if warn.allow("journal errors") {
+            log::error!("journal {}: {e}", journal.dir().display());
+        }
+    }
 }
 
 /// An event left the queue for good: handled, or nothing to run for it. (Over the owner's
