@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicI32, Ordering as AtomicOrdering};
 
 use nix::errno::Errno;
 
-use crate::event::Event;
+use crate::event::{find_byte, Event};
 
 /// The variable every handler gets besides the event's own: the rule that runs it.
 pub const RULE_VAR: &str = "HOTPLUGD_RULE";
@@ -248,12 +248,14 @@ impl Spawner {
 /// `Event::get`, and so the rules, see), and an event's own `HOTPLUGD_RULE` is dropped:
 /// the daemon's says which rule runs.
 fn environment(event: &Event) -> Vec<&CStr> {
-    let vars: Vec<&[u8]> = event.var_strings().collect();
-    let key = |v: &[u8]| -> usize { v.iter().position(|&b| b == b'=').unwrap_or(v.len()) };
+    // Each variable's key, found once: the check for a later repeat compares keys only.
+    let vars: Vec<(&[u8], &[u8])> = event
+        .var_strings()
+        .map(|v| (&v[..find_byte(v, b'=').unwrap_or(v.len())], v))
+        .collect();
     let mut env = Vec::with_capacity(vars.len());
-    for (i, v) in vars.iter().enumerate() {
-        let k = &v[..key(v)];
-        if k == RULE_VAR.as_bytes() || vars[i + 1..].iter().any(|w| &w[..key(w)] == k) {
+    for (i, &(k, v)) in vars.iter().enumerate() {
+        if k == RULE_VAR.as_bytes() || vars[i + 1..].iter().any(|&(later, _)| later == k) {
             continue;
         }
         // Each slice ends with the NUL that follows it in the buffer and holds no other.
@@ -266,4 +268,29 @@ fn environment(event: &Event) -> Vec<&CStr> {
 
 fn errno_desc(e: &std::io::Error) -> &'static str {
     Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repeated key is passed once with its last value (as `Event::get` has it); an
+    /// event's own HOTPLUGD_RULE never reaches the handler.
+    #[test]
+    fn environment_keeps_the_last_of_a_repeated_key() {
+        let ev = Event::from_payload(
+            b"usb\0ACTION=add\0DEVPATH=/d\0X=1\0HOTPLUGD_RULE=forged\0X=2\0XY=3\0",
+        )
+        .unwrap();
+        let env: Vec<&[u8]> = environment(&ev).iter().map(|c| c.to_bytes()).collect();
+        assert_eq!(
+            env,
+            [&b"ACTION=add"[..], b"DEVPATH=/d", b"X=2", b"XY=3"],
+            "{:?}",
+            env.iter()
+                .map(|v| String::from_utf8_lossy(v))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(ev.get(b"X"), Some(&b"2"[..]));
+    }
 }
