@@ -1,4 +1,5 @@
-/* The events the bench drivers hand out. Shared by spawn_loop.c, storm.c, fifo_pump.c.
+/* The events the bench drivers hand out, and the stdio they give helpers. Shared by
+ * spawn_loop.c, storm.c, fifo_pump.c.
  *
  * USB_VARS: a realistic 11-variable helper environment (a USB interface "add" as the
  * kernel's helper sees it: the uevent's variables plus HOME and PATH). SEQNUM and DEVPATH
@@ -38,6 +39,8 @@ static const char *const storm_vars[] = {
     0,
 };
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +62,19 @@ static inline void bench_env(char **env, const char *const *vars, char *devpath_
     }
     env[k] = 0;
 }
+/* File actions giving a spawned helper /dev/null as stdin, stdout and stderr, as the
+ * kernel's usermode helpers get; -1 (with a message) if /dev/null cannot be opened. */
+static inline int devnull_stdio(posix_spawn_file_actions_t *fa) {
+    posix_spawn_file_actions_init(fa);
+    int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (nul < 0) {
+        perror("/dev/null");
+        return -1;
+    }
+    for (int fd = 0; fd < 3; fd++) posix_spawn_file_actions_adddup2(fa, nul, fd);
+    return 0;
+}
+
 static inline int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -21,9 +21,7 @@ int main(int argc, char **argv) {
     char seq[40], devpath[] = "DEVPATH=" USB_DEVPATH, rt[600];
     bench_env(env, usb_vars, devpath, seq, rt, sizeof rt);
     posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-    for (int fd = 0; fd < 3; fd++) posix_spawn_file_actions_adddup2(&fa, nul, fd);
+    if (devnull_stdio(&fa) < 0) return 1;
     long bad = 0;
     int64_t t0 = now_ns();
     for (long i = 0; i < n; i++) {

@@ -54,13 +54,7 @@ int main(int argc, char **argv) {
     char seq[40], devpath[] = "DEVPATH=" STORM_DEVPATH, rt[600];
     bench_env(env, storm_vars, devpath, seq, rt, sizeof rt);
     posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (nul < 0) {
-        perror("/dev/null");
-        return 1;
-    }
-    for (int fd = 0; fd < 3; fd++) posix_spawn_file_actions_adddup2(&fa, nul, fd);
+    if (devnull_stdio(&fa) < 0) return 1;
     pthread_t th;
     pthread_create(&th, 0, sampler, 0);
     long failed = 0;
