@@ -97,7 +97,7 @@ for p in nop shim handler spawn_loop fifo_read fifo_pump storm; do
 done
 
 # ---------------------------------------------------------------- housekeeping
-# The runtime dirs live on a tmpfs, as /run does on a real system: the daemon splices
+# The runtime dirs live on a tmpfs, as /run does on a real system: the daemon reads
 # every event into its journal there, and a disk filesystem would measure the disk.
 TMPBASE=/tmp
 if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then TMPBASE=/dev/shm; fi
@@ -535,7 +535,8 @@ mem_run() {
         sleep 0.3
         local rss disk spilled per payload tgt jper
         rss=$(rss_kb "$DPID")
-        disk=$(du -sb "$d/run" | cut -f1)
+        # Allocated, not apparent, size: the segment being filled is sized ahead, sparse.
+        disk=$(du -s --block-size=1 "$d/run" | cut -f1)
         spilled=$(status_field "$d" spilled)
         per=$(calc "($rss - $rss0) * 1024 / $size" 0)
         jper=$(calc "$disk / $size" 0)
@@ -565,7 +566,7 @@ bench_memory() {
     emit ""
     emit "hotplugd with one /bin/true rule, paused, fed by fifo_pump (11-variable USB events, unique"
     emit "DEVPATH each). RSS bytes/event = (VmRSS − VmRSS before any event) / events queued; target"
-    emit "1.25 × payload + 32 B. Runtime dir bytes/event = everything under the runtime directory (the"
+    emit "1.25 × payload + 32 B. Runtime dir bytes/event = the space allocated under the runtime directory (the"
     emit "crash journal; on a real system /run is tmpfs, so that is RAM as well). \"default\" is the"
     emit "default config (past max_queue_memory the queue keeps stubs and reads bodies back from the"
     emit "journal); \"no spill\" sets max_queue_memory = \"64GiB\"."

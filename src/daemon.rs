@@ -155,10 +155,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let (idle_tx, idle_rx) = crossbeam_channel::bounded::<()>(1);
     let (ctl_tx, ctl_rx) = unbounded::<ToOwner>();
 
-    let fifo_journal = sources::FifoJournal {
-        dir: journal.dir().to_owned(),
-        numbers: journal.numbers(),
-    };
+    let fifo_journal = journal.fifo();
     let mut owner = Owner::new(config, runtime, opts, journal, notifier);
     owner.recover(recovered);
     owner.ingest_spool_at_start();

@@ -253,6 +253,11 @@ impl Splitter {
         self.buf.len()
     }
 
+    /// Those bytes.
+    pub fn held(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Split `chunk` (appended to any held-back partial message) into items. Garbage runs
     /// are merged into one report each.
     pub fn feed(&mut self, chunk: &[u8], mut on: impl FnMut(Item<'_>)) {
@@ -287,28 +292,20 @@ impl Splitter {
         if self.buf.is_empty() {
             return;
         }
-        let skip = resync_offset(&self.buf);
-        on(
-            Item::Garbage {
-                bytes: skip,
-                error: FrameError::Truncated,
-            },
-            self.consumed,
-        );
-        self.buf.drain(..skip);
-        self.consumed += skip as u64;
-        let used = split(&self.buf, self.consumed, &mut on);
+        let used = split_stale(&self.buf, self.consumed, &mut on);
         self.buf.drain(..used);
         self.consumed += used as u64;
     }
 }
 
 /// Split whole messages off the front of `buf` (at stream offset `base`); returns how many
-/// bytes were used.
-fn split(buf: &[u8], base: u64, on: &mut impl FnMut(Item<'_>, u64)) -> usize {
+/// bytes were used. What is left is the start of a message not yet complete. For callers
+/// that keep the stream in memory of their own (the journal segment); others use
+/// [`Splitter`].
+pub fn split(buf: &[u8], base: u64, mut on: impl FnMut(Item<'_>, u64)) -> usize {
     let mut pos = 0;
     let mut garbage: Option<(usize, FrameError, usize)> = None;
-    loop {
+    while pos < buf.len() {
         match next_frame(&buf[pos..], MAX_FIFO_PAYLOAD) {
             Frame::Message { payload, len } => {
                 if let Some((bytes, error, at)) = garbage.take() {
@@ -324,14 +321,29 @@ fn split(buf: &[u8], base: u64, on: &mut impl FnMut(Item<'_>, u64)) -> usize {
             }
             Frame::Incomplete => break,
         }
-        if pos == buf.len() {
-            break;
-        }
     }
     if let Some((bytes, error, at)) = garbage {
         on(Item::Garbage { bytes, error }, base + at as u64);
     }
     pos
+}
+
+/// The writer went quiet with the partial message `buf` (at stream offset `base`) held:
+/// it was truncated. Drop bytes up to the next possible magic, split what follows;
+/// returns how many bytes were used.
+pub fn split_stale(buf: &[u8], base: u64, mut on: impl FnMut(Item<'_>, u64)) -> usize {
+    if buf.is_empty() {
+        return 0;
+    }
+    let skip = resync_offset(buf);
+    on(
+        Item::Garbage {
+            bytes: skip,
+            error: FrameError::Truncated,
+        },
+        base,
+    );
+    skip + split(&buf[skip..], base + skip as u64, on)
 }
 
 #[cfg(test)]

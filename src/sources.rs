@@ -2,10 +2,10 @@
 //! back to. Each source runs on its own thread and only feeds the queue's owner over a
 //! channel; none of them touches the queue.
 //!
-//! The FIFO reader moves the pipe's bytes into the crash journal with `splice(2)` and
-//! reads them back from there (see `journal`). It keeps draining while handlers run (a full pipe would push shims to the
-//! slower spool path), reads big chunks, and splits whole messages with
-//! [`message::Splitter`]. Any byte sequence is survivable: bad bytes are counted, logged
+//! The FIFO reader reads the pipe straight into the crash journal's mapped segment and
+//! splits whole messages where they lie (see `journal`). It keeps draining while handlers
+//! run (a full pipe would push shims to the slower spool path) and reads all the pipe
+//! holds at once. Any byte sequence is survivable: bad bytes are counted, logged
 //! (rate-limited) and skipped, and the next good message is found. A partial message held
 //! while the writers have gone quiet for [`STALE_AFTER`] was truncated and is dropped.
 //!
@@ -24,8 +24,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::event::Event;
-use crate::journal::{self, Journal, Numbers, Segment, SEGMENT_SIZE};
-use crate::message::{Item, Splitter};
+use crate::journal::{self, FifoJournal, FifoSegment};
+use crate::message::{self, Item, Splitter};
 use crate::spool::{Spool, SpoolError};
 
 /// How long a partial message may wait for the rest of its bytes. Real writers write whole
@@ -94,12 +94,6 @@ impl RateLimit {
     }
 }
 
-/// Where the FIFO reader journals what it takes from the pipe.
-pub struct FifoJournal {
-    pub dir: std::path::PathBuf,
-    pub numbers: Numbers,
-}
-
 /// Start the FIFO reader on `fifo` (opened O_RDWR|O_NONBLOCK by the daemon). When `stop`
 /// becomes readable it drains what the pipe holds (`drain_on_stop`; a supervisor that holds
 /// the FIFO keeps the rest for the next start otherwise), sends `FifoClosed` and exits.
@@ -110,18 +104,24 @@ pub fn spawn_fifo_reader(
     drain_on_stop: bool,
     tx: Sender<Input>,
 ) -> std::io::Result<thread::JoinHandle<()>> {
-    let segment = Journal::new_fifo_segment(&journal.dir, &journal.numbers)?;
+    // SAFETY: F_GETPIPE_SZ takes no argument and returns the size.
+    let pipe_size = match unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_GETPIPE_SZ) } {
+        n if n > 0 => n as usize,
+        _ => 1 << 20,
+    };
+    let segment = FifoSegment::create(&journal, pipe_size)?;
     thread::Builder::new().name("fifo".into()).spawn(move || {
         let mut reader = FifoReader {
             tx,
             splitter: Splitter::new(),
-            buf: vec![0; CHUNK],
+            buf: Vec::new(),
             batch: Vec::with_capacity(1024),
             bad: 0,
             warn: RateLimit::new(10, Duration::from_secs(10)),
             journal,
+            pipe_size,
             segment: Some(segment),
-            empty: false,
+            parsed: 0,
             retry_at: None,
         };
         reader.run(fifo.as_fd(), stop.as_fd(), drain_on_stop)
@@ -130,17 +130,19 @@ pub fn spawn_fifo_reader(
 
 struct FifoReader {
     tx: Sender<Input>,
+    /// Without a journal: splits what plain reads into `buf` bring.
     splitter: Splitter,
     buf: Vec<u8>,
     batch: Vec<Event>,
     bad: u64,
     warn: RateLimit,
     journal: FifoJournal,
-    /// The segment the pipe's bytes are spliced into; None if the journal failed and
-    /// the reader fell back to plain reads.
-    segment: Option<Segment>,
-    /// The last splice found the pipe empty.
-    empty: bool,
+    pipe_size: usize,
+    /// The segment the pipe is read into; None if the journal failed and the reader fell
+    /// back to plain reads.
+    segment: Option<FifoSegment>,
+    /// How much of the segment was split into messages.
+    parsed: usize,
     /// Without a journal: when to try a new segment.
     retry_at: Option<Instant>,
 }
@@ -148,7 +150,7 @@ struct FifoReader {
 impl FifoReader {
     fn run(&mut self, fifo: BorrowedFd, stop: BorrowedFd, drain_on_stop: bool) {
         loop {
-            let timeout = if self.splitter.pending() > 0 {
+            let timeout = if self.pending() > 0 {
                 PollTimeout::from(STALE_AFTER.as_millis() as u16)
             } else {
                 PollTimeout::NONE
@@ -159,10 +161,7 @@ impl FifoReader {
             ];
             match poll(&mut fds, timeout) {
                 Ok(0) => {
-                    let seg = self.segment.as_ref().map_or(0, |s| s.number);
-                    let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
-                    self.splitter
-                        .flush_stale_at(|item, off| take_item(item, seg, off, batch, bad, warn));
+                    self.flush_stale();
                     self.send();
                     continue;
                 }
@@ -190,13 +189,21 @@ impl FifoReader {
         }
     }
 
-    /// Move what the pipe holds into the journal and split it, until the pipe is empty.
+    /// Bytes held as the start of a message not yet complete.
+    fn pending(&self) -> usize {
+        match &self.segment {
+            Some(seg) => seg.len() - self.parsed,
+            None => self.splitter.pending(),
+        }
+    }
+
+    /// Take what the pipe holds into the journal and split it, until the pipe is empty.
     fn drain(&mut self, fifo: BorrowedFd) {
         loop {
-            let seg = self.segment.as_ref().map_or(0, |s| s.number);
-            let got = match self.splice_into_journal(fifo) {
-                Some(range) => self.read_back(range, seg),
-                None => self.read_plain(fifo, seg),
+            let got = if self.segment.is_some() {
+                self.fill_segment(fifo)
+            } else {
+                self.read_plain(fifo)
             };
             if !got {
                 break;
@@ -204,82 +211,83 @@ impl FifoReader {
             if self.batch.len() >= 4096 {
                 self.send();
             }
+            if self.segment.as_ref().is_some_and(FifoSegment::is_full) {
+                self.rotate();
+            }
         }
         self.send();
         self.rotate();
+        if let Some(seg) = &mut self.segment {
+            seg.release_below(self.parsed);
+        }
     }
 
-    /// Move every byte the pipe holds into the journal segment; the byte range it took
-    /// there. Each shim's write is atomic, so "everything the pipe holds now" is whole
-    /// messages: a kill after this call leaves no message half in the pipe, half here.
-    /// None when there is nothing, or no journal (then the caller reads plainly).
-    fn splice_into_journal(&mut self, fifo: BorrowedFd) -> Option<(u64, usize)> {
-        let seg = self.segment.as_mut()?;
-        let mut avail: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int.
-        if unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
-            avail = CHUNK as libc::c_int;
-        }
-        let at = seg.len as libc::loff_t;
-        let mut off = at;
-        // SAFETY: both fds are open; `off` is a valid in/out offset.
-        let n = unsafe {
-            libc::splice(
-                fifo.as_raw_fd(),
-                std::ptr::null_mut(),
-                seg.file.as_raw_fd(),
-                &mut off,
-                avail as usize,
-                libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        if n > 0 {
-            seg.len = off as u64;
-            return Some((at as u64, n as usize));
-        }
-        let e = std::io::Error::last_os_error();
-        if n == 0 || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
-            // Empty; or interrupted, and the next poll round tries again.
-            self.empty = true;
-            return None;
-        }
-        log::error!(
-            "journal {}: {e}; reading the FIFO without a journal until it can be written",
-            self.journal.dir.display()
-        );
-        self.retry_at = Some(Instant::now() + Duration::from_secs(5));
-        if let Some(seg) = self.segment.take() {
-            let _ = self.tx.send(Input::Sealed(seg.number));
-        }
-        None
-    }
-
-    /// Split the bytes just spliced, reading them back from the segment.
-    fn read_back(&mut self, (at, n): (u64, usize), seg: u32) -> bool {
-        let Some(file) = self.segment.as_ref().map(|s| &s.file) else {
+    /// Read the pipe into the segment and split the new bytes; false when the pipe was
+    /// empty. A journal that fails (a full runtime fs) is given up for plain reads.
+    fn fill_segment(&mut self, fifo: BorrowedFd) -> bool {
+        let Some(seg) = self.segment.as_mut() else {
             return false;
         };
-        let mut done = 0;
-        while done < n {
-            let len = (n - done).min(self.buf.len());
-            let buf = &mut self.buf[..len];
-            if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(file, buf, at + done as u64) {
-                log::error!("journal segment {seg}: read back: {e}");
-                return false;
+        match seg.fill_from(fifo) {
+            Ok(0) => false,
+            Ok(_) => {
+                let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
+                let number = seg.number;
+                self.parsed +=
+                    message::split(seg.bytes(self.parsed), self.parsed as u64, |item, off| {
+                        take_item(item, number, off, batch, bad, warn)
+                    });
+                true
             }
-            let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
-            self.splitter.feed_at(&self.buf[..len], |item, off| {
-                take_item(item, seg, off, batch, bad, warn)
-            });
-            done += len;
+            Err(e) => {
+                log::error!(
+                    "journal {}: {e}; reading the FIFO without a journal until it can be written",
+                    self.journal.dir.display()
+                );
+                self.retry_at = Some(Instant::now() + Duration::from_secs(5));
+                self.leave_segment();
+                true
+            }
         }
-        true
+    }
+
+    /// Seal the segment and go on with plain reads, keeping a partial message it holds.
+    fn leave_segment(&mut self) {
+        if let Some(seg) = self.segment.take() {
+            self.splitter = Splitter::new();
+            let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
+            // Only the start of a message is left; nothing comes out until the rest does.
+            self.splitter.feed_at(seg.bytes(self.parsed), |item, off| {
+                take_item(item, 0, off, batch, bad, warn)
+            });
+            self.parsed = 0;
+            let _ = self.tx.send(Input::Sealed(seg.seal()));
+        }
+    }
+
+    /// The writers went quiet with a partial message held: it was truncated. Drop it and
+    /// split what follows.
+    fn flush_stale(&mut self) {
+        let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
+        match &self.segment {
+            Some(seg) => {
+                let number = seg.number;
+                self.parsed += message::split_stale(
+                    seg.bytes(self.parsed),
+                    self.parsed as u64,
+                    |item, off| take_item(item, number, off, batch, bad, warn),
+                );
+            }
+            None => self
+                .splitter
+                .flush_stale_at(|item, off| take_item(item, 0, off, batch, bad, warn)),
+        }
     }
 
     /// Without a journal: read and split.
-    fn read_plain(&mut self, fifo: BorrowedFd, seg: u32) -> bool {
-        if std::mem::take(&mut self.empty) {
-            return false;
+    fn read_plain(&mut self, fifo: BorrowedFd) -> bool {
+        if self.buf.is_empty() {
+            self.buf = vec![0; CHUNK];
         }
         loop {
             match nix::unistd::read(fifo.as_raw_fd(), &mut self.buf) {
@@ -287,7 +295,7 @@ impl FifoReader {
                 Ok(n) => {
                     let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
                     self.splitter.feed_at(&self.buf[..n], |item, off| {
-                        take_item(item, seg, off, batch, bad, warn)
+                        take_item(item, 0, off, batch, bad, warn)
                     });
                     return true;
                 }
@@ -301,27 +309,32 @@ impl FifoReader {
         }
     }
 
-    /// Start a new segment once the current one is big, or, after the journal failed
-    /// (a full runtime fs), try again every few seconds; only on a message boundary.
+    /// Start a new segment once the current one is full, or, after the journal failed
+    /// (a full runtime fs), try again every few seconds. A partial message (only a writer
+    /// that broke the one-write rule leaves one at a read's end) moves to the new segment.
     fn rotate(&mut self) {
-        if self.splitter.pending() > 0 {
-            return;
-        }
         match &self.segment {
-            Some(seg) if seg.len < SEGMENT_SIZE => return,
+            Some(seg) if !seg.is_full() => return,
             None if self.retry_at.is_some_and(|t| Instant::now() < t) => return,
             _ => {}
         }
-        match Journal::new_fifo_segment(&self.journal.dir, &self.journal.numbers) {
+        let made = FifoSegment::create(&self.journal, self.pipe_size).and_then(|mut new| {
+            let carry = match &self.segment {
+                Some(old) => old.bytes(self.parsed),
+                None => self.splitter.held(),
+            };
+            new.put(carry).map(|()| new)
+        });
+        match made {
             Ok(new) => {
                 if self.segment.is_none() {
                     log::warn!("journal {}: writable again", self.journal.dir.display());
                 }
                 self.retry_at = None;
-                let old = self.segment.replace(new);
                 self.splitter = Splitter::new();
-                if let Some(old) = old {
-                    let _ = self.tx.send(Input::Sealed(old.number));
+                self.parsed = 0;
+                if let Some(old) = self.segment.replace(new) {
+                    let _ = self.tx.send(Input::Sealed(old.seal()));
                 }
             }
             Err(e) => {
@@ -329,6 +342,8 @@ impl FifoReader {
                     log::error!("journal {}: {e}", self.journal.dir.display());
                 }
                 self.retry_at = Some(Instant::now() + Duration::from_secs(5));
+                // A full segment has no room for the next read: go on without a journal.
+                self.leave_segment();
             }
         }
     }
