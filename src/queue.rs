@@ -105,9 +105,6 @@ impl AddIndex {
         };
         self.0.insert(key, v);
     }
-    fn remove(&mut self, key: &u64) {
-        self.0.remove(key);
-    }
     fn contains_key(&self, key: &u64) -> bool {
         self.0.contains_key(key)
     }
@@ -136,6 +133,9 @@ pub struct Queue {
     /// Cursor per reader (the position of the next event it will get); None = free slot.
     cursors: Vec<Option<u64>>,
     adds: AddIndex,
+    /// When `adds` is swept next (its size), and the runner's position at the last sweep.
+    adds_sweep_at: usize,
+    adds_swept_at: u64,
     /// DEVPATH hash → SEQNUM of a `remove` waiting behind a gap, for an `add` that arrives
     /// after its `remove` (their helpers raced). Checked against `waiting` when used, and
     /// unindexed when the remove is released.
@@ -168,26 +168,29 @@ pub type Loader = Box<dyn FnMut(u64) -> Option<Event> + Send>;
 /// 65,536 buckets holds before it doubles (~1.1 MiB of index at 16 bytes an entry).
 const MAX_ADDS: usize = (1 << 16) / 8 * 7;
 
+/// The add index is swept once it holds this many entries, or twice what the last sweep
+/// kept.
+const ADDS_SWEEP_MIN: usize = 4096;
+
 /// Allocator overhead per boxed payload, for the memory estimate.
 const MALLOC_OVERHEAD: usize = 16;
 
 /// One released event. Past the memory limit an event is kept as a stub: its SEQNUM, its
 /// journal id (the body is in the journal segment and is read back when a reader gets
-/// to it) and, for an `add`, its DEVPATH hash for coalescing.
+/// to it). A spilled `add` stays in the coalescing index by its DEVPATH hash.
 /// A recalled or unreadable event is a stub with id 0 ([`Slot::GONE`]; real stubs always
 /// have a journal id): two variants let the enum use the Box's niche, 48 bytes a slot
 /// instead of 56.
 #[derive(Debug)]
 enum Slot {
     Mem(Event),
-    Stub { seqnum: u64, id: u64, add_key: u64 },
+    Stub { seqnum: u64, id: u64 },
 }
 
 impl Slot {
     const GONE: Slot = Slot::Stub {
         seqnum: u64::MAX,
         id: 0,
-        add_key: 0,
     };
 
     fn seqnum(&self) -> Option<u64> {
@@ -216,6 +219,8 @@ impl Queue {
             base: 0,
             cursors: vec![Some(0)],
             adds: AddIndex::default(),
+            adds_sweep_at: ADDS_SWEEP_MIN,
+            adds_swept_at: 0,
             removes: HashMap::default(),
             expect_upto: None,
             pending: 0,
@@ -439,13 +444,8 @@ impl Queue {
 
     fn append(&mut self, ev: Event) {
         let pos = self.base + self.log.len() as u64;
-        let add_key = if ev.action() == b"add" {
-            devpath_key(&ev)
-        } else {
-            0
-        };
-        if self.coalesce && add_key != 0 {
-            self.index_add(add_key, Loc::Log(pos));
+        if self.coalesce && ev.action() == b"add" {
+            self.index_add(devpath_key(&ev), Loc::Log(pos));
         }
         self.pending += 1;
         if ev.id() != 0 && self.memory() + ev.heap_bytes() > self.limit {
@@ -453,7 +453,6 @@ impl Queue {
             self.log.push_back(Slot::Stub {
                 seqnum: ev.seqnum().unwrap_or(u64::MAX),
                 id: ev.id(),
-                add_key,
             });
             // The slots themselves grow too: give back what the newest events hold.
             if self.spilled.is_power_of_two() {
@@ -484,11 +483,6 @@ impl Queue {
                 let stub = Slot::Stub {
                     seqnum: ev.seqnum().unwrap_or(u64::MAX),
                     id: ev.id(),
-                    add_key: if ev.action() == b"add" {
-                        devpath_key(ev)
-                    } else {
-                        0
-                    },
                 };
                 self.bytes -= ev.heap_bytes();
                 self.spilled += 1;
@@ -501,9 +495,37 @@ impl Queue {
     /// `MAX_ADDS` queued adds, newer ones are not indexed, so a `remove` for one of them
     /// runs its handlers instead of being coalesced (an optimisation lost, nothing else).
     fn index_add(&mut self, key: u64, loc: Loc) {
+        if self.adds.len() >= self.adds_sweep_at {
+            self.sweep_adds();
+        }
         if self.adds.len() < MAX_ADDS || self.adds.contains_key(&key) {
             self.adds.insert(key, loc);
         }
+    }
+
+    /// Drop index entries of adds that can no longer be coalesced: the runner took them,
+    /// or they left `waiting`. Events leaving the queue do not remove their own entries
+    /// (a DEVPATH hash and a lookup per event, on a payload long out of cache); this sweep
+    /// costs about one entry visit per add. When most entries are live (a backlog of
+    /// queued adds) it waits for the runner to move on, so that it is never a full scan
+    /// per add; meanwhile, past [`MAX_ADDS`], new adds go unindexed as before.
+    fn sweep_adds(&mut self) {
+        let from = self.runner_cursor();
+        if self.adds.len() >= MAX_ADDS && from - self.adds_swept_at < (MAX_ADDS / 4) as u64 {
+            return;
+        }
+        let waiting = &self.waiting;
+        self.adds.0.retain(|_, v| {
+            if *v & WAITING_BIT != 0 {
+                waiting
+                    .get(&(*v & !WAITING_BIT))
+                    .is_some_and(Option::is_some)
+            } else {
+                *v >= from
+            }
+        });
+        self.adds_swept_at = from;
+        self.adds_sweep_at = (2 * self.adds.len()).clamp(ADDS_SWEEP_MIN, MAX_ADDS);
     }
 
     /// Bring the stub at log index `idx` back into memory; false if it cannot be read.
@@ -669,35 +691,12 @@ impl Queue {
             .unwrap_or(self.base);
         while self.base < min {
             match self.log.pop_front() {
-                Some(Slot::Mem(ev)) => {
-                    self.bytes -= ev.heap_bytes();
-                    self.forget_add(&ev);
-                }
-                Some(Slot::Stub { id: 0, .. }) => {}
-                Some(Slot::Stub { add_key, .. }) => {
-                    self.spilled -= 1;
-                    if add_key != 0 && self.adds.get(&add_key) == Some(Loc::Log(self.base)) {
-                        self.adds.remove(&add_key);
-                    }
-                }
-                _ => {}
+                // Their entries in `adds` go in the next sweep.
+                Some(Slot::Mem(ev)) => self.bytes -= ev.heap_bytes(),
+                Some(Slot::Stub { id: 0, .. }) | None => {}
+                Some(Slot::Stub { .. }) => self.spilled -= 1,
             }
             self.base += 1;
-        }
-    }
-
-    fn forget_add(&mut self, ev: &Event) {
-        if ev.action() == b"add" {
-            let key = devpath_key(ev);
-            if let Some(loc) = self.adds.get(&key) {
-                let same = match loc {
-                    Loc::Waiting(s) => Some(s) == ev.seqnum(),
-                    Loc::Log(p) => p < self.base + 1,
-                };
-                if same {
-                    self.adds.remove(&key);
-                }
-            }
         }
     }
 
@@ -738,7 +737,6 @@ impl Queue {
             let ev = slot.take().ok_or(RecallError::NotQueued(seq))?;
             self.bytes -= ev.heap_bytes();
             self.pending -= 1;
-            self.forget_add(&ev);
             return Ok(ev);
         }
         let from = (self.runner_cursor() - self.base) as usize;
@@ -758,10 +756,6 @@ impl Queue {
                 };
                 self.bytes -= ev.heap_bytes();
                 self.pending -= 1;
-                let key = devpath_key(&ev);
-                if self.adds.get(&key) == Some(Loc::Log(self.base + i as u64)) {
-                    self.adds.remove(&key);
-                }
                 self.collect();
                 Ok(ev)
             }
@@ -923,6 +917,52 @@ mod tests {
         // After the add was taken, a remove runs.
         assert_eq!(q.push(ev(5, "remove", "/y"), t), Push::Queued);
         assert_eq!(drain(&mut q, RUNNER), vec![5]);
+    }
+
+    #[test]
+    fn the_add_index_forgets_taken_adds_in_sweeps() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        // Adds taken as they come: the index stays small.
+        for seq in 1..=8 * ADDS_SWEEP_MIN as u64 {
+            q.push(ev(seq, "add", &format!("/d/{seq}")), t);
+            assert_eq!(q.next(RUNNER).and_then(Event::seqnum), Some(seq));
+            assert!(q.adds.len() <= 2 * ADDS_SWEEP_MIN, "{}", q.adds.len());
+        }
+        let mut seq = 8 * ADDS_SWEEP_MIN as u64 + 1;
+        // A taken add's remove runs.
+        assert_eq!(q.push(ev(seq, "remove", "/d/5"), t), Push::Queued);
+        q.next(RUNNER);
+        seq += 1;
+        // A backlog fills the index with live entries; past MAX_ADDS, adds go unindexed.
+        let first = seq;
+        for _ in 0..MAX_ADDS + 10 {
+            q.push(ev(seq, "add", &format!("/b/{seq}")), t);
+            seq += 1;
+        }
+        assert_eq!(q.adds.len(), MAX_ADDS);
+        assert_eq!(
+            q.push(ev(seq, "remove", &format!("/b/{}", seq - 1)), t),
+            Push::Queued
+        );
+        seq += 1;
+        // Once the runner has moved on, the next add sweeps the taken ones out and is
+        // indexed again; an add still queued keeps coalescing all along.
+        for _ in 0..MAX_ADDS / 4 {
+            q.next(RUNNER);
+        }
+        q.push(ev(seq, "add", "/late"), t);
+        assert!(q.adds.len() < MAX_ADDS);
+        match q.push(ev(seq + 1, "remove", "/late"), t) {
+            Push::Coalesced { add, .. } => assert_eq!(add.seqnum(), Some(seq)),
+            other => panic!("{other:?}"),
+        }
+        let queued = first + MAX_ADDS as u64 / 2;
+        match q.push(ev(seq + 2, "remove", &format!("/b/{queued}")), t) {
+            Push::Coalesced { add, .. } => assert_eq!(add.seqnum(), Some(queued)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
