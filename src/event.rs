@@ -75,15 +75,15 @@ impl Event {
         // the first `=` of each variable ends its key.
         let buf = &ev.buf;
         let mut seps = Separators::new(buf);
-        let arg1_end = seps.by_ref().find(|&p| buf[p] == 0).unwrap_or(0);
+        let arg1_end = seps.by_ref().find(|&(_, nul)| nul).map_or(0, |(p, _)| p);
         let mut subsystem = None;
         let mut seqnum = None;
         let (mut action, mut devpath, mut tag) = (None, None, None);
         let mut start = arg1_end + 1;
         let mut eq = None;
         let mut n = 0;
-        for p in seps {
-            if buf[p] == b'=' {
+        for (p, nul) in seps {
+            if !nul {
                 eq = eq.or(Some(p));
                 continue;
             }
@@ -258,47 +258,57 @@ pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
         .map(|p| base + p)
 }
 
-/// The positions of every NUL and `=` in a buffer, in order: the parse's one pass. Found
-/// 64 bytes at a time as a bit mask (SSE2 compares on x86_64, a byte loop elsewhere), so a
-/// variable costs a couple of bit operations rather than two scans of its bytes.
+/// The positions of every NUL and `=` in a buffer, in order, each with whether it is the
+/// NUL: the parse's one pass. Found 64 bytes at a time as bit masks (SSE2 compares on
+/// x86_64, a byte loop elsewhere), so a variable costs a few bit operations rather than
+/// two scans of its bytes.
 struct Separators<'a> {
     buf: &'a [u8],
-    /// Start of the 64-byte block `mask` covers.
+    /// Start of the 64-byte block the masks cover.
     block: usize,
+    /// Separators not yet returned, and which of the block's bytes are NULs.
     mask: u64,
+    nul: u64,
 }
 
 impl<'a> Separators<'a> {
     fn new(buf: &'a [u8]) -> Self {
+        let (nul, eq) = separator_masks(buf);
         Separators {
             buf,
             block: 0,
-            mask: separator_mask(buf),
+            mask: nul | eq,
+            nul,
         }
     }
 }
 
 impl Iterator for Separators<'_> {
-    type Item = usize;
+    type Item = (usize, bool);
 
     #[inline]
-    fn next(&mut self) -> Option<usize> {
+    fn next(&mut self) -> Option<(usize, bool)> {
         while self.mask == 0 {
             self.block += 64;
             if self.block >= self.buf.len() {
                 return None;
             }
-            self.mask = separator_mask(&self.buf[self.block..]);
+            let (nul, eq) = separator_masks(&self.buf[self.block..]);
+            self.mask = nul | eq;
+            self.nul = nul;
         }
-        let at = self.block + self.mask.trailing_zeros() as usize;
-        self.mask &= self.mask - 1;
-        Some(at)
+        let bit = self.mask & self.mask.wrapping_neg();
+        self.mask ^= bit;
+        Some((
+            self.block + bit.trailing_zeros() as usize,
+            self.nul & bit != 0,
+        ))
     }
 }
 
-/// Bit i set: byte i of `buf`'s first 64 is NUL or `=`.
+/// Bit i set: byte i of `buf`'s first 64 is NUL, and is `=`.
 #[inline]
-fn separator_mask(buf: &[u8]) -> u64 {
+fn separator_masks(buf: &[u8]) -> (u64, u64) {
     let mut block = [1u8; 64];
     let chunk = match buf.get(..64) {
         Some(whole) => whole,
@@ -310,29 +320,32 @@ fn separator_mask(buf: &[u8]) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
-            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
-            _mm_set1_epi8, _mm_setzero_si128,
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+            _mm_setzero_si128,
         };
-        let mut mask = 0u64;
+        let (mut nul, mut eq) = (0u64, 0u64);
         for (i, c) in chunk.chunks_exact(16).enumerate() {
             // SAFETY: SSE2 is part of x86_64; the load reads 16 bytes of `c` unaligned.
-            let bits = unsafe {
+            let (n, e) = unsafe {
                 let v = _mm_loadu_si128(c.as_ptr().cast::<__m128i>());
-                let nul = _mm_cmpeq_epi8(v, _mm_setzero_si128());
-                let eq = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'=' as i8));
-                _mm_movemask_epi8(_mm_or_si128(nul, eq)) as u16
+                (
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128())) as u16,
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'=' as i8))) as u16,
+                )
             };
-            mask |= (bits as u64) << (16 * i);
+            nul |= (n as u64) << (16 * i);
+            eq |= (e as u64) << (16 * i);
         }
-        mask
+        (nul, eq)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         chunk
             .iter()
             .enumerate()
-            .filter(|(_, &b)| b == 0 || b == b'=')
-            .fold(0u64, |m, (i, _)| m | 1 << i)
+            .fold((0u64, 0u64), |(n, e), (i, &b)| {
+                (n | ((b == 0) as u64) << i, e | ((b == b'=') as u64) << i)
+            })
     }
 }
 
@@ -474,7 +487,10 @@ mod tests {
             .collect();
         for len in 0..hay.len() {
             let h = &hay[..len];
-            let want: Vec<usize> = (0..len).filter(|&i| h[i] == 0 || h[i] == b'=').collect();
+            let want: Vec<(usize, bool)> = (0..len)
+                .filter(|&i| h[i] == 0 || h[i] == b'=')
+                .map(|i| (i, h[i] == 0))
+                .collect();
             assert_eq!(Separators::new(h).collect::<Vec<_>>(), want, "len {len}");
         }
     }

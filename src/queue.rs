@@ -136,6 +136,8 @@ pub struct Queue {
     /// When `adds` is swept next (its size), and the runner's position at the last sweep.
     adds_sweep_at: usize,
     adds_swept_at: u64,
+    /// Adds in the log below this position are in `adds` (see `index_log`).
+    adds_upto: u64,
     /// DEVPATH hash → SEQNUM of a `remove` waiting behind a gap, for an `add` that arrives
     /// after its `remove` (their helpers raced). Checked against `waiting` when used, and
     /// unindexed when the remove is released.
@@ -221,6 +223,7 @@ impl Queue {
             adds: AddIndex::default(),
             adds_sweep_at: ADDS_SWEEP_MIN,
             adds_swept_at: 0,
+            adds_upto: 0,
             removes: HashMap::default(),
             expect_upto: None,
             pending: 0,
@@ -444,11 +447,16 @@ impl Queue {
 
     fn append(&mut self, ev: Event) {
         let pos = self.base + self.log.len() as u64;
-        if self.coalesce && ev.action() == b"add" {
-            self.index_add(devpath_key(&ev), Loc::Log(pos));
-        }
         self.pending += 1;
         if ev.id() != 0 && self.memory() + ev.heap_bytes() > self.limit {
+            // A stub keeps no DEVPATH: index the adds so far, and this one, first.
+            if self.coalesce {
+                self.index_log();
+                if ev.action() == b"add" {
+                    self.index_add(devpath_key(&ev), Loc::Log(pos));
+                }
+                self.adds_upto = pos + 1;
+            }
             self.spilled += 1;
             self.log.push_back(Slot::Stub {
                 seqnum: ev.seqnum().unwrap_or(u64::MAX),
@@ -471,6 +479,9 @@ impl Queue {
         if self.loader.is_none() || self.memory() <= self.limit {
             return;
         }
+        if self.coalesce {
+            self.index_log();
+        }
         let target = self.limit - self.limit / 8;
         let from = (self.runner_cursor() - self.base) as usize;
         let mut idx = self.log.len();
@@ -489,6 +500,30 @@ impl Queue {
                 self.log[idx] = stub;
             }
         }
+    }
+
+    /// Index the adds appended to the log since the last call that the runner has not
+    /// taken. Adds in the log are indexed when a `remove` needs the index (or before their
+    /// bodies leave memory), not as they come: a stream of adds the runner takes before
+    /// any remove arrives, a boot's coldplug say, never pays for it, and the others pay
+    /// the same once.
+    fn index_log(&mut self) {
+        let end = self.base + self.log.len() as u64;
+        for pos in self.adds_upto.max(self.runner_cursor())..end {
+            let key = match &self.log[(pos - self.base) as usize] {
+                Slot::Mem(ev) if ev.action() == b"add" => devpath_key(ev),
+                _ => continue,
+            };
+            // An add still waiting behind a gap is newer than any in the log.
+            let waiting = match self.adds.get(&key) {
+                Some(Loc::Waiting(s)) => self.waiting.get(&s).is_some_and(Option::is_some),
+                _ => false,
+            };
+            if !waiting {
+                self.index_add(key, Loc::Log(pos));
+            }
+        }
+        self.adds_upto = end;
     }
 
     /// Remember where a queued `add` is, for coalescing. The index is bounded: past
@@ -556,6 +591,7 @@ impl Queue {
 
     /// Recall the queued `add` this `remove` cancels, if there is one.
     fn coalesce_remove(&mut self, remove: &Event) -> Option<Event> {
+        self.index_log();
         let key = devpath_key(remove);
         let (seq, same) = match self.adds.get(&key)? {
             Loc::Waiting(seq) => {
@@ -814,6 +850,7 @@ impl Queue {
         out.extend(std::mem::take(&mut self.waiting).into_values().flatten());
         self.pending = 0;
         self.adds.clear();
+        self.adds_upto = self.base + self.log.len() as u64;
         self.removes.clear();
         self.stalled_since = None;
         self.bytes = self
@@ -920,44 +957,60 @@ mod tests {
     }
 
     #[test]
-    fn the_add_index_forgets_taken_adds_in_sweeps() {
+    fn the_add_index_is_built_when_a_remove_needs_it_and_swept() {
         let t = Instant::now();
         let mut q = Queue::new(Duration::from_secs(2), true);
         q.start_at(1);
-        // Adds taken as they come: the index stays small.
-        for seq in 1..=8 * ADDS_SWEEP_MIN as u64 {
+        let mut seq = 1;
+        // Adds the runner takes as they come, a remove now and then: nothing coalesces
+        // and the index stays small.
+        for i in 0..8 * ADDS_SWEEP_MIN {
             q.push(ev(seq, "add", &format!("/d/{seq}")), t);
             assert_eq!(q.next(RUNNER).and_then(Event::seqnum), Some(seq));
+            seq += 1;
+            if i % 64 == 0 {
+                let taken = format!("/d/{}", seq - 1);
+                assert_eq!(q.push(ev(seq, "remove", &taken), t), Push::Queued);
+                q.next(RUNNER);
+                seq += 1;
+            }
             assert!(q.adds.len() <= 2 * ADDS_SWEEP_MIN, "{}", q.adds.len());
         }
-        let mut seq = 8 * ADDS_SWEEP_MIN as u64 + 1;
-        // A taken add's remove runs.
-        assert_eq!(q.push(ev(seq, "remove", "/d/5"), t), Push::Queued);
-        q.next(RUNNER);
+        // Queued adds are indexed only once a remove comes.
+        let first = seq;
+        for _ in 0..100 {
+            q.push(ev(seq, "add", &format!("/q/{seq}")), t);
+            seq += 1;
+        }
+        assert_eq!(q.adds.len(), 0);
+        match q.push(ev(seq, "remove", &format!("/q/{}", first + 50)), t) {
+            Push::Coalesced { add, .. } => assert_eq!(add.seqnum(), Some(first + 50)),
+            other => panic!("{other:?}"),
+        }
         seq += 1;
+        assert!(q.adds.len() >= 99);
+        drain(&mut q, RUNNER);
         // A backlog fills the index with live entries; past MAX_ADDS, adds go unindexed.
         let first = seq;
         for _ in 0..MAX_ADDS + 10 {
             q.push(ev(seq, "add", &format!("/b/{seq}")), t);
             seq += 1;
         }
-        assert_eq!(q.adds.len(), MAX_ADDS);
-        assert_eq!(
-            q.push(ev(seq, "remove", &format!("/b/{}", seq - 1)), t),
-            Push::Queued
-        );
+        let last = format!("/b/{}", seq - 1);
+        assert_eq!(q.push(ev(seq, "remove", &last), t), Push::Queued);
         seq += 1;
-        // Once the runner has moved on, the next add sweeps the taken ones out and is
+        assert_eq!(q.adds.len(), MAX_ADDS);
+        // Once the runner has moved on, a sweep drops the taken ones and new adds are
         // indexed again; an add still queued keeps coalescing all along.
         for _ in 0..MAX_ADDS / 4 {
             q.next(RUNNER);
         }
         q.push(ev(seq, "add", "/late"), t);
-        assert!(q.adds.len() < MAX_ADDS);
         match q.push(ev(seq + 1, "remove", "/late"), t) {
             Push::Coalesced { add, .. } => assert_eq!(add.seqnum(), Some(seq)),
             other => panic!("{other:?}"),
         }
+        assert!(q.adds.len() < MAX_ADDS);
         let queued = first + MAX_ADDS as u64 / 2;
         match q.push(ev(seq + 2, "remove", &format!("/b/{queued}")), t) {
             Push::Coalesced { add, .. } => assert_eq!(add.seqnum(), Some(queued)),

@@ -150,11 +150,15 @@ pub fn prepare_fifo(fd: OwnedFd, path: &Path) -> Result<OwnedFd, RuntimeError> {
             io::Error::last_os_error()
         );
     }
-    // Reads must never block: the reader drains until EAGAIN.
+    // Reads must never block: the reader drains until EAGAIN. O_NOATIME too, where the
+    // FIFO is ours: every read() would otherwise stamp the inode's atime (the shims'
+    // writes move its mtime, so relatime never skips it).
     // SAFETY: fcntl on an fd we own.
     unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) | libc::O_NONBLOCK;
+        if libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NOATIME) < 0 {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags);
+        }
     }
     Ok(fd)
 }

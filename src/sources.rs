@@ -32,8 +32,15 @@ use crate::spool::{Spool, SpoolError};
 /// messages at once, so a partial one that stays this long was truncated.
 pub const STALE_AFTER: Duration = Duration::from_millis(200);
 
-/// Bytes read from the FIFO per `read()`.
+/// Bytes read from the FIFO per `read()` without a journal.
 const CHUNK: usize = 256 * 1024;
+
+/// A read below this size finds the writers no faster than the reader: wait
+/// [`BUSY_WAIT`] before the next (see `FifoReader::drain`). About 200 messages.
+const BIG_READ: usize = 64 * 1024;
+/// At a million events a second, ~100 arrive meanwhile; a handler's fork+exec alone is
+/// ten times longer.
+const BUSY_WAIT: Duration = Duration::from_micros(100);
 
 /// What sources tell the queue's owner.
 #[derive(Debug)]
@@ -198,6 +205,11 @@ impl FifoReader {
     }
 
     /// Take what the pipe holds into the journal and split it, until the pipe is empty.
+    /// A read that finds only a little means the writers are about as fast as this
+    /// reader: the batch goes out and the reader waits [`BUSY_WAIT`] before reading again,
+    /// so that under a stream of events each read takes many (a read costs a few µs
+    /// whatever it carries, and a reader asleep outside the pipe's wait queue spares
+    /// every writer a wake-up). An event arriving alone is sent before the wait.
     fn drain(&mut self, fifo: BorrowedFd) {
         loop {
             let got = if self.segment.is_some() {
@@ -205,14 +217,16 @@ impl FifoReader {
             } else {
                 self.read_plain(fifo)
             };
-            if !got {
-                break;
-            }
+            let Some(n) = got else { break };
             if self.batch.len() >= 4096 {
                 self.send();
             }
             if self.segment.as_ref().is_some_and(FifoSegment::is_full) {
                 self.rotate();
+            }
+            if n > 0 && n < BIG_READ {
+                self.send();
+                thread::sleep(BUSY_WAIT);
             }
         }
         self.send();
@@ -222,22 +236,21 @@ impl FifoReader {
         }
     }
 
-    /// Read the pipe into the segment and split the new bytes; false when the pipe was
-    /// empty. A journal that fails (a full runtime fs) is given up for plain reads.
-    fn fill_segment(&mut self, fifo: BorrowedFd) -> bool {
-        let Some(seg) = self.segment.as_mut() else {
-            return false;
-        };
+    /// Read the pipe into the segment and split the new bytes: how many, None when the
+    /// pipe was empty. A journal that fails (a full runtime fs) is given up for plain
+    /// reads.
+    fn fill_segment(&mut self, fifo: BorrowedFd) -> Option<usize> {
+        let seg = self.segment.as_mut()?;
         match seg.fill_from(fifo) {
-            Ok(0) => false,
-            Ok(_) => {
+            Ok(0) => None,
+            Ok(n) => {
                 let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
                 let number = seg.number;
                 self.parsed +=
                     message::split(seg.bytes(self.parsed), self.parsed as u64, |item, off| {
                         take_item(item, number, off, batch, bad, warn)
                     });
-                true
+                Some(n)
             }
             Err(e) => {
                 log::error!(
@@ -246,7 +259,7 @@ impl FifoReader {
                 );
                 self.retry_at = Some(Instant::now() + Duration::from_secs(5));
                 self.leave_segment();
-                true
+                Some(0)
             }
         }
     }
@@ -284,26 +297,26 @@ impl FifoReader {
         }
     }
 
-    /// Without a journal: read and split.
-    fn read_plain(&mut self, fifo: BorrowedFd) -> bool {
+    /// Without a journal: read and split; how many bytes, None when the pipe was empty.
+    fn read_plain(&mut self, fifo: BorrowedFd) -> Option<usize> {
         if self.buf.is_empty() {
             self.buf = vec![0; CHUNK];
         }
         loop {
             match nix::unistd::read(fifo.as_raw_fd(), &mut self.buf) {
-                Ok(0) => return false,
+                Ok(0) => return None,
                 Ok(n) => {
                     let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
                     self.splitter.feed_at(&self.buf[..n], |item, off| {
                         take_item(item, 0, off, batch, bad, warn)
                     });
-                    return true;
+                    return Some(n);
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => return false,
+                Err(nix::errno::Errno::EAGAIN) => return None,
                 Err(e) => {
                     log::error!("reading the FIFO: {e}");
-                    return false;
+                    return None;
                 }
             }
         }
