@@ -381,6 +381,9 @@ pub struct Journal {
     /// records of live segments each one keeps.
     rewrite_at: u64,
     done_buf: Vec<u8>,
+    /// The ids `done` holds (kept by the last rewrite, or written since), so a rewrite
+    /// need not read the file back.
+    done_ids: Vec<u64>,
     max_done: Option<u64>,
     /// Per live segment: events not done yet, and whether a newer segment replaced it.
     live: BTreeMap<u32, (u64, bool)>,
@@ -451,6 +454,7 @@ impl Journal {
             done_records,
             rewrite_at: DONE_REWRITE,
             done_buf: Vec::new(),
+            done_ids: Vec::new(),
             max_done,
             live,
         };
@@ -555,13 +559,12 @@ impl Journal {
         }
         self.done.write_all(&self.done_buf)?;
         self.done_records += (self.done_buf.len() / DONE_RECORD) as u64;
+        self.done_ids
+            .extend(self.done_buf.chunks_exact(DONE_RECORD).map(record_id));
         self.done_buf.clear();
         if self.done_records >= self.rewrite_at {
-            // Straight from the records: most are of segments long gone, and a set of
-            // them all would cost more than the rewrite.
-            let bytes = fs::read(self.dir.join("done"))?;
-            let ids = bytes.chunks_exact(DONE_RECORD).map(record_id);
-            self.rewrite_done(ids)?;
+            let ids = std::mem::take(&mut self.done_ids);
+            self.rewrite_done(ids.into_iter())?;
         }
         Ok(())
     }
@@ -588,6 +591,7 @@ impl Journal {
     /// Rewrite `done` with the records of live segments only, plus the highest SEQNUM.
     fn rewrite_done(&mut self, ids: impl Iterator<Item = u64>) -> io::Result<()> {
         let mut out = Vec::new();
+        let mut kept = Vec::new();
         // Records come in runs of one segment: ask `live` once per run.
         let mut last: Option<(u32, bool)> = None;
         for id in ids.filter(|&id| id != MAX_SEQ_ID) {
@@ -600,6 +604,7 @@ impl Journal {
             if keep {
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(&NO_SEQ.to_le_bytes());
+                kept.push(id);
             }
         }
         if let Some(m) = self.max_done {
@@ -622,6 +627,7 @@ impl Journal {
             .open(self.dir.join("done"))?;
         self.done_records = (out.len() / DONE_RECORD) as u64;
         self.rewrite_at = DONE_REWRITE.max(2 * self.done_records);
+        self.done_ids = kept;
         Ok(())
     }
 
@@ -789,6 +795,34 @@ mod tests {
         assert_eq!(r.load(b.id()), Some(b.clone()));
         assert_eq!(r.load(a.id()).unwrap().seqnum(), Some(5));
         assert_eq!(r.load(a.id() + 1), None);
+    }
+
+    #[test]
+    fn the_done_file_is_rewritten_from_memory_and_still_recovers() {
+        let rt = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(rt.path()).unwrap();
+        let n = DONE_REWRITE + 100;
+        let mut evs: Vec<Event> = (1..=n).map(ev).collect();
+        for e in &mut evs {
+            j.append(e).unwrap();
+            j.queued(e.id());
+        }
+        // Done in two flushes, the second past the rewrite threshold; the last ten not.
+        let (first, rest) = evs[..evs.len() - 10].split_at(1000);
+        for batch in [first, rest] {
+            for e in batch {
+                j.done(e, true);
+            }
+            j.flush().unwrap();
+        }
+        // The rewrite kept every record (all of the one live segment), so the next waits
+        // for twice as many.
+        assert_eq!(j.rewrite_at, 2 * j.done_records);
+        drop(j);
+        let (_j, rec) = Journal::open(rt.path()).unwrap();
+        let seqs: Vec<_> = rec.events.iter().filter_map(Event::seqnum).collect();
+        assert_eq!(seqs, (n - 9..=n).collect::<Vec<_>>());
+        assert_eq!(rec.max_done, Some(n - 10));
     }
 
     #[test]
