@@ -208,21 +208,7 @@ impl FifoSegment {
 
     fn map(file: File, number: u32, room: usize, pipe_size: usize) -> io::Result<FifoSegment> {
         file.set_len(room as u64)?;
-        // SAFETY: a fresh shared mapping of a file we own, `room` bytes long.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                room,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let map = std::ptr::NonNull::new(p.cast::<u8>()).expect("mmap never returns NULL here");
+        let map = map_shared(&file, room)?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         Ok(FifoSegment {
@@ -718,7 +704,25 @@ fn wipe(path: &Path) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: a fresh shared mapping of the whole file, unmapped below.
+    let p = map_shared(&file, len)?.as_ptr().cast::<libc::c_void>();
+    // SAFETY: `p` maps `len` bytes, unmapped here; the stores happen only once every page
+    // is in.
+    unsafe {
+        let r = if libc::madvise(p, len, MADV_POPULATE_READ) == 0 {
+            std::ptr::write_bytes(p.cast::<u8>(), 0, len);
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        libc::munmap(p, len);
+        r
+    }
+}
+
+/// A read-write shared mapping of the first `len` bytes of `file` (which stays valid after
+/// `file` is closed, until munmap).
+fn map_shared(file: &File, len: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    // SAFETY: a fresh mapping at an address the kernel picks; nothing else is touched.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -732,17 +736,7 @@ fn wipe(path: &Path) -> io::Result<()> {
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `p` maps `len` bytes; the stores happen only once every page is in.
-    unsafe {
-        let r = if libc::madvise(p, len, MADV_POPULATE_READ) == 0 {
-            std::ptr::write_bytes(p.cast::<u8>(), 0, len);
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        };
-        libc::munmap(p, len);
-        r
-    }
+    Ok(std::ptr::NonNull::new(p.cast::<u8>()).expect("mmap never returns NULL here"))
 }
 
 fn record_id(rec: &[u8]) -> u64 {
