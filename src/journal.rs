@@ -259,6 +259,15 @@ impl FifoSegment {
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EAGAIN) => return Ok(0),
+                // The kernel found no page to give the mapping: what a write(2) would
+                // have called ENOSPC (or, under a memory limit, ENOMEM).
+                Some(libc::EFAULT) => {
+                    return Err(io::Error::other(format!(
+                        "segment {}: the file system has no page for its next bytes, \
+                         full? (read into the mapping: {e})",
+                        self.number
+                    )))
+                }
                 _ => return Err(e),
             }
         }
