@@ -180,15 +180,17 @@ impl FifoReader {
                 }
             }
             let stopping = fds[1].any().unwrap_or(false);
-            if !stopping || drain_on_stop {
-                self.drain(fifo);
+            if !stopping {
+                self.drain(fifo, Drain::Running { stop });
+            } else if drain_on_stop {
+                self.drain(fifo, Drain::Final);
             }
             if stopping {
                 if drain_on_stop {
                     // A shim that opened the FIFO just before it was unlinked may still be
                     // between its open() and its write(): give it a moment, drain again.
                     thread::sleep(Duration::from_millis(50));
-                    self.drain(fifo);
+                    self.drain(fifo, Drain::Final);
                 }
                 let _ = self.tx.send(Input::FifoClosed);
                 return;
@@ -209,8 +211,13 @@ impl FifoReader {
     /// reader: the batch goes out and the reader waits [`BUSY_WAIT`] before reading again,
     /// so that under a stream of events each read takes many (a read costs a few µs
     /// whatever it carries, and a reader asleep outside the pipe's wait queue spares
-    /// every writer a wake-up). An event arriving alone is sent before the wait.
-    fn drain(&mut self, fifo: BorrowedFd) {
+    /// every writer a wake-up). An event arriving alone is sent before the wait. See
+    /// [`Drain`] for how a drain ends.
+    fn drain(&mut self, fifo: BorrowedFd, how: Drain) {
+        let mut budget = match how {
+            Drain::Running { .. } => usize::MAX,
+            Drain::Final => pipe_holds(fifo),
+        };
         loop {
             let got = if self.segment.is_some() {
                 self.fill_segment(fifo)
@@ -218,15 +225,26 @@ impl FifoReader {
                 self.read_plain(fifo)
             };
             let Some(n) = got else { break };
+            budget = budget.saturating_sub(n);
             if self.batch.len() >= 4096 {
                 self.send();
             }
             if self.segment.as_ref().is_some_and(FifoSegment::is_full) {
                 self.rotate();
             }
-            if n > 0 && n < BIG_READ {
-                self.send();
-                thread::sleep(BUSY_WAIT);
+            match how {
+                Drain::Running { stop } => {
+                    let mut fds = [PollFd::new(stop, PollFlags::POLLIN)];
+                    if poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0) {
+                        break;
+                    }
+                    if n > 0 && n < BIG_READ {
+                        self.send();
+                        thread::sleep(BUSY_WAIT);
+                    }
+                }
+                Drain::Final if budget == 0 => break,
+                Drain::Final => {}
             }
         }
         self.send();
@@ -370,6 +388,28 @@ impl FifoReader {
             let _ = self.tx.send(Input::Bad(std::mem::take(&mut self.bad)));
         }
     }
+}
+
+/// How [`FifoReader::drain`] ends.
+#[derive(Clone, Copy)]
+enum Drain<'a> {
+    /// When the pipe is empty, or when `stop` became readable: looked at after each read
+    /// (they are big, or a pause follows), so a stream that never lets the pipe run empty
+    /// cannot keep the reader from noticing.
+    Running { stop: BorrowedFd<'a> },
+    /// At shutdown: what the pipe holds now and no more, without pauses, so a writer that
+    /// keeps an fd open and never stops cannot hold the daemon up.
+    Final,
+}
+
+/// Bytes in the pipe now (FIONREAD); all of it as far as the caller can tell if unknown.
+fn pipe_holds(fifo: BorrowedFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+        return usize::MAX;
+    }
+    n.max(0) as usize
 }
 
 fn take_item(
