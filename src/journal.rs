@@ -104,9 +104,9 @@ pub struct FifoJournal {
 
 /// A segment being written.
 struct Segment {
-    pub number: u32,
-    pub file: File,
-    pub len: u64,
+    number: u32,
+    file: File,
+    len: u64,
 }
 
 impl Segment {
@@ -147,7 +147,7 @@ pub struct FifoSegment {
     len: usize,
     /// Pages below this were dropped from our page tables (they stay in the file).
     released: usize,
-    /// Pages below this are mapped in (MADV_POPULATE_WRITE).
+    /// Pages below this are mapped in (MADV_POPULATE_READ).
     populated: usize,
     pipe_size: usize,
     page: usize,
@@ -195,11 +195,7 @@ impl FifoSegment {
         pipe_size: usize,
     ) -> io::Result<FifoSegment> {
         let from = segment_path(&journal.dir, old, "free");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&from)?;
+        let file = open_existing(&from)?;
         let number = journal.numbers.next();
         let seg = Self::map(file, number, room, pipe_size)?;
         fs::rename(&from, segment_path(&journal.dir, number, "fifo"))?;
@@ -225,12 +221,8 @@ impl FifoSegment {
     }
 
     /// Bytes written so far.
-    pub fn len(&self) -> usize {
+    pub fn written(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Past [`SEGMENT_SIZE`]: time for a new segment.
@@ -704,11 +696,7 @@ fn read_done(path: &Path) -> io::Result<(HashSet<u64, BuildU64>, Option<u64>, u6
 /// fraction of a write(2) per page. The pages are faulted in with MADV_POPULATE_READ
 /// first, so a hole the file system cannot fill is an error, not a SIGBUS.
 fn wipe(path: &Path) -> io::Result<()> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+    let file = open_existing(path)?;
     let len = file.metadata()?.len() as usize;
     if len == 0 {
         return Ok(());
@@ -726,6 +714,15 @@ fn wipe(path: &Path) -> io::Result<()> {
         libc::munmap(p, len);
         r
     }
+}
+
+/// A journal file that must already be there, for reading and writing.
+fn open_existing(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// A read-write shared mapping of the first `len` bytes of `file` (which stays valid after
@@ -862,9 +859,9 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("done")]);
     }
 
-    /// A pipe holding `events`' messages, its read end non-blocking.
     use std::os::fd::AsFd;
 
+    /// A pipe holding `events`' messages, its read end non-blocking.
     fn pipe_with(events: &[Event]) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
         let (r, w) = nix::unistd::pipe().unwrap();
         nix::fcntl::fcntl(
@@ -892,7 +889,7 @@ mod tests {
         let (r, _w) = pipe_with(events);
         let mut seg = FifoSegment::create(fifo, 1 << 16).unwrap();
         let n = seg.fill_from(r.as_fd()).unwrap();
-        assert_eq!(n, seg.len());
+        assert_eq!(n, seg.written());
         assert_eq!(seg.fill_from(r.as_fd()).unwrap(), 0, "the pipe is empty");
         let got = split_segment(seg.number, seg.bytes(0));
         assert_eq!(got.len(), events.len());
@@ -964,7 +961,7 @@ mod tests {
         let (j, _) = Journal::open(rt.path()).unwrap();
         let (seg, _) = fill(&j.fifo(), &[ev(8), ev(9)]);
         let path = segment_path(j.dir(), seg.number, "fifo");
-        assert!(fs::metadata(&path).unwrap().len() > seg.len() as u64);
+        assert!(fs::metadata(&path).unwrap().len() > seg.written() as u64);
         drop(seg);
         drop(j);
         let (_j, rec) = Journal::open(rt.path()).unwrap();

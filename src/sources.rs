@@ -201,7 +201,7 @@ impl FifoReader {
     /// Bytes held as the start of a message not yet complete.
     fn pending(&self) -> usize {
         match &self.segment {
-            Some(seg) => seg.len() - self.parsed,
+            Some(seg) => seg.written() - self.parsed,
             None => self.splitter.pending(),
         }
     }
