@@ -122,9 +122,11 @@ pub fn spawn_fifo_reader(
             tx,
             splitter: Splitter::new(),
             buf: Vec::new(),
-            batch: Vec::with_capacity(1024),
-            bad: 0,
-            warn: RateLimit::new(10, Duration::from_secs(10)),
+            taken: Taken {
+                batch: Vec::with_capacity(1024),
+                bad: 0,
+                warn: RateLimit::new(10, Duration::from_secs(10)),
+            },
             journal,
             pipe_size,
             segment: Some(segment),
@@ -140,9 +142,7 @@ struct FifoReader {
     /// Without a journal: splits what plain reads into `buf` bring.
     splitter: Splitter,
     buf: Vec<u8>,
-    batch: Vec<Event>,
-    bad: u64,
-    warn: RateLimit,
+    taken: Taken,
     journal: FifoJournal,
     pipe_size: usize,
     /// The segment the pipe is read into; None if the journal failed and the reader fell
@@ -226,7 +226,7 @@ impl FifoReader {
             };
             let Some(n) = got else { break };
             budget = budget.saturating_sub(n);
-            if self.batch.len() >= 4096 {
+            if self.taken.batch.len() >= 4096 {
                 self.send();
             }
             if self.segment.as_ref().is_some_and(FifoSegment::is_full) {
@@ -262,11 +262,10 @@ impl FifoReader {
         match seg.fill_from(fifo) {
             Ok(0) => None,
             Ok(n) => {
-                let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
-                let number = seg.number;
+                let (taken, number) = (&mut self.taken, seg.number);
                 self.parsed +=
                     message::split(seg.bytes(self.parsed), self.parsed as u64, |item, off| {
-                        take_item(item, number, off, batch, bad, warn)
+                        taken.take(item, number, off)
                     });
                 Some(n)
             }
@@ -286,11 +285,10 @@ impl FifoReader {
     fn leave_segment(&mut self) {
         if let Some(seg) = self.segment.take() {
             self.splitter = Splitter::new();
-            let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
+            let taken = &mut self.taken;
             // Only the start of a message is left; nothing comes out until the rest does.
-            self.splitter.feed_at(seg.bytes(self.parsed), |item, off| {
-                take_item(item, 0, off, batch, bad, warn)
-            });
+            self.splitter
+                .feed_at(seg.bytes(self.parsed), |item, off| taken.take(item, 0, off));
             self.parsed = 0;
             let _ = self.tx.send(Input::Sealed(seg.seal()));
         }
@@ -299,19 +297,19 @@ impl FifoReader {
     /// The writers went quiet with a partial message held: it was truncated. Drop it and
     /// split what follows.
     fn flush_stale(&mut self) {
-        let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
+        let taken = &mut self.taken;
         match &self.segment {
             Some(seg) => {
                 let number = seg.number;
                 self.parsed += message::split_stale(
                     seg.bytes(self.parsed),
                     self.parsed as u64,
-                    |item, off| take_item(item, number, off, batch, bad, warn),
+                    |item, off| taken.take(item, number, off),
                 );
             }
             None => self
                 .splitter
-                .flush_stale_at(|item, off| take_item(item, 0, off, batch, bad, warn)),
+                .flush_stale_at(|item, off| taken.take(item, 0, off)),
         }
     }
 
@@ -324,10 +322,9 @@ impl FifoReader {
             match nix::unistd::read(fifo.as_raw_fd(), &mut self.buf) {
                 Ok(0) => return None,
                 Ok(n) => {
-                    let (bad, batch, warn) = (&mut self.bad, &mut self.batch, &mut self.warn);
-                    self.splitter.feed_at(&self.buf[..n], |item, off| {
-                        take_item(item, 0, off, batch, bad, warn)
-                    });
+                    let taken = &mut self.taken;
+                    self.splitter
+                        .feed_at(&self.buf[..n], |item, off| taken.take(item, 0, off));
                     return Some(n);
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -380,12 +377,14 @@ impl FifoReader {
     }
 
     fn send(&mut self) {
-        if !self.batch.is_empty() {
-            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(1024));
+        if !self.taken.batch.is_empty() {
+            let batch = std::mem::replace(&mut self.taken.batch, Vec::with_capacity(1024));
             let _ = self.tx.send(Input::Fifo(batch));
         }
-        if self.bad > 0 {
-            let _ = self.tx.send(Input::Bad(std::mem::take(&mut self.bad)));
+        if self.taken.bad > 0 {
+            let _ = self
+                .tx
+                .send(Input::Bad(std::mem::take(&mut self.taken.bad)));
         }
     }
 }
@@ -412,36 +411,40 @@ fn pipe_holds(fifo: BorrowedFd) -> usize {
     n.max(0) as usize
 }
 
-fn take_item(
-    item: Item<'_>,
-    segment: u32,
-    offset: u64,
-    batch: &mut Vec<Event>,
-    bad: &mut u64,
-    warn: &mut RateLimit,
-) {
-    match item {
-        Item::Message(payload) => match Event::from_payload(payload) {
-            Ok(mut ev) => {
-                if segment != 0 {
-                    ev.set_id(journal::event_id(segment, offset));
+/// What the FIFO reader took out of the stream since its last send.
+struct Taken {
+    batch: Vec<Event>,
+    /// Bad messages and garbage runs.
+    bad: u64,
+    warn: RateLimit,
+}
+
+impl Taken {
+    /// One item split out of segment `segment` (0: no journal) at `offset`.
+    fn take(&mut self, item: Item<'_>, segment: u32, offset: u64) {
+        match item {
+            Item::Message(payload) => match Event::from_payload(payload) {
+                Ok(mut ev) => {
+                    if segment != 0 {
+                        ev.set_id(journal::event_id(segment, offset));
+                    }
+                    self.batch.push(ev)
                 }
-                batch.push(ev)
-            }
-            Err(e) => {
-                *bad += 1;
-                if warn.allow("bad messages") {
-                    log::warn!(
-                        "FIFO: bad message ({e}), {} bytes: ignoring it",
-                        payload.len()
-                    );
+                Err(e) => {
+                    self.bad += 1;
+                    if self.warn.allow("bad messages") {
+                        log::warn!(
+                            "FIFO: bad message ({e}), {} bytes: ignoring it",
+                            payload.len()
+                        );
+                    }
                 }
-            }
-        },
-        Item::Garbage { bytes, error } => {
-            *bad += 1;
-            if warn.allow("bad messages") {
-                log::warn!("FIFO: skipped {bytes} bytes ({error}): resynchronising");
+            },
+            Item::Garbage { bytes, error } => {
+                self.bad += 1;
+                if self.warn.allow("bad messages") {
+                    log::warn!("FIFO: skipped {bytes} bytes ({error}): resynchronising");
+                }
             }
         }
     }
