@@ -453,7 +453,7 @@ impl Queue {
             if self.coalesce {
                 self.index_log();
                 if ev.action() == b"add" {
-                    self.index_add(devpath_key(&ev), Loc::Log(pos));
+                    self.index_logged_add(devpath_key(&ev), pos);
                 }
                 self.adds_upto = pos + 1;
             }
@@ -514,16 +514,21 @@ impl Queue {
                 Slot::Mem(ev) if ev.action() == b"add" => devpath_key(ev),
                 _ => continue,
             };
-            // An add still waiting behind a gap is newer than any in the log.
-            let waiting = match self.adds.get(&key) {
-                Some(Loc::Waiting(s)) => self.waiting.get(&s).is_some_and(Option::is_some),
-                _ => false,
-            };
-            if !waiting {
-                self.index_add(key, Loc::Log(pos));
-            }
+            self.index_logged_add(key, pos);
         }
         self.adds_upto = end;
+    }
+
+    /// Index the add at log position `pos`, unless an add for that DEVPATH is still
+    /// waiting behind a gap: that one is newer than any in the log.
+    fn index_logged_add(&mut self, key: u64, pos: u64) {
+        let waiting = match self.adds.get(&key) {
+            Some(Loc::Waiting(s)) => self.waiting.get(&s).is_some_and(Option::is_some),
+            _ => false,
+        };
+        if !waiting {
+            self.index_add(key, Loc::Log(pos));
+        }
     }
 
     /// Remember where a queued `add` is, for coalescing. The index is bounded: past
