@@ -823,25 +823,31 @@ mod tests {
         );
     }
 
+    /// A handler's own `/proc/self/NAME`, as `cp` copies it out: what the kernel says of
+    /// the process the runner started for `ev`.
+    fn handler_proc_file(name: &str, ev: &Event) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join(name);
+        let args = vec![
+            OsString::from("/bin/cp"),
+            OsString::from(format!("/proc/self/{name}")),
+            dump.clone().into_os_string(),
+        ];
+        let r = run_argv(&args, ev, GUARD, true);
+        assert_eq!(r.outcome, Outcome::Exited(0));
+        std::fs::read(&dump).unwrap()
+    }
+
     /// cp's own /proc/self/environ is exactly the envp it was executed with, byte for
     /// byte (a shell's `env` would add PWD and the like).
     #[test]
     fn child_sees_exactly_the_event_environment() {
-        let dir = tempfile::tempdir().unwrap();
-        let dump = dir.path().join("environ");
         let ev = event(&[
             (b"MODALIAS", b"usb:v1D6Bp0002"),
             (b"ODD", b"a=b c\nd\xff$(id)"),
             (b"EMPTY", b""),
         ]);
-        let args = vec![
-            OsString::from("/bin/cp"),
-            OsString::from("/proc/self/environ"),
-            dump.clone().into_os_string(),
-        ];
-        let r = run_argv(&args, &ev, GUARD, true);
-        assert_eq!(r.outcome, Outcome::Exited(0));
-        let got = std::fs::read(&dump).unwrap();
+        let got = handler_proc_file("environ", &ev);
         let mut got: Vec<&[u8]> = got.split(|&b| b == 0).filter(|v| !v.is_empty()).collect();
         got.sort();
         let mut want: Vec<Vec<u8>> = ev.vars().map(|(k, v)| [k, b"=", v].concat()).collect();
@@ -878,16 +884,7 @@ mod tests {
     /// The test harness ignores SIGPIPE, as the daemon does: the handler must not.
     #[test]
     fn handler_has_no_blocked_or_ignored_signals() {
-        let dir = tempfile::tempdir().unwrap();
-        let dump = dir.path().join("status");
-        let args = vec![
-            OsString::from("/bin/cp"),
-            OsString::from("/proc/self/status"),
-            dump.clone().into_os_string(),
-        ];
-        let r = run_argv(&args, &event(&[]), GUARD, true);
-        assert_eq!(r.outcome, Outcome::Exited(0));
-        let text = std::fs::read_to_string(&dump).unwrap();
+        let text = String::from_utf8(handler_proc_file("status", &event(&[]))).unwrap();
         let mask = |field: &str| {
             let line = text.lines().find(|l| l.starts_with(field)).unwrap();
             u64::from_str_radix(line[field.len()..].trim(), 16).unwrap()
