@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{after, never, select, unbounded, Receiver, Sender};
+use crossbeam_channel::{after, never, select, unbounded, Receiver, RecvTimeoutError, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::activation::{self, Notifier};
@@ -109,6 +109,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // Handler exits reach the runner as SIGCHLD on a signalfd: blocked here, before the
     // first thread starts, so every thread has it blocked and none takes it instead.
     runner::block_sigchld().map_err(|e| io("blocking SIGCHLD")(e.into()))?;
+    // Likewise the signal that wakes the FIFO reader: only its thread takes it.
+    sources::block_wake_signal().map_err(io("blocking the FIFO reader's wake signal"))?;
     let activated = activation::take_listen_fds().map_err(io("socket activation"))?;
     let notifier = Notifier::new(opts.ready_fd).map_err(io("readiness"))?;
     // Whatever else we were started with must not reach handlers.
@@ -161,18 +163,14 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     owner.ingest_spool_at_start();
 
     spawn_signals(sig_tx)?;
-    let (fifo_stop_r, fifo_stop_w) = stop_pipe()?;
     let (spool_stop_r, spool_stop_w) = stop_pipe()?;
-    if let Some(fifo) = fifo {
-        sources::spawn_fifo_reader(
-            fifo,
-            fifo_stop_r,
-            fifo_journal,
-            !supervised,
-            input_tx.clone(),
-        )
-        .map_err(io("fifo thread"))?;
-    }
+    let fifo_reader = match fifo {
+        Some(fifo) => Some(
+            sources::spawn_fifo_reader(fifo, fifo_journal, !supervised, input_tx.clone())
+                .map_err(io("fifo thread"))?,
+        ),
+        None => None,
+    };
     let (netlink_stop_r, netlink_stop_w) = stop_pipe()?;
     if let Some(sock) = netlink {
         crate::netlink::spawn_reader(sock, netlink_stop_r, "/sys".into(), input_tx.clone())
@@ -225,11 +223,13 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     if own_socket {
         let _ = std::fs::remove_file(&control_path);
     }
-    let _ = nix::unistd::write(&fifo_stop_w, b"x");
+    if let Some(reader) = &fifo_reader {
+        reader.stop();
+    }
     let _ = nix::unistd::write(&netlink_stop_w, b"x");
     let _ = nix::unistd::write(&spool_stop_w, b"x");
     drop(owner);
-    finish(&shared, &chans);
+    finish(&shared, &chans, fifo_reader.as_ref());
     Ok(())
 }
 
@@ -1208,12 +1208,22 @@ fn serve(owner: &Mutex<Owner>, ch: &Channels) {
 
 /// After intake stopped: take in what the FIFO still held, let the running handler
 /// finish, and hand every queued event to the spool.
-fn finish(owner: &Mutex<Owner>, ch: &Channels) {
+fn finish(owner: &Mutex<Owner>, ch: &Channels, fifo_reader: Option<&sources::FifoStop>) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    // Until the FIFO reader is done, or every source has exited.
     loop {
-        match ch.input.recv_deadline(deadline) {
-            Ok(Input::FifoClosed) | Err(_) => break,
+        let wait = deadline.min(Instant::now() + Duration::from_millis(20));
+        match ch.input.recv_deadline(wait) {
+            Ok(Input::FifoClosed) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(input) => lock(owner).on_input(input),
+            Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                log::warn!(
+                    "the FIFO reader did not finish its last drain in 5 s; stopping without it"
+                );
+                break;
+            }
+            // Its wake may have come just before its read(): wake it again.
+            Err(RecvTimeoutError::Timeout) => fifo_reader.map_or((), sources::FifoStop::stop),
         }
     }
     while let Ok(input) = ch.input.try_recv() {

@@ -230,38 +230,34 @@ impl FifoSegment {
         self.len >= SEGMENT_SIZE as usize
     }
 
-    /// Move what the non-blocking pipe holds into the segment: how many bytes, 0 when it
-    /// is empty (or the segment has no room left).
+    /// Move what the pipe holds into the segment: how many bytes, 0 when it is empty, at
+    /// end of file, when a signal ended a blocking read, or when the segment has no room
+    /// left.
     pub fn fill_from(&mut self, fifo: BorrowedFd) -> io::Result<usize> {
         self.populate();
-        loop {
-            // SAFETY: map[len..room] is ours and writable; read() writes at most that.
-            let n = unsafe {
-                libc::read(
-                    fifo.as_raw_fd(),
-                    self.map.as_ptr().add(self.len).cast(),
-                    self.room - self.len,
-                )
-            };
-            if n >= 0 {
-                self.len += n as usize;
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(0),
-                // The kernel found no page to give the mapping: what a write(2) would
-                // have called ENOSPC (or, under a memory limit, ENOMEM).
-                Some(libc::EFAULT) => {
-                    return Err(io::Error::other(format!(
-                        "segment {}: the file system has no page for its next bytes, \
-                         full? (read into the mapping: {e})",
-                        self.number
-                    )))
-                }
-                _ => return Err(e),
-            }
+        // SAFETY: map[len..room] is ours and writable; read() writes at most that.
+        let n = unsafe {
+            libc::read(
+                fifo.as_raw_fd(),
+                self.map.as_ptr().add(self.len).cast(),
+                self.room - self.len,
+            )
+        };
+        if n >= 0 {
+            self.len += n as usize;
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR | libc::EAGAIN) => Ok(0),
+            // The kernel found no page to give the mapping: what a write(2) would have
+            // called ENOSPC (or, under a memory limit, ENOMEM).
+            Some(libc::EFAULT) => Err(io::Error::other(format!(
+                "segment {}: the file system has no page for its next bytes, full? \
+                 (read into the mapping: {e})",
+                self.number
+            ))),
+            _ => Err(e),
         }
     }
 

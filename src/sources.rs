@@ -9,13 +9,22 @@
 //! (rate-limited) and skipped, and the next good message is found. A partial message held
 //! while the writers have gone quiet for [`STALE_AFTER`] was truncated and is dropped.
 //!
+//! The reader never `poll()`s the FIFO: it waits for the next event in a blocking
+//! `read()`. Once anyone has polled a pipe, Linux wakes its wait queue on every write
+//! after, not only on a write to an empty pipe, and that costs every shim's write a
+//! fifth more CPU (see BENCHMARKS.md). A signal, [`wake_signal`], takes the reader out of
+//! that read to stop.
+//!
 //! The spool watcher waits on inotify for finished files (`rename` into `spool/` shows as
 //! `IN_MOVED_TO`) and sends their events with their paths; the owner deletes a file only
 //! once its event is queued, so a crash in between re-reads it rather than losing it.
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,6 +40,9 @@ use crate::spool::{Spool, SpoolError};
 /// How long a partial message may wait for the rest of its bytes. Real writers write whole
 /// messages at once, so a partial one that stays this long was truncated.
 pub const STALE_AFTER: Duration = Duration::from_millis(200);
+/// While a partial message is held, the reader looks at the pipe this often rather than
+/// sleeping in it, to know when [`STALE_AFTER`] has passed.
+const STALE_CHECK: Duration = Duration::from_millis(10);
 
 /// Bytes read from the FIFO per `read()` without a journal.
 const CHUNK: usize = 256 * 1024;
@@ -101,23 +113,82 @@ impl RateLimit {
     }
 }
 
-/// Start the FIFO reader on `fifo` (opened O_RDWR|O_NONBLOCK by the daemon). When `stop`
-/// becomes readable it drains what the pipe holds (`drain_on_stop`; a supervisor that holds
-/// the FIFO keeps the rest for the next start otherwise), sends `FifoClosed` and exits.
+/// The signal that takes the FIFO reader out of a `read()` asleep in the pipe, to look at
+/// its stop flag: the first real-time signal glibc leaves to programs (34). Its handler
+/// does nothing; only the FIFO thread has it unblocked, so that one sent to the whole
+/// daemon interrupts nothing else.
+pub fn wake_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+/// Block [`wake_signal`] in the calling thread and every thread it starts later: call
+/// before the first thread starts.
+pub fn block_wake_signal() -> std::io::Result<()> {
+    wake_mask(libc::SIG_BLOCK)
+}
+
+fn wake_mask(how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: a local sigset_t, filled by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, wake_signal());
+        match libc::pthread_sigmask(how, &set, std::ptr::null_mut()) {
+            0 => Ok(()),
+            e => Err(std::io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+extern "C" fn on_wake(_: libc::c_int) {}
+
+/// Stops the FIFO reader.
+pub struct FifoStop {
+    stop: Arc<AtomicBool>,
+    /// Kept unjoined, so the thread's id stays valid for `pthread_kill` even after it
+    /// exited.
+    thread: thread::JoinHandle<()>,
+}
+
+impl FifoStop {
+    /// Ask the reader to drain and exit, and wake it. A wake that lands between its look
+    /// at the flag and its `read()` is lost: call again until it sends `FifoClosed`.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // SAFETY: the thread is not joined (see `thread`), so its pthread_t is valid.
+        unsafe { libc::pthread_kill(self.thread.as_pthread_t(), wake_signal()) };
+    }
+}
+
+/// Start the FIFO reader on `fifo` (opened O_RDWR|O_NONBLOCK by the daemon). Once stopped
+/// (see [`FifoStop`]) it drains what the pipe holds (`drain_on_stop`; a supervisor that
+/// holds the FIFO keeps the rest for the next start otherwise), sends `FifoClosed` and
+/// exits.
 pub fn spawn_fifo_reader(
     fifo: OwnedFd,
-    stop: OwnedFd,
     journal: FifoJournal,
     drain_on_stop: bool,
     tx: Sender<Input>,
-) -> std::io::Result<thread::JoinHandle<()>> {
+) -> std::io::Result<FifoStop> {
+    // No SA_RESTART: the read() the signal lands in must return EINTR.
+    // SAFETY: installs a handler that does nothing, so it is async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_wake as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(wake_signal(), &sa, std::ptr::null_mut()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     // SAFETY: F_GETPIPE_SZ takes no argument and returns the size.
     let pipe_size = match unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_GETPIPE_SZ) } {
         n if n > 0 => n as usize,
         _ => 1 << 20,
     };
     let segment = FifoSegment::create(&journal, pipe_size)?;
-    thread::Builder::new().name("fifo".into()).spawn(move || {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = Arc::clone(&stop);
+    let thread = thread::Builder::new().name("fifo".into()).spawn(move || {
         let mut reader = FifoReader {
             tx,
             splitter: Splitter::new(),
@@ -133,8 +204,14 @@ pub fn spawn_fifo_reader(
             parsed: 0,
             retry_at: None,
         };
-        reader.run(fifo.as_fd(), stop.as_fd(), drain_on_stop)
-    })
+        if let Err(e) = wake_mask(libc::SIG_UNBLOCK) {
+            log::error!(
+                "unblocking the FIFO reader's wake signal: {e}; a stop will wait 5 s for it"
+            );
+        }
+        reader.run(fifo.as_fd(), &stop_flag, drain_on_stop)
+    })?;
+    Ok(FifoStop { stop, thread })
 }
 
 struct FifoReader {
@@ -155,45 +232,75 @@ struct FifoReader {
 }
 
 impl FifoReader {
-    fn run(&mut self, fifo: BorrowedFd, stop: BorrowedFd, drain_on_stop: bool) {
-        loop {
-            let timeout = if self.pending() > 0 {
-                PollTimeout::from(STALE_AFTER.as_millis() as u16)
-            } else {
-                PollTimeout::NONE
-            };
-            let mut fds = [
-                PollFd::new(fifo, PollFlags::POLLIN),
-                PollFd::new(stop, PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, timeout) {
-                Ok(0) => {
-                    self.flush_stale();
-                    self.send();
-                    continue;
-                }
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    log::error!("FIFO poll failed: {e}; the FIFO reader stops");
-                    return;
-                }
+    fn run(&mut self, fifo: BorrowedFd, stop: &AtomicBool, drain_on_stop: bool) {
+        // SAFETY: F_GETFL on a valid fd.
+        let flags = unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_GETFL) };
+        while !stop.load(Ordering::SeqCst) {
+            if self.pending() > 0 {
+                self.await_rest(fifo, stop);
+                continue;
             }
-            let stopping = fds[1].any().unwrap_or(false);
-            if !stopping {
-                self.drain(fifo, Drain::Running { stop });
-            } else if drain_on_stop {
-                self.drain(fifo, Drain::Final);
-            }
-            if stopping {
-                if drain_on_stop {
-                    // A shim that opened the FIFO just before it was unlinked may still be
-                    // between its open() and its write(): give it a moment, drain again.
-                    thread::sleep(Duration::from_millis(50));
-                    self.drain(fifo, Drain::Final);
+            match self.wait(fifo, flags) {
+                Some(0) => {} // the journal failed: plain reads from now on
+                Some(_) => {
+                    self.drain(fifo, Drain::Running { stop });
                 }
-                let _ = self.tx.send(Input::FifoClosed);
-                return;
+                // A signal (the flag says whether it was ours), or end of file, which only
+                // a read-only fd with no writer left gives: do not spin on it.
+                None if !stop.load(Ordering::SeqCst) => thread::sleep(STALE_CHECK),
+                None => {}
+            }
+        }
+        if drain_on_stop {
+            self.drain(fifo, Drain::Final);
+            // A shim that opened the FIFO just before it was unlinked may still be
+            // between its open() and its write(): give it a moment, drain again.
+            thread::sleep(Duration::from_millis(50));
+            self.drain(fifo, Drain::Final);
+        }
+        let _ = self.tx.send(Input::FifoClosed);
+    }
+
+    /// Sleep in a blocking read() until the pipe has bytes, and take them, as
+    /// [`Self::read`] does; None also when a signal came first. The fd is blocking only
+    /// for this read: `flags` are its usual ones, O_NONBLOCK among them.
+    fn wait(&mut self, fifo: BorrowedFd, flags: libc::c_int) -> Option<usize> {
+        // SAFETY: F_SETFL on a valid fd, with flags it had.
+        let set =
+            |flags: libc::c_int| unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_SETFL, flags) };
+        if flags < 0 || set(flags & !libc::O_NONBLOCK) < 0 {
+            // Cannot block in read(): look every STALE_CHECK instead.
+            thread::sleep(STALE_CHECK);
+            return self.read(fifo);
+        }
+        let got = self.read(fifo);
+        set(flags);
+        got
+    }
+
+    /// Read the pipe once and split what came: how many bytes, None when it was empty
+    /// (or a signal interrupted a blocking read), Some(0) when the journal just failed.
+    fn read(&mut self, fifo: BorrowedFd) -> Option<usize> {
+        if self.segment.is_some() {
+            self.fill_segment(fifo)
+        } else {
+            self.read_plain(fifo)
+        }
+    }
+
+    /// A partial message is held, which only a writer that broke the one-write rule
+    /// leaves: look at the pipe every [`STALE_CHECK`] rather than sleeping in it, and drop
+    /// the partial message once the writers have been quiet for [`STALE_AFTER`].
+    fn await_rest(&mut self, fifo: BorrowedFd, stop: &AtomicBool) {
+        let mut quiet_since = Instant::now();
+        while self.pending() > 0 && !stop.load(Ordering::SeqCst) {
+            thread::sleep(STALE_CHECK);
+            if self.drain(fifo, Drain::Running { stop }) > 0 {
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= STALE_AFTER {
+                self.flush_stale();
+                self.send();
+                quiet_since = Instant::now();
             }
         }
     }
@@ -212,19 +319,15 @@ impl FifoReader {
     /// so that under a stream of events each read takes many (a read costs a few µs
     /// whatever it carries, and a reader asleep outside the pipe's wait queue spares
     /// every writer a wake-up). An event arriving alone is sent before the wait. See
-    /// [`Drain`] for how a drain ends.
-    fn drain(&mut self, fifo: BorrowedFd, how: Drain) {
+    /// [`Drain`] for how a drain ends. Returns how many bytes it read.
+    fn drain(&mut self, fifo: BorrowedFd, how: Drain) -> usize {
         let mut budget = match how {
             Drain::Running { .. } => usize::MAX,
             Drain::Final => pipe_holds(fifo),
         };
-        loop {
-            let got = if self.segment.is_some() {
-                self.fill_segment(fifo)
-            } else {
-                self.read_plain(fifo)
-            };
-            let Some(n) = got else { break };
+        let mut total = 0;
+        while let Some(n) = self.read(fifo) {
+            total += n;
             budget = budget.saturating_sub(n);
             if self.taken.batch.len() >= 4096 {
                 self.send();
@@ -234,8 +337,7 @@ impl FifoReader {
             }
             match how {
                 Drain::Running { stop } => {
-                    let mut fds = [PollFd::new(stop, PollFlags::POLLIN)];
-                    if poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0) {
+                    if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     if n > 0 && n < BIG_READ {
@@ -252,6 +354,7 @@ impl FifoReader {
         if let Some(seg) = &mut self.segment {
             seg.release_below(self.parsed);
         }
+        total
     }
 
     /// Read the pipe into the segment and split the new bytes: how many, None when the
@@ -318,21 +421,19 @@ impl FifoReader {
         if self.buf.is_empty() {
             self.buf = vec![0; CHUNK];
         }
-        loop {
-            match nix::unistd::read(fifo.as_raw_fd(), &mut self.buf) {
-                Ok(0) => return None,
-                Ok(n) => {
-                    let taken = &mut self.taken;
-                    self.splitter
-                        .feed_at(&self.buf[..n], |item, off| taken.take(item, 0, off));
-                    return Some(n);
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => return None,
-                Err(e) => {
-                    log::error!("reading the FIFO: {e}");
-                    return None;
-                }
+        match nix::unistd::read(fifo.as_raw_fd(), &mut self.buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                let taken = &mut self.taken;
+                self.splitter
+                    .feed_at(&self.buf[..n], |item, off| taken.take(item, 0, off));
+                Some(n)
+            }
+            // Only a blocking read sleeps, and a signal ends its wait.
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => None,
+            Err(e) => {
+                log::error!("reading the FIFO: {e}");
+                None
             }
         }
     }
@@ -392,10 +493,10 @@ impl FifoReader {
 /// How [`FifoReader::drain`] ends.
 #[derive(Clone, Copy)]
 enum Drain<'a> {
-    /// When the pipe is empty, or when `stop` became readable: looked at after each read
-    /// (they are big, or a pause follows), so a stream that never lets the pipe run empty
-    /// cannot keep the reader from noticing.
-    Running { stop: BorrowedFd<'a> },
+    /// When the pipe is empty, or when `stop` is set: looked at after each read (they are
+    /// big, or a pause follows), so a stream that never lets the pipe run empty cannot
+    /// keep the reader from noticing.
+    Running { stop: &'a AtomicBool },
     /// At shutdown: what the pipe holds now and no more, without pauses, so a writer that
     /// keeps an fd open and never stops cannot hold the daemon up.
     Final,

@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -250,6 +251,47 @@ fn sigterm_hands_queued_events_to_the_spool_and_the_next_start_runs_them() {
     let _daemon = env.start(&config);
     env.event(1, "add", "/devices/a");
     assert_eq!(env.wait_handled(3).seqs, vec![1, 2, 3]);
+}
+
+#[test]
+fn the_idle_fifo_reader_sleeps_in_read_never_in_poll_and_a_stop_wakes_it() {
+    // Once anyone has polled a pipe, Linux wakes its wait queue on every write after,
+    // which costs every shim's write: the reader must wait in read() on the FIFO.
+    let env = Env::new();
+    let config = env.config("", "");
+    let daemon = env.start(&config);
+    env.event(1, "add", "/devices/a");
+    env.wait_handled(1);
+    let proc = PathBuf::from(format!("/proc/{}", daemon.child.id()));
+    let fifo_fd = fs::read_dir(proc.join("fd"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| fs::read_link(e.path()).ok() == Some(env.runtime().join("events")))
+        .map(|e| e.file_name().to_string_lossy().parse::<u64>().unwrap())
+        .expect("the daemon holds the FIFO open");
+    let fifo_task = fs::read_dir(proc.join("task"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| fs::read_to_string(e.path().join("comm")).unwrap_or_default() == "fifo\n")
+        .expect("a thread named fifo")
+        .path();
+    let mut last = String::new();
+    wait_for("the FIFO thread to sleep in read() on the FIFO", || {
+        // "NR ARG1 ...": the system call a blocked thread is in, arguments in hex.
+        last = fs::read_to_string(fifo_task.join("syscall")).unwrap_or_default();
+        let f: Vec<&str> = last.split_whitespace().collect();
+        f.len() > 1
+            && f[0] == libc::SYS_read.to_string()
+            && u64::from_str_radix(f[1].trim_start_matches("0x"), 16) == Ok(fifo_fd)
+    });
+    let log = daemon.log.clone();
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+    let log = fs::read_to_string(log).unwrap();
+    assert!(
+        !log.contains("did not finish"),
+        "the stop did not wake the reader:\n{log}"
+    );
 }
 
 #[test]
