@@ -345,14 +345,21 @@ bench_intake() {
     mkdir -p "$d"
     daemon_header "$d" 60s >"$d/norules.toml"
     local ceil=() daemon=() ratios=()
+    local PIN_WRITER= PIN_READER=
+    if [ "$NPROC" -ge 2 ] && command -v taskset >/dev/null; then
+        PIN_WRITER="taskset -c 0" PIN_READER="taskset -c 1"
+    fi
     log "intake: $INTAKE_R rounds of $INTAKE_N messages (ceiling, then daemon)"
     for r in $(seq 1 "$INTAKE_R"); do
-        # Raw ceiling: C writer -> 1 MiB FIFO -> C reader splitting frames.
+        # Raw ceiling: C writer -> 1 MiB FIFO -> C reader splitting frames, each on its
+        # own CPU. Left to itself the scheduler at times moves the reader onto the
+        # writer's CPU (a pipe wakes its reader with a sync wake-up), which halves this
+        # best case in about one round of three.
         rm -f "$d/events" "$d/ready"
-        "$BIN/fifo_read" "$d/events" "$INTAKE_N" "$d/ready" >"$d/reader.out" &
+        $PIN_READER "$BIN/fifo_read" "$d/events" "$INTAKE_N" "$d/ready" >"$d/reader.out" &
         local reader=$!
         while [ ! -e "$d/ready" ]; do sleep 0.01; done
-        read -r t0 _ t1 n bytes < <("$BIN/fifo_pump" "$d/events" "$INTAKE_N")
+        read -r t0 _ t1 n bytes < <($PIN_WRITER "$BIN/fifo_pump" "$d/events" "$INTAKE_N")
         wait "$reader"
         read -r tr n _ <"$d/reader.out"
         [ "$n" = "$INTAKE_N" ] || die "intake: reader got $n frames"
@@ -388,8 +395,10 @@ bench_intake() {
     emit ""
     emit "One C writer (benches/c/fifo_pump.c) writes $INTAKE_N pre-built messages ($INTAKE_PAYLOAD B payload"
     emit "each, 11-variable USB event with a unique DEVPATH), one write() per message, blocking, into a"
-    emit "1 MiB FIFO. Ceiling: a C reader (benches/c/fifo_read.c) reading 64 KiB and splitting frames; time"
-    emit "to its last frame. Daemon: hotplugd, no rules, --log-level error; time until"
+    emit "1 MiB FIFO, fetching each message into its cache 16 writes ahead (a shim writes the message it"
+    emit "just built). Ceiling: a C reader (benches/c/fifo_read.c) reading 64 KiB and splitting frames; time"
+    emit "to its last frame; ${PIN_WRITER:+writer and reader pinned to CPUs 0 and 1 (taskset), }the best case. Daemon: hotplugd,"
+    emit "no rules, --log-level error, writer and daemon not pinned; time until"
     emit "\`hotplugctl settle --seq N\` returns (every event received, queued and retired). $INTAKE_R round(s)."
     emit ""
     emit "| reader | M events/s per round | median M events/s |"
