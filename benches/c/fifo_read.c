@@ -1,7 +1,8 @@
 /* fifo_read FIFO N [READY_FILE]: the raw FIFO reader. Creates FIFO if missing, opens it
  * O_RDWR (so it never sees EOF), grows the pipe to 1 MiB (F_SETPIPE_SZ, as hotplugd
- * does), touches READY_FILE, then reads 64 KiB at a time and splits length-prefixed
- * frames (16-byte header, magic checked, payload length at offset 8).
+ * does), touches READY_FILE, then reads 64 KiB at a time, pausing 100 us after a read
+ * that found less, as hotplugd does, and splits length-prefixed frames (16-byte header,
+ * magic checked, payload length at offset 8).
  * N > 0: stop after N frames and print "T_LAST_NS FRAMES BAD" (CLOCK_MONOTONIC).
  * N = 0: drain until SIGTERM/SIGINT, then print "0 FRAMES BAD". */
 #define _GNU_SOURCE
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "event.h"
 
@@ -49,6 +51,14 @@ int main(int argc, char **argv) {
             if (errno == EINTR) continue;
             perror("read");
             return 1;
+        }
+        /* Like hotplugd: a read that found little means the writer is about as fast as
+         * this reader; wait 100 us so the next read takes many frames. Reading as soon as
+         * a frame lands instead makes every write() wake this reader, and the writer
+         * slows to that pace (0.7-0.8 M frames/s here in some rounds, 1.2-1.4 in others). */
+        if (r < CHUNK) {
+            struct timespec pause = {0, 100 * 1000};
+            nanosleep(&pause, NULL);
         }
         have += (size_t)r;
         size_t pos = 0;
