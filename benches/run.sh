@@ -5,7 +5,7 @@
 #
 #   --quick      small sizes (tens of seconds in all); same code paths, for CI
 #   --only LIST  comma-separated subset of: shim,storm,intake,dispatch,memory
-#   --rounds R   interleaved rounds for shim/intake/dispatch (default 8/5/7, quick 2/1/2)
+#   --rounds R   interleaved rounds for shim/intake/dispatch (default 32/5/7, quick 2/1/2)
 #   --update     also replace the generated section of BENCHMARKS.md with this run
 #   --profile    also record one intake run of the daemon with perf (if installed) into
 #                target/bench/intake-perf.txt
@@ -46,7 +46,9 @@ if [ "$QUICK" = 1 ]; then
     DISP_K=100 DISP_Q=20000 DISP_R=${ROUNDS:-2}
     MEM_A=5000 MEM_B=20000
 else
-    SHIM_N=1000 SHIM_R=${ROUNDS:-8}
+    # Many short rounds rather than few long ones: the VM's speed drifts by ±10 % over
+    # seconds, and only what runs close together in time compares well.
+    SHIM_N=250 SHIM_R=${ROUNDS:-32}
     STORM_N=20000
     INTAKE_N=1000000 INTAKE_R=${ROUNDS:-5}
     DISP_K=1000 DISP_Q=1000000 DISP_R=${ROUNDS:-7}
