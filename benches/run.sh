@@ -43,7 +43,9 @@ if [ "$QUICK" = 1 ]; then
     SHIM_N=200 SHIM_R=${ROUNDS:-2}
     STORM_N=500
     INTAKE_N=50000 INTAKE_R=${ROUNDS:-1}
-    DISP_K=100 DISP_Q=20000 DISP_R=${ROUNDS:-2}
+    # K as in a full run: marks_wait looks every 0.2 s, and the runner must not pass the
+    # next window's marks (K apart) before the pause lands.
+    DISP_K=1000 DISP_Q=20000 DISP_R=${ROUNDS:-2}
     MEM_A=5000 MEM_B=20000
 else
     # Many short rounds rather than few long ones: the VM's speed drifts by ±10 % over

@@ -1514,7 +1514,7 @@ fn netlink_overflow_is_counted_and_rescanned() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The storm benchmark (benches/run.sh --only kstorm runs it)
+// The storm benchmark (not run by benches/run.sh: BENCHMARKS.md gives its command)
 
 /// The kernel itself runs the helper for N `add` events written to a uevent file, one
 /// boot per variant: hotplugd (shim, daemon, one handler at a time), busybox mdev with
