@@ -1217,9 +1217,13 @@ fn finish(owner: &Mutex<Owner>, ch: &Channels, fifo_reader: Option<&sources::Fif
             Ok(Input::FifoClosed) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(input) => lock(owner).on_input(input),
             Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
-                log::warn!(
-                    "the FIFO reader did not finish its last drain in 5 s; stopping without it"
-                );
+                if fifo_reader.is_some() {
+                    log::warn!(
+                        "the FIFO reader did not finish its last drain in 5 s; stopping without it"
+                    );
+                } else {
+                    log::warn!("the event sources did not stop in 5 s; stopping without them");
+                }
                 break;
             }
             // Its wake may have come just before its read(): wake it again.
