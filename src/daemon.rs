@@ -164,13 +164,12 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 
     spawn_signals(sig_tx)?;
     let (spool_stop_r, spool_stop_w) = stop_pipe()?;
-    let fifo_reader = match fifo {
-        Some(fifo) => Some(
+    let fifo_reader = fifo
+        .map(|fifo| {
             sources::spawn_fifo_reader(fifo, fifo_journal, !supervised, input_tx.clone())
-                .map_err(io("fifo thread"))?,
-        ),
-        None => None,
-    };
+                .map_err(io("fifo thread"))
+        })
+        .transpose()?;
     let (netlink_stop_r, netlink_stop_w) = stop_pipe()?;
     if let Some(sock) = netlink {
         crate::netlink::spawn_reader(sock, netlink_stop_r, "/sys".into(), input_tx.clone())

@@ -204,8 +204,13 @@ impl Slot {
 }
 
 fn devpath_key(ev: &Event) -> u64 {
-    // 0 means "not an add" in a stub: a real hash of 0 becomes 1.
-    crate::message::hash64(ev.devpath()).max(1)
+    crate::message::hash64(ev.devpath())
+}
+
+/// The event with SEQNUM `seq` still waits behind a gap (it was neither released nor
+/// recalled): an index entry pointing at it is live.
+fn still_waiting(waiting: &BTreeMap<u64, Option<Event>>, seq: u64) -> bool {
+    waiting.get(&seq).is_some_and(Option::is_some)
 }
 
 impl Queue {
@@ -523,7 +528,7 @@ impl Queue {
     /// waiting behind a gap: that one is newer than any in the log.
     fn index_logged_add(&mut self, key: u64, pos: u64) {
         let waiting = match self.adds.get(&key) {
-            Some(Loc::Waiting(s)) => self.waiting.get(&s).is_some_and(Option::is_some),
+            Some(Loc::Waiting(s)) => still_waiting(&self.waiting, s),
             _ => false,
         };
         if !waiting {
@@ -557,9 +562,7 @@ impl Queue {
         let waiting = &self.waiting;
         self.adds.0.retain(|_, v| {
             if *v & WAITING_BIT != 0 {
-                waiting
-                    .get(&(*v & !WAITING_BIT))
-                    .is_some_and(Option::is_some)
+                still_waiting(waiting, *v & !WAITING_BIT)
             } else {
                 *v >= from
             }

@@ -40,9 +40,13 @@ use crate::spool::{Spool, SpoolError};
 /// How long a partial message may wait for the rest of its bytes. Real writers write whole
 /// messages at once, so a partial one that stays this long was truncated.
 pub const STALE_AFTER: Duration = Duration::from_millis(200);
-/// While a partial message is held, the reader looks at the pipe this often rather than
-/// sleeping in it, to know when [`STALE_AFTER`] has passed.
+/// How often the reader looks at the pipe when it cannot sleep in it: while a partial
+/// message is held (to know when [`STALE_AFTER`] has passed), after an end of file, or
+/// when the fd cannot be made blocking.
 const STALE_CHECK: Duration = Duration::from_millis(10);
+/// After the journal failed (a full runtime fs), how long the reader reads plainly before
+/// it tries a new segment.
+const JOURNAL_RETRY: Duration = Duration::from_secs(5);
 
 /// Bytes read from the FIFO per `read()` without a journal.
 const CHUNK: usize = 256 * 1024;
@@ -377,15 +381,16 @@ impl FifoReader {
                     "journal {}: {e}; reading the FIFO without a journal until it can be written",
                     self.journal.dir.display()
                 );
-                self.retry_at = Some(Instant::now() + Duration::from_secs(5));
                 self.leave_segment();
                 Some(0)
             }
         }
     }
 
-    /// Seal the segment and go on with plain reads, keeping a partial message it holds.
+    /// The journal failed: seal the segment and go on with plain reads, keeping a partial
+    /// message it holds, until a new segment is tried [`JOURNAL_RETRY`] from now.
     fn leave_segment(&mut self) {
+        self.retry_at = Some(Instant::now() + JOURNAL_RETRY);
         if let Some(seg) = self.segment.take() {
             self.splitter = Splitter::new();
             let taken = &mut self.taken;
@@ -470,7 +475,6 @@ impl FifoReader {
                 if self.segment.is_some() || self.retry_at.is_none() {
                     log::error!("journal {}: {e}", self.journal.dir.display());
                 }
-                self.retry_at = Some(Instant::now() + Duration::from_secs(5));
                 // A full segment has no room for the next read: go on without a journal.
                 self.leave_segment();
             }
