@@ -150,7 +150,8 @@ pub fn prepare_fifo(fd: OwnedFd, path: &Path) -> Result<OwnedFd, RuntimeError> {
             io::Error::last_os_error()
         );
     }
-    // Reads must never block: the reader drains until EAGAIN. O_NOATIME too, where the
+    // Non-blocking: the reader drains until EAGAIN, and makes the fd blocking only for the
+    // read that waits for the next event (see `sources`). O_NOATIME too, where the
     // FIFO is ours: every read() would otherwise stamp the inode's atime (the shims'
     // writes move its mtime, so relatime never skips it).
     // SAFETY: fcntl on an fd we own.
