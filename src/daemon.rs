@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::control::{self, End, MonitorOpts, Reply, Request, ToOwner};
 use crate::event::Event;
 use crate::journal::{Journal, Recovered};
-use crate::queue::{Push, Queue, ReaderId, RUNNER};
+use crate::queue::{Expired, Push, Queue, ReaderId, RUNNER};
 use crate::rules::Job;
 use crate::runner::{self, Outcome, Report};
 use crate::runtime::{self, Runtime};
@@ -703,14 +703,13 @@ impl Owner {
         t.saturating_duration_since(self.started).as_secs_f64()
     }
 
-    fn expire_gap(&mut self) {
-        if let Some(range) = self.queue.expire_gap(Instant::now()) {
-            let now = Instant::now();
-            let began = now
-                .checked_sub(self.config.daemon.gap_timeout)
-                .unwrap_or(now);
+    /// Skip every gap whose wait has run out: each range is logged, counted and drawn
+    /// once, with the time its wait really began.
+    fn expire_gaps(&mut self) {
+        let now = Instant::now();
+        for Expired { range, since } in self.queue.expire_gaps(now) {
             self.record(Mark::Wait {
-                began,
+                began: since,
                 ended: now,
                 gap: range.clone(),
             });
@@ -1200,7 +1199,7 @@ fn serve(owner: &Mutex<Owner>, ch: &Channels) {
                 }
                 Err(_) => return,
             },
-            recv(gap) -> _ => lock(owner).expire_gap(),
+            recv(gap) -> _ => lock(owner).expire_gaps(),
         }
     }
 }

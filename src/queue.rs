@@ -9,8 +9,10 @@
 //!    concurrently, so they arrive out of order. An event whose SEQNUM is the next expected
 //!    one is released at once (with every event queued behind it). One that arrives early
 //!    waits in `waiting` until the missing SEQNUMs come, or until `gap_timeout` has passed
-//!    since delivery first stalled on the gap; then the missing range is recorded as
-//!    skipped and delivery goes on. Gaps are routine: the kernel spends SEQNUMs on events
+//!    since the gap in front of it was first seen (its own arrival at the latest); then the
+//!    missing range is recorded as skipped and delivery goes on. Each event's clock runs
+//!    from its own arrival, never from the previous gap's expiry: a hundred gaps that
+//!    arrived together expire together, not one `gap_timeout` after another. Gaps are routine: the kernel spends SEQNUMs on events
 //!    it never runs the helper for (devices in other network namespaces, events injected
 //!    from user space). An event that later arrives inside a skipped range is released at
 //!    once ("late"); one below the next expected SEQNUM and not in a skipped range has been
@@ -75,6 +77,13 @@ pub enum RecallError {
 }
 
 /// Where a waiting `add` is, for coalescing.
+/// A missing range the gap timeout skipped, and when its wait began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub range: RangeInclusive<u64>,
+    pub since: Instant,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Loc {
     Waiting(u64),
@@ -124,8 +133,15 @@ pub struct Queue {
     next_expected: Option<u64>,
     /// Early arrivals by SEQNUM; `None` is a recalled tombstone that still fills its slot.
     waiting: BTreeMap<u64, Option<Event>>,
-    /// When delivery first stalled on the current gap.
+    /// When the gap in front of the first waiting event was first seen: the earliest
+    /// arrival still in `arrivals`, or when a settle began expecting.
     stalled_since: Option<Instant>,
+    /// When each entry of `waiting` arrived, in arrival order. Entries below
+    /// `next_expected` were released and are pruned from the front, so the front is the
+    /// earliest arrival still waiting.
+    arrivals: VecDeque<(Instant, u64)>,
+    /// When a settle started expecting SEQNUMs that had not arrived.
+    expect_since: Option<Instant>,
     skipped: VecDeque<RangeInclusive<u64>>,
     /// Released events; `log[0]` is at position `base`.
     log: VecDeque<Slot>,
@@ -221,6 +237,8 @@ impl Queue {
             next_expected: None,
             waiting: BTreeMap::new(),
             stalled_since: None,
+            arrivals: VecDeque::new(),
+            expect_since: None,
             skipped: VecDeque::new(),
             log: VecDeque::new(),
             base: 0,
@@ -355,11 +373,7 @@ impl Queue {
             // `release` would move it, without a round trip through `waiting`.
             self.next_expected = Some(next + 1);
             self.append(ev);
-            self.stalled_since = if self.expecting() {
-                Some(self.stalled_since.unwrap_or(now))
-            } else {
-                None
-            };
+            self.update_stall(now);
             return Push::Queued;
         }
         if self.waiting.contains_key(&seq) {
@@ -375,6 +389,7 @@ impl Queue {
             *first = (*first).min(seq);
         }
         self.waiting.insert(seq, Some(ev));
+        self.arrivals.push_back((now, seq));
         self.release(now);
         if self.waiting.contains_key(&seq) {
             Push::Waiting
@@ -393,7 +408,10 @@ impl Queue {
             self.take_skipped(seq);
             return;
         }
-        self.waiting.entry(seq).or_insert(None);
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.waiting.entry(seq) {
+            slot.insert(None);
+            self.arrivals.push_back((now, seq));
+        }
         self.release(now);
     }
 
@@ -420,10 +438,27 @@ impl Queue {
             next += 1;
         }
         self.next_expected = Some(next);
-        self.stalled_since = if self.waiting.is_empty() && !self.expecting() {
-            None
+        self.update_stall(now);
+    }
+
+    /// Recompute when the current stall began: the earliest arrival still waiting (the gap
+    /// in front of it was seen then at the latest), or when a settle began expecting
+    /// SEQNUMs nobody has sent, whichever is earlier. Never the time of a release: a gap
+    /// found behind one that just expired has been waited for since its events arrived.
+    fn update_stall(&mut self, now: Instant) {
+        let next = self.next_expected.unwrap_or(0);
+        while self.arrivals.front().is_some_and(|&(_, seq)| seq < next) {
+            self.arrivals.pop_front();
+        }
+        if self.expecting() {
+            self.expect_since.get_or_insert(now);
         } else {
-            Some(self.stalled_since.unwrap_or(now))
+            self.expect_since = None;
+        }
+        let waited = self.arrivals.front().map(|&(t, _)| t);
+        self.stalled_since = match (waited, self.expect_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
     }
 
@@ -439,9 +474,7 @@ impl Queue {
             return;
         }
         self.expect_upto = Some(self.expect_upto.map_or(upto, |u| u.max(upto)));
-        if self.expecting() && self.stalled_since.is_none() {
-            self.stalled_since = Some(now);
-        }
+        self.update_stall(now);
     }
 
     /// Whether every SEQNUM up to `seq` has been released (taken, skipped or from before
@@ -674,25 +707,35 @@ impl Queue {
         self.stalled_since.and(self.next_expected)
     }
 
-    /// If the gap wait has run out, skip the missing range and release what follows it.
-    pub fn expire_gap(&mut self, now: Instant) -> Option<RangeInclusive<u64>> {
-        if self.deadline()? > now {
-            return None;
+    /// Skip every missing range whose wait has run out by `now`, and release what follows
+    /// each. Returns the ranges skipped, each with when its wait began. One call expires
+    /// all gaps whose events arrived by `now - gap_timeout`, however many there are.
+    pub fn expire_gaps(&mut self, now: Instant) -> Vec<Expired> {
+        let mut expired = Vec::new();
+        while let Some(since) = self.stalled_since {
+            if since + self.gap_timeout > now {
+                break;
+            }
+            let Some(next) = self.next_expected else {
+                break;
+            };
+            let first = match self.waiting.keys().next() {
+                Some(&first) => first,
+                None => match self.expect_upto {
+                    Some(up) => up + 1,
+                    None => break,
+                },
+            };
+            let range = next..=first - 1;
+            self.skipped.push_back(range.clone());
+            if self.skipped.len() > MAX_SKIPPED {
+                self.skipped.pop_front();
+            }
+            self.next_expected = Some(first);
+            self.release(now);
+            expired.push(Expired { range, since });
         }
-        let next = self.next_expected?;
-        let first = match self.waiting.keys().next() {
-            Some(&first) => first,
-            None => self.expect_upto? + 1,
-        };
-        let range = next..=first - 1;
-        self.skipped.push_back(range.clone());
-        if self.skipped.len() > MAX_SKIPPED {
-            self.skipped.pop_front();
-        }
-        self.next_expected = Some(first);
-        self.stalled_since = None;
-        self.release(now);
-        Some(range)
+        expired
     }
 
     fn runner_cursor(&self) -> u64 {
@@ -860,6 +903,7 @@ impl Queue {
         self.adds.clear();
         self.adds_upto = self.base + self.log.len() as u64;
         self.removes.clear();
+        self.arrivals.clear();
         self.stalled_since = None;
         self.bytes = self
             .log
@@ -918,6 +962,76 @@ mod tests {
         assert_eq!(q.bytes(), 0);
     }
 
+    fn ranges(expired: Vec<Expired>) -> Vec<RangeInclusive<u64>> {
+        expired.into_iter().map(|e| e.range).collect()
+    }
+
+    #[test]
+    fn a_hundred_gaps_that_arrived_together_expire_at_one_deadline() {
+        let t = Instant::now();
+        let timeout = Duration::from_secs(1);
+        let mut q = Queue::new(timeout, true);
+        q.start_at(1);
+        // Every third SEQNUM never comes: 1, 2, (3), 4, 5, (6), ... written within 0.3 s.
+        let mut sent = Vec::new();
+        for seq in (1..=300u64).filter(|s| s % 3 != 0) {
+            let at = t + Duration::from_millis(seq);
+            q.push(ev(seq, "change", &format!("/d{seq}")), at);
+            sent.push(seq);
+        }
+        assert_eq!(drain(&mut q, RUNNER), vec![1, 2]);
+        let last = t + Duration::from_millis(300);
+        // Nothing expires before the first gap's wait is over...
+        assert!(q.expire_gaps(t + Duration::from_millis(1003)).is_empty());
+        // ...and by one gap_timeout after the last arrival, every gap has.
+        let expired = q.expire_gaps(last + timeout);
+        assert_eq!(expired.len(), 99);
+        assert!(expired.iter().all(|e| e.range.start() == e.range.end()));
+        assert_eq!(
+            ranges(expired.clone()),
+            (1..=99u64).map(|k| 3 * k..=3 * k).collect::<Vec<_>>()
+        );
+        // Each gap's wait began when the event behind it arrived, never at the previous
+        // expiry.
+        for e in &expired {
+            assert_eq!(e.since, t + Duration::from_millis(e.range.end() + 1));
+        }
+        assert_eq!(drain(&mut q, RUNNER), sent[2..].to_vec());
+        assert_eq!(q.deadline(), None);
+        assert_eq!(q.pending(), 0);
+        // Skipped once: a late copy runs once, a second copy is a duplicate.
+        assert_eq!(q.push(ev(150, "change", "/late"), last), Push::Late);
+        assert!(matches!(
+            q.push(ev(150, "change", "/late"), last),
+            Push::Duplicate(_)
+        ));
+    }
+
+    #[test]
+    fn a_gap_seen_behind_an_expired_one_waits_from_its_own_arrival() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut q = Queue::new(s(2), true);
+        q.start_at(1);
+        q.push(ev(1, "change", "/a"), t);
+        q.push(ev(3, "change", "/a"), t); // 2 missing, seen at t
+        q.push(ev(5, "change", "/a"), t + s(1)); // 4 missing, seen at t+1
+        assert_eq!(q.deadline(), Some(t + s(2)));
+        assert_eq!(ranges(q.expire_gaps(t + s(2))), vec![2..=2]);
+        // Not t+2+2: event 5 has waited since t+1.
+        assert_eq!(q.deadline(), Some(t + s(3)));
+        assert!(q
+            .expire_gaps(t + s(2) + Duration::from_millis(999))
+            .is_empty());
+        assert_eq!(ranges(q.expire_gaps(t + s(3))), vec![4..=4]);
+        assert_eq!(drain(&mut q, RUNNER), vec![1, 3, 5]);
+        // A gap filled in part keeps the clock of what still waits, not the first stall's.
+        q.push(ev(7, "change", "/a"), t + s(10)); // 6 missing
+        q.push(ev(9, "change", "/a"), t + s(11)); // 8 missing
+        q.push(ev(6, "change", "/a"), t + s(11));
+        assert_eq!(q.deadline(), Some(t + s(13)));
+    }
+
     #[test]
     fn gap_waits_then_skips_and_late_runs() {
         let t = Instant::now();
@@ -927,9 +1041,12 @@ mod tests {
         assert_eq!(q.push(ev(3, "change", "/a"), t), Push::Waiting);
         assert_eq!(drain(&mut q, RUNNER), vec![1]);
         assert_eq!(q.waiting_for(), Some(2));
-        assert_eq!(q.expire_gap(t + Duration::from_secs(1)), None);
+        assert_eq!(ranges(q.expire_gaps(t + Duration::from_secs(1))), vec![]);
         assert_eq!(q.deadline(), Some(t + Duration::from_secs(2)));
-        assert_eq!(q.expire_gap(t + Duration::from_secs(2)), Some(2..=2));
+        assert_eq!(
+            ranges(q.expire_gaps(t + Duration::from_secs(2))),
+            vec![2..=2]
+        );
         assert_eq!(drain(&mut q, RUNNER), vec![3]);
         assert_eq!(q.push(ev(2, "change", "/a"), t), Push::Late);
         assert_eq!(drain(&mut q, RUNNER), vec![2]);
@@ -1071,7 +1188,7 @@ mod tests {
         assert_eq!(drain(&mut q, RUNNER), vec![3]);
         // An add arriving after the gap timed out over it is late, and its remove ran.
         assert_eq!(q.push(ev(6, "remove", "/w"), t), Push::Waiting);
-        q.expire_gap(t + Duration::from_secs(3));
+        q.expire_gaps(t + Duration::from_secs(3));
         assert_eq!(drain(&mut q, RUNNER), vec![6]);
         assert_eq!(q.push(ev(5, "add", "/w"), t), Push::Late);
         assert_eq!(drain(&mut q, RUNNER), vec![5]);
@@ -1156,7 +1273,10 @@ mod tests {
         assert!(!q.released_through(7));
         assert_eq!(q.deadline(), Some(t + Duration::from_secs(2)));
         q.push(ev(5, "change", "/a"), t);
-        assert_eq!(q.expire_gap(t + Duration::from_secs(2)), Some(6..=7));
+        assert_eq!(
+            ranges(q.expire_gaps(t + Duration::from_secs(2))),
+            vec![6..=7]
+        );
         assert!(q.released_through(7));
         assert_eq!(q.deadline(), None);
         assert_eq!(drain(&mut q, RUNNER), vec![5]);
