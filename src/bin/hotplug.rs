@@ -200,12 +200,14 @@ fn spool(dir: &[u8], frame: &[u8], seqnum: Option<u64>) -> Result<(), (c_int, CP
             errno(),
             CPath::new(&[&tmp.buf[..tmp.len]]).unwrap_or_else(empty),
         );
+        // SAFETY: a NUL-terminated path.
         unsafe { libc::unlink(tmp.ptr()) };
         return Err(e);
     }
     // SAFETY: NUL-terminated paths.
     if unsafe { libc::rename(tmp.ptr(), dest.ptr()) } != 0 {
         let e = fail(&dest);
+        // SAFETY: a NUL-terminated path.
         unsafe { libc::unlink(tmp.ptr()) };
         return Err(e);
     }
