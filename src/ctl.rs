@@ -332,6 +332,13 @@ fn settle(dir: &Path, seq: Option<u64>, timeout: Duration) -> Result<(), Fail> {
         }
         client.set_timeout(Some(left));
         match client.next_line() {
+            Ok(Ok(line)) if line == "start-unknown" => {
+                clear();
+                eprintln!(
+                    "hotplugctl: settle: the daemon has seen no numbered event yet and \
+                     does not know where SEQNUMs start; waiting for the first one"
+                );
+            }
             Ok(Ok(line)) => {
                 if let (true, Some(n)) = (tty, line.strip_prefix("pending ")) {
                     eprint!("\r\x1b[Ksettling: {n} events left");
@@ -364,6 +371,13 @@ fn settle(dir: &Path, seq: Option<u64>, timeout: Duration) -> Result<(), Fail> {
     let mut msg = format!("settle: timed out after {:.1} s", timeout.as_secs_f64());
     if let Some(s) = seq {
         msg.push_str(&format!(" waiting for SEQNUM {s}"));
+    }
+    let (status, _) = control::call(dir, "status")?;
+    if seq.is_some() && status.iter().any(|l| l == "next_expected -") {
+        msg.push_str(
+            "; the daemon has still seen no numbered event, so it cannot tell whether \
+             that SEQNUM was handled",
+        );
     }
     if lines.is_empty() {
         msg.push_str("; nothing queued (events not yet arrived)");

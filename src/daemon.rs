@@ -897,6 +897,11 @@ impl Owner {
             Request::Settle(upto) => {
                 if let Some(seq) = upto {
                     self.queue.expect(seq, Instant::now());
+                    // Nothing numbered seen yet and no SEQNUM file: `seq` may be on its
+                    // way, so the settle waits for the first event; the client says why.
+                    if self.queue.next_expected().is_none() {
+                        let _ = tx.send(Reply::Lines(vec!["start-unknown".into()]));
+                    }
                 }
                 self.settles.push(Settle {
                     upto,

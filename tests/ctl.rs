@@ -644,3 +644,38 @@ fn trigger_settle_counts_tagged_events_that_were_coalesced_or_recalled() {
     );
     assert_eq!(env.record().seqs, vec![3]);
 }
+
+#[test]
+fn settle_before_the_daemon_knows_its_start_waits_for_the_first_event() {
+    let env = Env::new();
+    // No SEQNUM file: the first numbered event sets where SEQNUMs start.
+    let config = env.config("gap_timeout = \"300ms\"", "");
+    let text = fs::read_to_string(&config).unwrap();
+    let seq_line = format!("seqnum_file = \"{}\"", env.path("seqnum").display());
+    fs::write(&config, text.replace(&seq_line, "seqnum_file = \"\"")).unwrap();
+    let _d = env.start(&config);
+    let out = env.ctl(&["settle", "--seq", "3", "--timeout", "0.3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not know where SEQNUMs start"), "{err}");
+    assert!(err.contains("has still seen no numbered event"), "{err}");
+
+    let mut settle = Command::new(CTL)
+        .arg("--runtime-dir")
+        .arg(env.runtime())
+        .args(["settle", "--seq", "3", "--timeout", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(settle.stderr.take().unwrap());
+    let mut notice = String::new();
+    stderr.read_line(&mut notice).unwrap();
+    assert!(notice.contains("waiting for the first one"), "{notice}");
+    // 2 never comes: once 1 has set the start, it is skipped after the gap timeout.
+    env.event(1, "add", "/devices/a");
+    env.event(3, "add", "/devices/c");
+    assert!(settle.wait().unwrap().success());
+    assert_eq!(env.record().seqs, vec![1, 3]);
+}
