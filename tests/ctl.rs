@@ -679,3 +679,116 @@ fn settle_before_the_daemon_knows_its_start_waits_for_the_first_event() {
     assert!(settle.wait().unwrap().success());
     assert_eq!(env.record().seqs, vec![1, 3]);
 }
+
+/// `hotplugctl ARGS` with the files `ro` not writable for it. Root gets read-only bind
+/// mounts in a mount namespace of its own (EROFS, as in a container with a read-only
+/// /sys), since permissions do not stop root; anyone else gets the write bits taken
+/// away (EACCES, as a user triggering /sys gets). None if root may not mount here.
+fn ctl_with_read_only(
+    env: &Env,
+    ro: &[std::path::PathBuf],
+    args: &[&str],
+) -> Option<std::process::Output> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(CTL);
+    cmd.arg("--runtime-dir")
+        .arg(env.runtime())
+        .args(args)
+        .stdin(Stdio::null());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        for p in ro {
+            fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+        }
+        return Some(cmd.output().unwrap());
+    }
+    let paths: Vec<CString> = ro
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_bytes()).unwrap())
+        .collect();
+    // SAFETY: only unshare and mount, on strings made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            let root = c"/".as_ptr();
+            let none = std::ptr::null();
+            if libc::mount(
+                none,
+                root,
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                none.cast(),
+            ) != 0
+            {
+                return fail();
+            }
+            for p in &paths {
+                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                if libc::mount(p.as_ptr(), p.as_ptr(), none, libc::MS_BIND, none.cast()) != 0
+                    || libc::mount(none, p.as_ptr(), none, flags, none.cast()) != 0
+                {
+                    return fail();
+                }
+            }
+            Ok(())
+        });
+    }
+    match cmd.output() {
+        Ok(out) => Some(out),
+        Err(e) => {
+            eprintln!("skipped: no read-only bind mount for root here: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn trigger_exits_1_when_uevent_writes_fail() {
+    let env = Env::new();
+    let names = ["a", "b", "c"];
+    let sys = fake_sysfs(&env, &names);
+    let uevent = |name: &str| sys.join("devices/fake").join(name).join("uevent");
+    let sys_s = sys.to_str().unwrap();
+    // One device that cannot be triggered among others: they are triggered, and the
+    // command still fails, naming it.
+    let Some(out) = ctl_with_read_only(&env, &[uevent("c")], &["trigger", "--sysfs", sys_s]) else {
+        return;
+    };
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.starts_with("2 devices triggered (add"), "{stdout}");
+    assert!(
+        stderr.contains(&uevent("c").display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 of 3 devices could not be triggered"),
+        "{stderr}"
+    );
+    assert!(fs::read_to_string(uevent("b")).unwrap().starts_with("add "));
+    // Not one: exit 1, and no wait for events that will never come.
+    let all: Vec<_> = names.iter().map(|n| uevent(n)).collect();
+    let out = ctl_with_read_only(&env, &all, &["trigger", "--sysfs", sys_s, "--settle"]).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.starts_with("0 devices triggered (add"), "{stdout}");
+    assert!(
+        stderr.contains("3 of 3 devices could not be triggered"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&uevent("a").display().to_string()),
+        "{stderr}"
+    );
+}
