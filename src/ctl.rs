@@ -332,6 +332,13 @@ fn settle(dir: &Path, seq: Option<u64>, timeout: Duration) -> Result<(), Fail> {
         }
         client.set_timeout(Some(left));
         match client.next_line() {
+            Ok(Ok(line)) if line == "start-unknown" => {
+                clear();
+                eprintln!(
+                    "hotplugctl: settle: the daemon has seen no numbered event yet and \
+                     does not know where SEQNUMs start; waiting for the first one"
+                );
+            }
             Ok(Ok(line)) => {
                 if let (true, Some(n)) = (tty, line.strip_prefix("pending ")) {
                     eprint!("\r\x1b[Ksettling: {n} events left");
@@ -364,6 +371,13 @@ fn settle(dir: &Path, seq: Option<u64>, timeout: Duration) -> Result<(), Fail> {
     let mut msg = format!("settle: timed out after {:.1} s", timeout.as_secs_f64());
     if let Some(s) = seq {
         msg.push_str(&format!(" waiting for SEQNUM {s}"));
+    }
+    let (status, _) = control::call(dir, "status")?;
+    if seq.is_some() && status.iter().any(|l| l == "next_expected -") {
+        msg.push_str(
+            "; the daemon has still seen no numbered event, so it cannot tell whether \
+             that SEQNUM was handled",
+        );
     }
     if lines.is_empty() {
         msg.push_str("; nothing queued (events not yet arrived)");
@@ -427,35 +441,77 @@ fn trigger(dir: &Path, mut it: Args) -> Result<(), Fail> {
     }
     let tag = sysfs::random_uuid().map_err(|e| Fail(format!("/dev/urandom: {e}"), 1))?;
     let mut sent = 0u64;
+    let mut failed = 0usize;
     let mut tagged = true;
-    for d in &selected {
-        let result = if synth {
-            inject(dir, d, &action, &tag)
-        } else {
-            write_uevent(d, &action, &tag, &mut tagged)
-        };
-        match result {
+    for (i, d) in selected.iter().enumerate() {
+        if synth {
+            match inject(dir, d, &action, &tag) {
+                Ok(()) => sent += 1,
+                Err(Fail(msg, _)) => return Err(Fail(msg, 1)),
+            }
+            continue;
+        }
+        let path = d.dir.join("uevent");
+        match write_uevent(&path, &action, &tag, &mut tagged) {
             Ok(()) => sent += 1,
-            Err(Fail(msg, _)) if synth => return Err(Fail(msg, 1)),
-            Err(Fail(msg, _)) => eprintln!("hotplugctl: {msg}"),
+            // As udevadm: a device that went away since the walk, or a driver that
+            // takes no uevent writes (ENODEV) or has no medium, is no failure of ours.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENODEV | libc::ENOMEDIUM)
+                ) =>
+            {
+                eprintln!("hotplugctl: {}: {e} (skipped)", path.display())
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("hotplugctl: {}: {e}", path.display());
+                // A read-only sysfs (a container's) refuses every other write as well.
+                if e.raw_os_error() == Some(libc::EROFS) {
+                    let left = selected.len() - i - 1;
+                    if left > 0 {
+                        eprintln!(
+                            "hotplugctl: sysfs is read-only: not trying the other {left} devices"
+                        );
+                        failed += left;
+                    }
+                    break;
+                }
+            }
         }
     }
     let how = if synth { "queued" } else { "triggered" };
     println!("{sent} devices {how} ({action}, SYNTH_UUID={tag})");
-    if !wait {
-        return Ok(());
+    // Exit 1 when any write failed, or when none got through (every device gone).
+    let n = selected.len();
+    let result = if failed > 0 {
+        Err(Fail(
+            format!("trigger: {failed} of {n} devices could not be triggered"),
+            1,
+        ))
+    } else if sent == 0 && n > 0 {
+        Err(Fail(
+            format!("trigger: none of the {n} devices could be triggered"),
+            1,
+        ))
+    } else {
+        Ok(())
+    };
+    if !wait || sent == 0 {
+        return result;
     }
     if !tagged {
         // A kernel older than 4.13 takes no UUID: fall back to its SEQNUM.
         let seq = sysfs::kernel_seqnum(&sysfs_root.join("kernel/uevent_seqnum")).ok();
-        return settle(dir, seq, timeout);
+        return settle(dir, seq, timeout).and(result);
     }
     let mut client = Client::request(dir, &format!("wait-tag {tag} {sent}\n"))?;
     client.set_timeout(Some(timeout));
     loop {
         match client.next_line() {
             Ok(Ok(_)) => {}
-            Ok(Err(End::Ok(_))) => return Ok(()),
+            Ok(Err(End::Ok(_))) => return result,
             Ok(Err(End::Error(e))) => return Err(Fail(e, 1)),
             Err(ClientError::Io { source, .. })
                 if matches!(
@@ -478,10 +534,14 @@ fn trigger(dir: &Path, mut it: Args) -> Result<(), Fail> {
 
 /// Ask the kernel to emit the event: `echo "ACTION UUID" > uevent` (kernel ≥ 4.13 tags it
 /// `SYNTH_UUID`); an older kernel refuses the UUID with EINVAL and gets the bare action.
-fn write_uevent(d: &sysfs::Device, action: &str, tag: &str, tagged: &mut bool) -> Result<(), Fail> {
-    let path = d.dir.join("uevent");
-    let write = |text: &str| std::fs::write(&path, text);
-    let result = if *tagged {
+fn write_uevent(
+    path: &Path,
+    action: &str,
+    tag: &str,
+    tagged: &mut bool,
+) -> Result<(), std::io::Error> {
+    let write = |text: &str| std::fs::write(path, text);
+    if *tagged {
         match write(&format!("{action} {tag}")) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 *tagged = false;
@@ -491,8 +551,7 @@ fn write_uevent(d: &sysfs::Device, action: &str, tag: &str, tagged: &mut bool) -
         }
     } else {
         write(action)
-    };
-    result.map_err(|e| Fail(format!("{}: {e}", path.display()), 1))
+    }
 }
 
 /// Queue a synthetic event for a device straight into the daemon. It has no SEQNUM: it is

@@ -645,17 +645,20 @@ impl Owner {
                 self.journal.done(&remove, !add_was_queued);
                 self.stats.coalesced += 2;
                 self.stats.recalled += 2;
-                let (how, newcomer) = if add_was_queued {
-                    (" still queued", &remove)
+                let how = if add_was_queued {
+                    " still queued"
                 } else {
-                    (", which arrived after it", &add)
+                    ", which arrived after it"
                 };
                 log::info!(
                     "coalesced {} with its add (SEQNUM {}){how}: neither runs",
                     remove.summary(),
                     add.seqnum().map_or("-".into(), |s| s.to_string())
                 );
-                self.count_tag(tag_of(newcomer));
+                // Neither will be handled: a `trigger --settle` waiting for either one's
+                // tag must count it as settled, or it waits out its timeout.
+                self.count_tag(tag_of(&add));
+                self.count_tag(tag_of(&remove));
             }
         }
     }
@@ -893,6 +896,11 @@ impl Owner {
             Request::Settle(upto) => {
                 if let Some(seq) = upto {
                     self.queue.expect(seq, Instant::now());
+                    // Nothing numbered seen yet and no SEQNUM file: `seq` may be on its
+                    // way, so the settle waits for the first event; the client says why.
+                    if self.queue.next_expected().is_none() {
+                        let _ = tx.send(Reply::Lines(vec!["start-unknown".into()]));
+                    }
                 }
                 self.settles.push(Settle {
                     upto,
@@ -913,6 +921,8 @@ impl Owner {
                 Ok(ev) => {
                     self.journal.done(&ev, true);
                     self.stats.recalled += 1;
+                    // Recalled is settled, as far as a `trigger --settle` is concerned.
+                    self.count_tag(tag_of(&ev));
                     log::info!("recalled SEQNUM {seq}");
                     ok(&tx, "");
                 }

@@ -480,19 +480,17 @@ impl Queue {
 
     /// Someone waits until every SEQNUM up to `upto` is handled (settle). Those that never
     /// come (the kernel spends SEQNUMs without running the helper) are skipped after the
-    /// gap timeout, as any gap is.
+    /// gap timeout, as any gap is. Before the start is known this only takes note: the
+    /// gap wait begins once the first numbered event has set it.
     pub fn expect(&mut self, upto: u64, now: Instant) {
-        if self.next_expected.is_none() {
-            return;
-        }
         self.expect_upto = Some(self.expect_upto.map_or(upto, |u| u.max(upto)));
         self.update_stall(now);
     }
 
     /// Whether every SEQNUM up to `seq` has been released (taken, skipped or from before
-    /// the start). Unknown start: true, as nothing numbered has been seen.
+    /// the start). Unknown start: false, as `seq` may still be on its way.
     pub fn released_through(&self, seq: u64) -> bool {
-        self.next_expected.is_none_or(|next| next > seq)
+        self.next_expected.is_some_and(|next| next > seq)
     }
 
     fn append(&mut self, ev: Event) {
@@ -1472,6 +1470,24 @@ mod tests {
         assert!(q.released_through(7));
         assert_eq!(q.deadline(), None);
         assert_eq!(drain(&mut q, RUNNER), vec![5]);
+    }
+
+    #[test]
+    fn an_expected_seqnum_before_the_start_is_known_waits_for_the_first_event() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.expect(3, t);
+        assert!(!q.released_through(3));
+        assert_eq!(q.deadline(), None);
+        // The first event sets the start, and the wait for 2 and 3 begins.
+        q.push(ev(1, "change", "/a"), t);
+        assert!(!q.released_through(3));
+        assert_eq!(q.deadline(), Some(t + Duration::from_secs(2)));
+        q.push(ev(3, "change", "/a"), t);
+        q.push(ev(2, "change", "/a"), t);
+        assert!(q.released_through(3));
+        assert_eq!(q.deadline(), None);
+        assert_eq!(drain(&mut q, RUNNER), vec![1, 2, 3]);
     }
 
     #[test]

@@ -568,3 +568,227 @@ last = true
         None => eprintln!("skipping the browser check: chromium is not installed"),
     }
 }
+
+/// A fake sysfs with a device per name under `/devices/fake`, each with a `uevent` file
+/// and a `subsystem` link to `class/test`.
+fn fake_sysfs(env: &Env, names: &[&str]) -> std::path::PathBuf {
+    let sys = env.path("sys");
+    fs::create_dir_all(sys.join("class/test")).unwrap();
+    for name in names {
+        let dev = sys.join("devices/fake").join(name);
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(dev.join("uevent"), format!("DEVNAME={name}\n")).unwrap();
+        std::os::unix::fs::symlink("../../../class/test", dev.join("subsystem")).unwrap();
+    }
+    sys
+}
+
+#[test]
+fn trigger_settle_counts_tagged_events_that_were_coalesced_or_recalled() {
+    let env = Env::new();
+    let names = ["a", "b", "c"];
+    let sys = fake_sysfs(&env, &names);
+    let d = env.start(&env.config("", ""));
+    env.ctl_ok(&["pause"]);
+    let mut trigger = Command::new(CTL)
+        .arg("--runtime-dir")
+        .arg(env.runtime())
+        .arg("trigger")
+        .arg("--sysfs")
+        .arg(&sys)
+        .args(["--settle", "--timeout", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(trigger.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let tag = first
+        .strip_prefix("3 devices triggered (add, SYNTH_UUID=")
+        .and_then(|r| r.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .to_owned();
+    // As the kernel would: each write to a `uevent` file becomes an event with the tag.
+    for (i, name) in names.iter().enumerate() {
+        let dev = sys.join("devices/fake").join(name);
+        assert_eq!(
+            fs::read_to_string(dev.join("uevent")).unwrap(),
+            format!("add {tag}")
+        );
+        let seq = (i + 1).to_string();
+        let devpath = format!("/devices/fake/{name}");
+        env.shim(&[
+            ("ACTION", "add"),
+            ("DEVPATH", &devpath),
+            ("SUBSYSTEM", "test"),
+            ("SEQNUM", &seq),
+            ("SYNTH_UUID", &tag),
+        ]);
+    }
+    d.wait_log("queued 3 add");
+    // One tagged add is recalled, another coalesces with an untagged remove: neither
+    // will ever be handled, and the trigger must not wait for them.
+    env.ctl_ok(&["recall", "2"]);
+    env.event(4, "remove", "/devices/fake/a");
+    d.wait_log("coalesced 4 remove");
+    env.ctl_ok(&["resume"]);
+    let out = trigger.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "trigger --settle: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.record().seqs, vec![3]);
+}
+
+#[test]
+fn settle_before_the_daemon_knows_its_start_waits_for_the_first_event() {
+    let env = Env::new();
+    // No SEQNUM file: the first numbered event sets where SEQNUMs start.
+    let config = env.config("gap_timeout = \"300ms\"", "");
+    let text = fs::read_to_string(&config).unwrap();
+    let seq_line = format!("seqnum_file = \"{}\"", env.path("seqnum").display());
+    fs::write(&config, text.replace(&seq_line, "seqnum_file = \"\"")).unwrap();
+    let _d = env.start(&config);
+    let out = env.ctl(&["settle", "--seq", "3", "--timeout", "0.3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not know where SEQNUMs start"), "{err}");
+    assert!(err.contains("has still seen no numbered event"), "{err}");
+
+    let mut settle = Command::new(CTL)
+        .arg("--runtime-dir")
+        .arg(env.runtime())
+        .args(["settle", "--seq", "3", "--timeout", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(settle.stderr.take().unwrap());
+    let mut notice = String::new();
+    stderr.read_line(&mut notice).unwrap();
+    assert!(notice.contains("waiting for the first one"), "{notice}");
+    // 2 never comes: once 1 has set the start, it is skipped after the gap timeout.
+    env.event(1, "add", "/devices/a");
+    env.event(3, "add", "/devices/c");
+    assert!(settle.wait().unwrap().success());
+    assert_eq!(env.record().seqs, vec![1, 3]);
+}
+
+/// `hotplugctl ARGS` with the files `ro` not writable for it. Root gets read-only bind
+/// mounts in a mount namespace of its own (EROFS, as in a container with a read-only
+/// /sys), since permissions do not stop root; anyone else gets the write bits taken
+/// away (EACCES, as a user triggering /sys gets). None if root may not mount here.
+fn ctl_with_read_only(
+    env: &Env,
+    ro: &[std::path::PathBuf],
+    args: &[&str],
+) -> Option<std::process::Output> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(CTL);
+    cmd.arg("--runtime-dir")
+        .arg(env.runtime())
+        .args(args)
+        .stdin(Stdio::null());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        for p in ro {
+            fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+        }
+        return Some(cmd.output().unwrap());
+    }
+    let paths: Vec<CString> = ro
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_bytes()).unwrap())
+        .collect();
+    // SAFETY: only unshare and mount, on strings made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            let root = c"/".as_ptr();
+            let none = std::ptr::null();
+            if libc::mount(
+                none,
+                root,
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                none.cast(),
+            ) != 0
+            {
+                return fail();
+            }
+            for p in &paths {
+                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                if libc::mount(p.as_ptr(), p.as_ptr(), none, libc::MS_BIND, none.cast()) != 0
+                    || libc::mount(none, p.as_ptr(), none, flags, none.cast()) != 0
+                {
+                    return fail();
+                }
+            }
+            Ok(())
+        });
+    }
+    match cmd.output() {
+        Ok(out) => Some(out),
+        Err(e) => {
+            eprintln!("skipped: no read-only bind mount for root here: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn trigger_exits_1_when_uevent_writes_fail() {
+    let env = Env::new();
+    let names = ["a", "b", "c"];
+    let sys = fake_sysfs(&env, &names);
+    let uevent = |name: &str| sys.join("devices/fake").join(name).join("uevent");
+    let sys_s = sys.to_str().unwrap();
+    // One device that cannot be triggered among others: they are triggered, and the
+    // command still fails, naming it.
+    let Some(out) = ctl_with_read_only(&env, &[uevent("c")], &["trigger", "--sysfs", sys_s]) else {
+        return;
+    };
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.starts_with("2 devices triggered (add"), "{stdout}");
+    assert!(
+        stderr.contains(&uevent("c").display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 of 3 devices could not be triggered"),
+        "{stderr}"
+    );
+    assert!(fs::read_to_string(uevent("b")).unwrap().starts_with("add "));
+    // Not one: exit 1, and no wait for events that will never come.
+    let all: Vec<_> = names.iter().map(|n| uevent(n)).collect();
+    let out = ctl_with_read_only(&env, &all, &["trigger", "--sysfs", sys_s, "--settle"]).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.starts_with("0 devices triggered (add"), "{stdout}");
+    assert!(
+        stderr.contains("3 of 3 devices could not be triggered"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&uevent("a").display().to_string()),
+        "{stderr}"
+    );
+}
