@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 
 use crate::event::{BuildU64, Event};
 
+mod chunks;
+use chunks::Log;
+
 /// Skipped ranges remembered for late arrivals. Older ones are forgotten: an event later
 /// than that many gaps is treated as a duplicate.
 const MAX_SKIPPED: usize = 4096;
@@ -144,7 +147,7 @@ pub struct Queue {
     expect_since: Option<Instant>,
     skipped: VecDeque<RangeInclusive<u64>>,
     /// Released events; `log[0]` is at position `base`.
-    log: VecDeque<Slot>,
+    log: Log<Slot>,
     base: u64,
     /// Cursor per reader (the position of the next event it will get); None = free slot.
     cursors: Vec<Option<u64>>,
@@ -169,6 +172,9 @@ pub struct Queue {
     limit: usize,
     loader: Option<LoaderBox>,
     spilled: usize,
+    /// No slot from this log position on holds an event that could be spilled: the
+    /// spill scan starts below it, so a log of stubs is not scanned again and again.
+    stubs_from: u64,
 }
 
 struct LoaderBox(Loader);
@@ -240,7 +246,7 @@ impl Queue {
             arrivals: VecDeque::new(),
             expect_since: None,
             skipped: VecDeque::new(),
-            log: VecDeque::new(),
+            log: Log::default(),
             base: 0,
             cursors: vec![Some(0)],
             adds: AddIndex::default(),
@@ -254,6 +260,7 @@ impl Queue {
             limit: usize::MAX,
             loader: None,
             spilled: 0,
+            stubs_from: 0,
         }
     }
 
@@ -510,13 +517,16 @@ impl Queue {
                 seqnum: ev.seqnum().unwrap_or(u64::MAX),
                 id: ev.id(),
             });
-            // The slots themselves grow too: give back what the newest events hold.
-            if self.spilled.is_power_of_two() {
+            // The slots themselves grow too: give back what older events hold.
+            if self.memory() > self.limit {
                 self.enforce_limit();
             }
             return;
         }
         self.bytes += ev.heap_bytes();
+        if ev.id() != 0 {
+            self.stubs_from = pos + 1;
+        }
         self.log.push_back(Slot::Mem(ev));
     }
 
@@ -532,7 +542,8 @@ impl Queue {
         }
         let target = self.limit - self.limit / 8;
         let from = (self.runner_cursor() - self.base) as usize;
-        let mut idx = self.log.len();
+        let mut idx = (self.stubs_from.max(self.base) - self.base) as usize;
+        idx = idx.min(self.log.len());
         while idx > from + 1 && self.memory() > target {
             idx -= 1;
             if let Slot::Mem(ev) = &self.log[idx] {
@@ -548,6 +559,7 @@ impl Queue {
                 self.log[idx] = stub;
             }
         }
+        self.stubs_from = self.base + idx as u64;
     }
 
     /// Index the adds appended to the log since the last call that the runner has not
@@ -627,6 +639,9 @@ impl Queue {
             Some(ev) => {
                 self.bytes += ev.heap_bytes();
                 self.log[idx] = Slot::Mem(ev);
+                // A monitor ahead of the runner brought it back: spillable again.
+                let pos = self.base + idx as u64;
+                self.stubs_from = self.stubs_from.max(pos + 1);
                 true
             }
             None => {
@@ -839,7 +854,7 @@ impl Queue {
         let from = (self.runner_cursor() - self.base) as usize;
         let found = self
             .log
-            .iter()
+            .iter_from(0)
             .enumerate()
             .find(|(_, s)| s.seqnum() == Some(seq))
             .map(|(i, _)| i);
@@ -870,7 +885,7 @@ impl Queue {
     /// take them (released ones, then the waiting ones by SEQNUM).
     pub fn pending_lines(&self) -> Vec<String> {
         let from = (self.runner_cursor() - self.base) as usize;
-        let released = self.log.range(from..).filter_map(|slot| match slot {
+        let released = self.log.iter_from(from).filter_map(|slot| match slot {
             Slot::Mem(ev) => Some(ev.summary().to_string()),
             Slot::Stub { id: 0, .. } => None,
             Slot::Stub { .. } => Some(format!(
@@ -902,7 +917,8 @@ impl Queue {
         }
         let mut out: Vec<Event> = self
             .log
-            .drain(from..)
+            .split_off(from)
+            .into_iter()
             .filter_map(|slot| match slot {
                 Slot::Mem(ev) => Some(ev),
                 _ => None,
@@ -917,7 +933,7 @@ impl Queue {
         self.stalled_since = None;
         self.bytes = self
             .log
-            .iter()
+            .iter_from(0)
             .map(|slot| match slot {
                 Slot::Mem(ev) => ev.heap_bytes(),
                 _ => 0,
