@@ -100,6 +100,17 @@ pub struct FifoJournal {
     pub dir: PathBuf,
     numbers: Numbers,
     spare: Spare,
+    /// [`SEGMENT_SIZE`], smaller in tests that need many segments.
+    segment_size: usize,
+}
+
+impl FifoJournal {
+    /// Seal segments past `size` bytes instead of [`SEGMENT_SIZE`].
+    #[cfg(test)]
+    pub fn with_segment_size(mut self, size: usize) -> FifoJournal {
+        self.segment_size = size;
+        self
+    }
 }
 
 /// A segment being written.
@@ -141,8 +152,10 @@ pub struct FifoSegment {
     pub number: u32,
     file: File,
     map: std::ptr::NonNull<u8>,
-    /// Size of the mapping and of the file: [`SEGMENT_SIZE`] plus one pipe's worth.
+    /// Size of the mapping and of the file: the segment size plus one pipe's worth.
     room: usize,
+    /// Past this many bytes the segment is full ([`SEGMENT_SIZE`]).
+    size: usize,
     /// Bytes written.
     len: usize,
     /// Pages below this were dropped from our page tables (they stay in the file).
@@ -165,7 +178,7 @@ impl FifoSegment {
     /// [`SEGMENT_SIZE`], a read below it always takes everything the pipe holds, so a
     /// segment only ends where the pipe held whole messages.
     pub fn create(journal: &FifoJournal, pipe_size: usize) -> io::Result<FifoSegment> {
-        let room = SEGMENT_SIZE as usize + pipe_size;
+        let room = journal.segment_size + pipe_size;
         while let Some(old) = journal.spare.pop() {
             match Self::reuse(journal, old, room, pipe_size) {
                 Ok(seg) => return Ok(seg),
@@ -203,6 +216,7 @@ impl FifoSegment {
     }
 
     fn map(file: File, number: u32, room: usize, pipe_size: usize) -> io::Result<FifoSegment> {
+        let size = room - pipe_size;
         file.set_len(room as u64)?;
         let map = map_shared(&file, room)?;
         // SAFETY: sysconf has no preconditions.
@@ -212,6 +226,7 @@ impl FifoSegment {
             file,
             map,
             room,
+            size,
             len: 0,
             released: 0,
             populated: 0,
@@ -227,7 +242,7 @@ impl FifoSegment {
 
     /// Past [`SEGMENT_SIZE`]: time for a new segment.
     pub fn is_full(&self) -> bool {
-        self.len >= SEGMENT_SIZE as usize
+        self.len >= self.size
     }
 
     /// Move what the pipe holds into the segment: how many bytes, 0 when it is empty, at
@@ -462,6 +477,7 @@ impl Journal {
             dir: self.dir.clone(),
             numbers: self.numbers.clone(),
             spare: self.spare.clone(),
+            segment_size: SEGMENT_SIZE as usize,
         }
     }
 
