@@ -455,9 +455,10 @@ impl Owner {
     /// Queue what the journal kept from a run that did not stop cleanly, and start SEQNUM
     /// ordering after the last SEQNUM that run was done with (else after the kernel's).
     fn recover(&mut self, rec: Recovered) {
+        self.queue.set_done_before(rec.done_seqs);
         match rec.max_done {
-            Some(m) => self.queue.start_at_kernel(m),
-            None => self.start_position(),
+            Some(m) if !rec.stopped_cleanly => self.queue.start_at_kernel(m),
+            _ => self.start_position(),
         }
         if !rec.events.is_empty() {
             log::warn!(
@@ -629,7 +630,7 @@ impl Owner {
                 );
             }
             Push::Duplicate(ev) => {
-                self.journal.done(&ev, false);
+                self.journal.duplicate(&ev);
                 self.stats.duplicates += 1;
                 log::info!(
                     "duplicate {}: already queued or handled; ignoring it",
