@@ -572,10 +572,17 @@ impl Owner {
                     self.stats.received += 1;
                     self.stats.spooled_in += 1;
                     // Journaled before the spool file goes, so a kill in between re-reads
-                    // it (a duplicate the queue drops) rather than losing it.
-                    self.journal_append(&mut ev);
+                    // it (a duplicate the queue drops) rather than losing it. Not
+                    // journaled, the file is its only durable copy: it stays, and the
+                    // next start reads it again (a duplicate if it was handled by then).
+                    let durable = self.journal_append(&mut ev);
                     self.push(ev, now);
-                    if let Err(e) = std::fs::remove_file(&path) {
+                    if !durable {
+                        log::warn!(
+                            "{}: kept until the next start, as the journal failed",
+                            path.display()
+                        );
+                    } else if let Err(e) = std::fs::remove_file(&path) {
                         if e.kind() != std::io::ErrorKind::NotFound {
                             log::warn!("{}: {e}", path.display());
                         }
@@ -587,7 +594,7 @@ impl Owner {
                     self.stats.received += 1;
                     self.stats.netlink_in += 1;
                     // The socket's copy is gone once read: journal it like the FIFO's.
-                    self.journal_append(&mut ev);
+                    let _ = self.journal_append(&mut ev);
                     self.push(ev, now);
                 }
             }
@@ -597,13 +604,18 @@ impl Owner {
         }
     }
 
-    fn journal_append(&mut self, ev: &mut Event) {
-        if let Err(e) = self.journal.append(ev) {
-            log::error!(
-                "journal {}: {e}; {} is not crash-safe",
-                self.journal.dir().display(),
-                ev.summary()
-            );
+    /// Whether `ev` is in the journal now.
+    fn journal_append(&mut self, ev: &mut Event) -> bool {
+        match self.journal.append(ev) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "journal {}: {e}; {} is not crash-safe",
+                    self.journal.dir().display(),
+                    ev.summary()
+                );
+                false
+            }
         }
     }
 
@@ -938,8 +950,20 @@ impl Owner {
                 ok(&tx, "");
             }
             Request::Inject(mut ev) => {
+                // "queued" promises the event survives a crash: without the journal only
+                // the client holds it, so it is told to try again.
+                if let Err(e) = self.journal.append(&mut ev) {
+                    log::error!(
+                        "journal {}: {e}; refusing injected {}",
+                        self.journal.dir().display(),
+                        ev.summary()
+                    );
+                    let _ = tx.send(Reply::End(End::Error(format!(
+                        "not queued: the journal cannot take it ({e})"
+                    ))));
+                    return;
+                }
                 self.stats.received += 1;
-                self.journal_append(&mut ev);
                 self.push(ev, Instant::now());
                 ok(&tx, "queued");
             }
