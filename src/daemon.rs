@@ -1159,18 +1159,31 @@ impl Owner {
         }
     }
 
-    /// Hand every queued event to the spool and empty the journal (a clean stop).
-    fn hand_over(&mut self) {
+    /// Hand every queued event to the spool and empty the journal (a clean stop), unless
+    /// the FIFO reader may still be filling a segment (`sources_done` false: it did not
+    /// finish in time), or some event could not be spooled.
+    fn hand_over(&mut self, sources_done: bool) {
         let rest = self.queue.drain_pending();
         let mut kept = 0;
         for ev in &rest {
             match self.runtime.spool.write(ev) {
-                Ok(_) => kept += 1,
+                Ok(_) => {
+                    kept += 1;
+                    // Should the journal stay, the next start takes it from the spool.
+                    self.journal.handed_over(ev);
+                }
                 Err(e) => log::error!("{}: cannot spool it: {e}", ev.summary()),
             }
         }
         self.flush_journal();
-        if kept == rest.len() {
+        if !sources_done {
+            // Its events of the segment are in no spool file: recovery finds them there.
+            log::warn!(
+                "journal {}: kept for the next start, as the FIFO reader may still be \
+                 filling it",
+                self.journal.dir().display()
+            );
+        } else if kept == rest.len() {
             // Everything queued is in the spool now: the journal has nothing left to keep.
             if let Err(e) = self.journal.clear() {
                 log::warn!("journal {}: {e}", self.journal.dir().display());
@@ -1234,11 +1247,15 @@ fn serve(owner: &Mutex<Owner>, ch: &Channels) {
 /// finish, and hand every queued event to the spool.
 fn finish(owner: &Mutex<Owner>, ch: &Channels, fifo_reader: Option<&sources::FifoStop>) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut sources_done = false;
     // Until the FIFO reader is done, or every source has exited.
     loop {
         let wait = deadline.min(Instant::now() + Duration::from_millis(20));
         match ch.input.recv_deadline(wait) {
-            Ok(Input::FifoClosed) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Input::FifoClosed) | Err(RecvTimeoutError::Disconnected) => {
+                sources_done = true;
+                break;
+            }
             Ok(input) => lock(owner).on_input(input),
             Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
                 if fifo_reader.is_some() {
@@ -1266,7 +1283,7 @@ fn finish(owner: &Mutex<Owner>, ch: &Channels, fifo_reader: Option<&sources::Fif
             }
         }
     }
-    lock(owner).hand_over();
+    lock(owner).hand_over(sources_done);
 }
 
 /// Write the buffered `done` records; failures are logged, rate-limited.

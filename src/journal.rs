@@ -572,6 +572,12 @@ impl Journal {
         self.record_done(ev.id(), NO_SEQ, false);
     }
 
+    /// `ev`, queued, went to the spool at a stop: the spool file is its copy now. Its
+    /// SEQNUM is not recorded, or the file would be a duplicate at the next start.
+    pub fn handed_over(&mut self, ev: &Event) {
+        self.record_done(ev.id(), NO_SEQ, true);
+    }
+
     fn record_done(&mut self, id: u64, seq: u64, queued: bool) {
         if id == 0 {
             return;
@@ -1038,6 +1044,25 @@ mod tests {
         let (_j, rec) = Journal::open(rt.path()).unwrap();
         assert!(!rec.stopped_cleanly);
         assert_eq!(rec.done_seqs, vec![1..=5, 7..=7, 9..=9]);
+    }
+
+    #[test]
+    fn events_handed_to_the_spool_are_not_recovered_nor_counted_as_done() {
+        let rt = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(rt.path()).unwrap();
+        let mut evs: Vec<Event> = [1, 2].into_iter().map(ev).collect();
+        for e in &mut evs {
+            j.append(e).unwrap();
+            j.queued(e.id());
+        }
+        j.done(&evs[0], true);
+        j.handed_over(&evs[1]);
+        j.flush().unwrap();
+        // A stop that kept the journal: 2 is in the spool, and no duplicate there.
+        drop(j);
+        let (_j, rec) = Journal::open(rt.path()).unwrap();
+        assert!(rec.events.is_empty());
+        assert_eq!(rec.done_seqs, vec![1..=1]);
     }
 
     #[test]
