@@ -158,6 +158,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let (ctl_tx, ctl_rx) = unbounded::<ToOwner>();
 
     let fifo_journal = journal.fifo();
+    let netlink_journal = journal.appender();
     let mut owner = Owner::new(config, runtime, opts, journal, notifier);
     owner.recover(recovered);
     owner.ingest_spool_at_start();
@@ -172,8 +173,14 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         .transpose()?;
     let (netlink_stop_r, netlink_stop_w) = stop_pipe()?;
     if let Some(sock) = netlink {
-        crate::netlink::spawn_reader(sock, netlink_stop_r, "/sys".into(), input_tx.clone())
-            .map_err(io("netlink thread"))?;
+        crate::netlink::spawn_reader(
+            sock,
+            netlink_stop_r,
+            "/sys".into(),
+            netlink_journal,
+            input_tx.clone(),
+        )
+        .map_err(io("netlink thread"))?;
     }
     sources::spawn_spool_watcher(owner.runtime.spool.clone(), spool_stop_r, input_tx)
         .map_err(io("spool watcher"))?;
@@ -590,11 +597,10 @@ impl Owner {
                 }
             }
             Input::Netlink(events) => {
-                for mut ev in events {
+                // Journaled by the netlink reader as it read them.
+                for ev in events {
                     self.stats.received += 1;
                     self.stats.netlink_in += 1;
-                    // The socket's copy is gone once read: journal it like the FIFO's.
-                    let _ = self.journal_append(&mut ev);
                     self.push(ev, now);
                 }
             }

@@ -4,14 +4,17 @@
 //!
 //! ```text
 //! RUNTIME/journal/0000000001.fifo   raw bytes read from the FIFO, in place
-//! RUNTIME/journal/0000000002.aux    messages the daemon wrote (spool files, injected events)
+//! RUNTIME/journal/0000000002.aux    messages the daemon wrote (spool files, injected events,
+//!                                   netlink datagrams)
 //! RUNTIME/journal/done              16-byte records: event id (u64 LE), SEQNUM (u64 LE)
 //! ```
 //!
 //! The FIFO reader `read()`s the pipe straight into the current `.fifo` segment's mapped
 //! pages and splits messages there ([`FifoSegment`]), so at every instant each byte is
 //! either still in the pipe or in the journal. Spool files and injected events are appended
-//! to an `.aux` segment before the spool file is deleted or the client is answered.
+//! to an `.aux` segment before the spool file is deleted or the client is answered; the
+//! netlink reader appends each event to an `.aux` segment of its own as it reads it
+//! ([`Appender`]), since the kernel keeps no copy.
 //!
 //! An event's id is `segment << 32 | offset of its message in the segment`. When the daemon
 //! is done with an event (its handlers ran, or it was recalled, coalesced or a duplicate)
@@ -63,8 +66,8 @@ pub fn segment_of(id: u64) -> u32 {
     (id >> 32) as u32
 }
 
-/// Segment numbers, shared by the FIFO reader (which starts `.fifo` segments) and the
-/// owner (`.aux` segments).
+/// Segment numbers, shared by the FIFO reader (which starts `.fifo` segments), the
+/// netlink reader and the owner (`.aux` segments).
 #[derive(Debug, Clone)]
 pub struct Numbers(Arc<AtomicU32>);
 
@@ -387,7 +390,7 @@ pub struct Journal {
     dir: PathBuf,
     numbers: Numbers,
     spare: Spare,
-    aux: Option<Segment>,
+    aux: Appender,
     done: File,
     done_records: u64,
     /// `done` is rewritten when it reaches this many records: [`DONE_REWRITE`], or twice
@@ -467,11 +470,17 @@ impl Journal {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&done_path)?;
+        let numbers = Numbers(Arc::new(AtomicU32::new(first)));
         let mut journal = Journal {
-            dir,
-            numbers: Numbers(Arc::new(AtomicU32::new(first))),
+            dir: dir.clone(),
+            numbers: numbers.clone(),
             spare: Spare::default(),
-            aux: None,
+            aux: Appender {
+                dir,
+                numbers,
+                seg: None,
+                sealed: Vec::new(),
+            },
             done,
             done_records,
             rewrite_at: DONE_REWRITE,
@@ -510,20 +519,24 @@ impl Journal {
         }
     }
 
+    /// An appender of `.aux` segments for another thread (the netlink reader).
+    pub fn appender(&self) -> Appender {
+        Appender {
+            dir: self.dir.clone(),
+            numbers: self.numbers.clone(),
+            seg: None,
+            sealed: Vec::new(),
+        }
+    }
+
     /// Append an event the daemon itself took in (spool file, injected) and name it.
     pub fn append(&mut self, ev: &mut Event) -> io::Result<()> {
-        if self.aux.as_ref().is_none_or(|s| s.len >= SEGMENT_SIZE) {
-            if let Some(old) = self.aux.take() {
-                self.sealed(old.number);
-            }
-            self.aux = Some(Segment::create(&self.dir, self.numbers.next(), "aux")?);
+        let appended = self.aux.append(ev);
+        // Every event of the segments it left was queued before this one came.
+        for n in self.aux.take_sealed() {
+            self.sealed(n);
         }
-        let seg = self.aux.as_mut().expect("just made");
-        let bytes = message::encode(ev.payload());
-        seg.file.write_all_at(&bytes, seg.len)?;
-        ev.set_id(event_id(seg.number, seg.len));
-        seg.len += bytes.len() as u64;
-        Ok(())
+        appended
     }
 
     /// An event of segment `id` is now queued and must be marked done later.
@@ -689,7 +702,7 @@ impl Journal {
     /// Clean shutdown: queued events went to the spool, so no event here is needed. The
     /// SEQNUMs done are kept, so a copy of one arriving after the next start is known.
     pub fn clear(&mut self) -> io::Result<()> {
-        self.aux = None;
+        self.aux.seg = None;
         self.flush()?;
         self.live.clear();
         self.rewrite_done(std::iter::empty(), true)?;
@@ -700,6 +713,41 @@ impl Journal {
             }
         }
         Ok(())
+    }
+}
+
+/// Appends events to `.aux` segments of its own. The segments it fills and leaves must
+/// reach the owner's [`Journal::sealed`] after their last events (see
+/// [`take_sealed`](Self::take_sealed)).
+pub struct Appender {
+    dir: PathBuf,
+    numbers: Numbers,
+    seg: Option<Segment>,
+    /// Segments left full since the last [`take_sealed`](Self::take_sealed).
+    sealed: Vec<u32>,
+}
+
+impl Appender {
+    /// Append `ev` and name it by where it lies.
+    pub fn append(&mut self, ev: &mut Event) -> io::Result<()> {
+        if self.seg.as_ref().is_none_or(|s| s.len >= SEGMENT_SIZE) {
+            if let Some(old) = self.seg.take() {
+                self.sealed.push(old.number);
+            }
+            self.seg = Some(Segment::create(&self.dir, self.numbers.next(), "aux")?);
+        }
+        let seg = self.seg.as_mut().expect("just made");
+        let bytes = message::encode(ev.payload());
+        seg.file.write_all_at(&bytes, seg.len)?;
+        ev.set_id(event_id(seg.number, seg.len));
+        seg.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The segments left full, which get no more events. For [`Journal::sealed`] once
+    /// every event appended to them was handed on.
+    pub fn take_sealed(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.sealed)
     }
 }
 
