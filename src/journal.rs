@@ -22,8 +22,9 @@
 //! the handler that was running may run a second time (at-least-once for that event,
 //! exactly-once for every other). A segment is deleted once it is sealed (a newer one took
 //! over) and every event in it is done; `done` is rewritten when it grows, keeping only
-//! records of live segments and the highest SEQNUM done. A clean shutdown hands queued
-//! events to the spool and empties the journal.
+//! records of live segments, the SEQNUMs done (as ranges) and the highest. A clean
+//! shutdown hands queued events to the spool and deletes the segments; `done` keeps the
+//! SEQNUMs done, so a copy of an event handled before any restart is a duplicate.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
