@@ -158,6 +158,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let (ctl_tx, ctl_rx) = unbounded::<ToOwner>();
 
     let fifo_journal = journal.fifo();
+    let netlink_journal = journal.appender();
     let mut owner = Owner::new(config, runtime, opts, journal, notifier);
     owner.recover(recovered);
     owner.ingest_spool_at_start();
@@ -172,8 +173,14 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         .transpose()?;
     let (netlink_stop_r, netlink_stop_w) = stop_pipe()?;
     if let Some(sock) = netlink {
-        crate::netlink::spawn_reader(sock, netlink_stop_r, "/sys".into(), input_tx.clone())
-            .map_err(io("netlink thread"))?;
+        crate::netlink::spawn_reader(
+            sock,
+            netlink_stop_r,
+            "/sys".into(),
+            netlink_journal,
+            input_tx.clone(),
+        )
+        .map_err(io("netlink thread"))?;
     }
     sources::spawn_spool_watcher(owner.runtime.spool.clone(), spool_stop_r, input_tx)
         .map_err(io("spool watcher"))?;
@@ -455,9 +462,10 @@ impl Owner {
     /// Queue what the journal kept from a run that did not stop cleanly, and start SEQNUM
     /// ordering after the last SEQNUM that run was done with (else after the kernel's).
     fn recover(&mut self, rec: Recovered) {
+        self.queue.set_done_before(rec.done_seqs);
         match rec.max_done {
-            Some(m) => self.queue.start_at_kernel(m),
-            None => self.start_position(),
+            Some(m) if !rec.stopped_cleanly => self.queue.start_at_kernel(m),
+            _ => self.start_position(),
         }
         if !rec.events.is_empty() {
             log::warn!(
@@ -571,10 +579,17 @@ impl Owner {
                     self.stats.received += 1;
                     self.stats.spooled_in += 1;
                     // Journaled before the spool file goes, so a kill in between re-reads
-                    // it (a duplicate the queue drops) rather than losing it.
-                    self.journal_append(&mut ev);
+                    // it (a duplicate the queue drops) rather than losing it. Not
+                    // journaled, the file is its only durable copy: it stays, and the
+                    // next start reads it again (a duplicate if it was handled by then).
+                    let durable = self.journal_append(&mut ev);
                     self.push(ev, now);
-                    if let Err(e) = std::fs::remove_file(&path) {
+                    if !durable {
+                        log::warn!(
+                            "{}: kept until the next start, as the journal failed",
+                            path.display()
+                        );
+                    } else if let Err(e) = std::fs::remove_file(&path) {
                         if e.kind() != std::io::ErrorKind::NotFound {
                             log::warn!("{}: {e}", path.display());
                         }
@@ -582,11 +597,10 @@ impl Owner {
                 }
             }
             Input::Netlink(events) => {
-                for mut ev in events {
+                // Journaled by the netlink reader as it read them.
+                for ev in events {
                     self.stats.received += 1;
                     self.stats.netlink_in += 1;
-                    // The socket's copy is gone once read: journal it like the FIFO's.
-                    self.journal_append(&mut ev);
                     self.push(ev, now);
                 }
             }
@@ -596,13 +610,18 @@ impl Owner {
         }
     }
 
-    fn journal_append(&mut self, ev: &mut Event) {
-        if let Err(e) = self.journal.append(ev) {
-            log::error!(
-                "journal {}: {e}; {} is not crash-safe",
-                self.journal.dir().display(),
-                ev.summary()
-            );
+    /// Whether `ev` is in the journal now.
+    fn journal_append(&mut self, ev: &mut Event) -> bool {
+        match self.journal.append(ev) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "journal {}: {e}; {} is not crash-safe",
+                    self.journal.dir().display(),
+                    ev.summary()
+                );
+                false
+            }
         }
     }
 
@@ -629,7 +648,7 @@ impl Owner {
                 );
             }
             Push::Duplicate(ev) => {
-                self.journal.done(&ev, false);
+                self.journal.duplicate(&ev);
                 self.stats.duplicates += 1;
                 log::info!(
                     "duplicate {}: already queued or handled; ignoring it",
@@ -946,8 +965,20 @@ impl Owner {
                 ok(&tx, "");
             }
             Request::Inject(mut ev) => {
+                // "queued" promises the event survives a crash: without the journal only
+                // the client holds it, so it is told to try again.
+                if let Err(e) = self.journal.append(&mut ev) {
+                    log::error!(
+                        "journal {}: {e}; refusing injected {}",
+                        self.journal.dir().display(),
+                        ev.summary()
+                    );
+                    let _ = tx.send(Reply::End(End::Error(format!(
+                        "not queued: the journal cannot take it ({e})"
+                    ))));
+                    return;
+                }
                 self.stats.received += 1;
-                self.journal_append(&mut ev);
                 self.push(ev, Instant::now());
                 ok(&tx, "queued");
             }
@@ -1143,18 +1174,31 @@ impl Owner {
         }
     }
 
-    /// Hand every queued event to the spool and empty the journal (a clean stop).
-    fn hand_over(&mut self) {
+    /// Hand every queued event to the spool and empty the journal (a clean stop), unless
+    /// the FIFO reader may still be filling a segment (`sources_done` false: it did not
+    /// finish in time), or some event could not be spooled.
+    fn hand_over(&mut self, sources_done: bool) {
         let rest = self.queue.drain_pending();
         let mut kept = 0;
         for ev in &rest {
             match self.runtime.spool.write(ev) {
-                Ok(_) => kept += 1,
+                Ok(_) => {
+                    kept += 1;
+                    // Should the journal stay, the next start takes it from the spool.
+                    self.journal.handed_over(ev);
+                }
                 Err(e) => log::error!("{}: cannot spool it: {e}", ev.summary()),
             }
         }
         self.flush_journal();
-        if kept == rest.len() {
+        if !sources_done {
+            // Its events of the segment are in no spool file: recovery finds them there.
+            log::warn!(
+                "journal {}: kept for the next start, as the FIFO reader may still be \
+                 filling it",
+                self.journal.dir().display()
+            );
+        } else if kept == rest.len() {
             // Everything queued is in the spool now: the journal has nothing left to keep.
             if let Err(e) = self.journal.clear() {
                 log::warn!("journal {}: {e}", self.journal.dir().display());
@@ -1218,11 +1262,15 @@ fn serve(owner: &Mutex<Owner>, ch: &Channels) {
 /// finish, and hand every queued event to the spool.
 fn finish(owner: &Mutex<Owner>, ch: &Channels, fifo_reader: Option<&sources::FifoStop>) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut sources_done = false;
     // Until the FIFO reader is done, or every source has exited.
     loop {
         let wait = deadline.min(Instant::now() + Duration::from_millis(20));
         match ch.input.recv_deadline(wait) {
-            Ok(Input::FifoClosed) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Input::FifoClosed) | Err(RecvTimeoutError::Disconnected) => {
+                sources_done = true;
+                break;
+            }
             Ok(input) => lock(owner).on_input(input),
             Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
                 if fifo_reader.is_some() {
@@ -1250,7 +1298,7 @@ fn finish(owner: &Mutex<Owner>, ch: &Channels, fifo_reader: Option<&sources::Fif
             }
         }
     }
-    lock(owner).hand_over();
+    lock(owner).hand_over(sources_done);
 }
 
 /// Write the buffered `done` records; failures are logged, rate-limited.

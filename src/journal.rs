@@ -4,14 +4,17 @@
 //!
 //! ```text
 //! RUNTIME/journal/0000000001.fifo   raw bytes read from the FIFO, in place
-//! RUNTIME/journal/0000000002.aux    messages the daemon wrote (spool files, injected events)
+//! RUNTIME/journal/0000000002.aux    messages the daemon wrote (spool files, injected events,
+//!                                   netlink datagrams)
 //! RUNTIME/journal/done              16-byte records: event id (u64 LE), SEQNUM (u64 LE)
 //! ```
 //!
 //! The FIFO reader `read()`s the pipe straight into the current `.fifo` segment's mapped
 //! pages and splits messages there ([`FifoSegment`]), so at every instant each byte is
 //! either still in the pipe or in the journal. Spool files and injected events are appended
-//! to an `.aux` segment before the spool file is deleted or the client is answered.
+//! to an `.aux` segment before the spool file is deleted or the client is answered; the
+//! netlink reader appends each event to an `.aux` segment of its own as it reads it
+//! ([`Appender`]), since the kernel keeps no copy.
 //!
 //! An event's id is `segment << 32 | offset of its message in the segment`. When the daemon
 //! is done with an event (its handlers ran, or it was recalled, coalesced or a duplicate)
@@ -19,12 +22,14 @@
 //! the handler that was running may run a second time (at-least-once for that event,
 //! exactly-once for every other). A segment is deleted once it is sealed (a newer one took
 //! over) and every event in it is done; `done` is rewritten when it grows, keeping only
-//! records of live segments and the highest SEQNUM done. A clean shutdown hands queued
-//! events to the spool and empties the journal.
+//! records of live segments, the SEQNUMs done (as ranges) and the highest. A clean
+//! shutdown hands queued events to the spool and deletes the segments; `done` keeps the
+//! SEQNUMs done, so a copy of an event handled before any restart is a duplicate.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::RangeInclusive;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -41,7 +46,17 @@ const DONE_REWRITE: u64 = 64 * 1024;
 const DONE_RECORD: usize = 16;
 /// The record carrying the highest SEQNUM done, kept across rewrites.
 const MAX_SEQ_ID: u64 = u64::MAX;
+/// A pair of records carrying one range of SEQNUMs done (first, then last), kept across
+/// rewrites and clean stops.
+const DONE_FROM_ID: u64 = u64::MAX - 1;
+const DONE_TO_ID: u64 = u64::MAX - 2;
+/// The record a clean stop leaves: no event of the last run is left here.
+const STOPPED_ID: u64 = u64::MAX - 3;
 const NO_SEQ: u64 = u64::MAX;
+/// Ranges of SEQNUMs done that are kept. Past it the oldest range is forgotten: a copy of
+/// one of its events arriving after a restart is taken as late and runs again, the old
+/// behaviour, rather than an event being dropped as a duplicate it is not.
+const MAX_DONE_RANGES: usize = 4096;
 
 /// The id of the message at `offset` in segment `seg`.
 pub fn event_id(seg: u32, offset: u64) -> u64 {
@@ -52,8 +67,8 @@ pub fn segment_of(id: u64) -> u32 {
     (id >> 32) as u32
 }
 
-/// Segment numbers, shared by the FIFO reader (which starts `.fifo` segments) and the
-/// owner (`.aux` segments).
+/// Segment numbers, shared by the FIFO reader (which starts `.fifo` segments), the
+/// netlink reader and the owner (`.aux` segments).
 #[derive(Debug, Clone)]
 pub struct Numbers(Arc<AtomicU32>);
 
@@ -100,6 +115,17 @@ pub struct FifoJournal {
     pub dir: PathBuf,
     numbers: Numbers,
     spare: Spare,
+    /// [`SEGMENT_SIZE`], smaller in tests that need many segments.
+    segment_size: usize,
+}
+
+impl FifoJournal {
+    /// Seal segments past `size` bytes instead of [`SEGMENT_SIZE`].
+    #[cfg(test)]
+    pub fn with_segment_size(mut self, size: usize) -> FifoJournal {
+        self.segment_size = size;
+        self
+    }
 }
 
 /// A segment being written.
@@ -141,8 +167,10 @@ pub struct FifoSegment {
     pub number: u32,
     file: File,
     map: std::ptr::NonNull<u8>,
-    /// Size of the mapping and of the file: [`SEGMENT_SIZE`] plus one pipe's worth.
+    /// Size of the mapping and of the file: the segment size plus one pipe's worth.
     room: usize,
+    /// Past this many bytes the segment is full ([`SEGMENT_SIZE`]).
+    size: usize,
     /// Bytes written.
     len: usize,
     /// Pages below this were dropped from our page tables (they stay in the file).
@@ -165,7 +193,7 @@ impl FifoSegment {
     /// [`SEGMENT_SIZE`], a read below it always takes everything the pipe holds, so a
     /// segment only ends where the pipe held whole messages.
     pub fn create(journal: &FifoJournal, pipe_size: usize) -> io::Result<FifoSegment> {
-        let room = SEGMENT_SIZE as usize + pipe_size;
+        let room = journal.segment_size + pipe_size;
         while let Some(old) = journal.spare.pop() {
             match Self::reuse(journal, old, room, pipe_size) {
                 Ok(seg) => return Ok(seg),
@@ -203,6 +231,7 @@ impl FifoSegment {
     }
 
     fn map(file: File, number: u32, room: usize, pipe_size: usize) -> io::Result<FifoSegment> {
+        let size = room - pipe_size;
         file.set_len(room as u64)?;
         let map = map_shared(&file, room)?;
         // SAFETY: sysconf has no preconditions.
@@ -212,6 +241,7 @@ impl FifoSegment {
             file,
             map,
             room,
+            size,
             len: 0,
             released: 0,
             populated: 0,
@@ -227,7 +257,7 @@ impl FifoSegment {
 
     /// Past [`SEGMENT_SIZE`]: time for a new segment.
     pub fn is_full(&self) -> bool {
-        self.len >= SEGMENT_SIZE as usize
+        self.len >= self.size
     }
 
     /// Move what the pipe holds into the segment: how many bytes, 0 when it is empty, at
@@ -349,6 +379,11 @@ pub struct Recovered {
     pub max_done: Option<u64>,
     /// How many records said "done" (0: there was no earlier run to speak of).
     pub done_records: u64,
+    /// SEQNUMs earlier runs were done with (handled, recalled, coalesced), in ranges,
+    /// ascending: a copy of one arriving again is a duplicate.
+    pub done_seqs: Vec<RangeInclusive<u64>>,
+    /// The last run stopped cleanly: its queued events went to the spool.
+    pub stopped_cleanly: bool,
 }
 
 /// The journal's owner-side state: segment bookkeeping and the `done` file.
@@ -356,7 +391,7 @@ pub struct Journal {
     dir: PathBuf,
     numbers: Numbers,
     spare: Spare,
-    aux: Option<Segment>,
+    aux: Appender,
     done: File,
     done_records: u64,
     /// `done` is rewritten when it reaches this many records: [`DONE_REWRITE`], or twice
@@ -368,6 +403,8 @@ pub struct Journal {
     /// need not read the file back.
     done_ids: Vec<u64>,
     max_done: Option<u64>,
+    /// SEQNUMs done, first → last of each range.
+    done_seqs: DoneSeqs,
     /// Per live segment: events not done yet, and whether a newer segment replaced it.
     live: BTreeMap<u32, (u64, bool)>,
 }
@@ -382,7 +419,13 @@ impl Journal {
         }
         crate::spool::check_private_dir(&dir).map_err(io::Error::other)?;
         let done_path = dir.join("done");
-        let (done_ids, max_done, done_records) = read_done(&done_path)?;
+        let Done {
+            ids: done_ids,
+            max: max_done,
+            records: done_records,
+            seqs: done_seqs,
+            stopped,
+        } = read_done(&done_path)?;
         let mut segments: Vec<(u32, String)> = fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -428,26 +471,37 @@ impl Journal {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&done_path)?;
+        let numbers = Numbers(Arc::new(AtomicU32::new(first)));
         let mut journal = Journal {
-            dir,
-            numbers: Numbers(Arc::new(AtomicU32::new(first))),
+            dir: dir.clone(),
+            numbers: numbers.clone(),
             spare: Spare::default(),
-            aux: None,
+            aux: Appender {
+                dir,
+                numbers,
+                seg: None,
+                sealed: Vec::new(),
+            },
             done,
             done_records,
             rewrite_at: DONE_REWRITE,
             done_buf: Vec::new(),
             done_ids: Vec::new(),
             max_done,
+            done_seqs,
             live,
         };
-        journal.rewrite_done(done_ids.iter().copied())?;
+        // Also drops the clean stop's mark: from now on this run's stop is what counts.
+        journal.rewrite_done(done_ids.iter().copied(), false)?;
+        let done_seqs = journal.done_seqs.ranges();
         Ok((
             journal,
             Recovered {
                 events,
                 max_done,
                 done_records,
+                done_seqs,
+                stopped_cleanly: stopped,
             },
         ))
     }
@@ -462,23 +516,28 @@ impl Journal {
             dir: self.dir.clone(),
             numbers: self.numbers.clone(),
             spare: self.spare.clone(),
+            segment_size: SEGMENT_SIZE as usize,
+        }
+    }
+
+    /// An appender of `.aux` segments for another thread (the netlink reader).
+    pub fn appender(&self) -> Appender {
+        Appender {
+            dir: self.dir.clone(),
+            numbers: self.numbers.clone(),
+            seg: None,
+            sealed: Vec::new(),
         }
     }
 
     /// Append an event the daemon itself took in (spool file, injected) and name it.
     pub fn append(&mut self, ev: &mut Event) -> io::Result<()> {
-        if self.aux.as_ref().is_none_or(|s| s.len >= SEGMENT_SIZE) {
-            if let Some(old) = self.aux.take() {
-                self.sealed(old.number);
-            }
-            self.aux = Some(Segment::create(&self.dir, self.numbers.next(), "aux")?);
+        let appended = self.aux.append(ev);
+        // Every event of the segments it left was queued before this one came.
+        for n in self.aux.take_sealed() {
+            self.sealed(n);
         }
-        let seg = self.aux.as_mut().expect("just made");
-        let bytes = message::encode(ev.payload());
-        seg.file.write_all_at(&bytes, seg.len)?;
-        ev.set_id(event_id(seg.number, seg.len));
-        seg.len += bytes.len() as u64;
-        Ok(())
+        appended
     }
 
     /// An event of segment `id` is now queued and must be marked done later.
@@ -510,19 +569,35 @@ impl Journal {
         }
     }
 
-    /// The daemon is done with `ev` (`queued`: it had been counted by [`queued`]; a
-    /// duplicate or a coalesced `remove` never was). Buffered until [`flush`](Self::flush).
+    /// The daemon is done with `ev`: handled, recalled or coalesced (`queued`: it had been
+    /// counted by [`queued`]; a coalesced `remove` never was). Buffered until
+    /// [`flush`](Self::flush).
     pub fn done(&mut self, ev: &Event, queued: bool) {
-        let id = ev.id();
+        if let Some(s) = ev.seqnum() {
+            self.max_done = Some(self.max_done.map_or(s, |m| m.max(s)));
+            self.done_seqs.insert(s);
+        }
+        self.record_done(ev.id(), ev.seqnum().unwrap_or(NO_SEQ), queued);
+    }
+
+    /// `ev` was a copy of an event queued or done before. Its SEQNUM is not recorded:
+    /// it belongs to the other copy, which may not be done yet.
+    pub fn duplicate(&mut self, ev: &Event) {
+        self.record_done(ev.id(), NO_SEQ, false);
+    }
+
+    /// `ev`, queued, went to the spool at a stop: the spool file is its copy now. Its
+    /// SEQNUM is not recorded, or the file would be a duplicate at the next start.
+    pub fn handed_over(&mut self, ev: &Event) {
+        self.record_done(ev.id(), NO_SEQ, true);
+    }
+
+    fn record_done(&mut self, id: u64, seq: u64, queued: bool) {
         if id == 0 {
             return;
         }
         self.done_buf.extend_from_slice(&id.to_le_bytes());
-        let seq = ev.seqnum().unwrap_or(NO_SEQ);
         self.done_buf.extend_from_slice(&seq.to_le_bytes());
-        if let Some(s) = ev.seqnum() {
-            self.max_done = Some(self.max_done.map_or(s, |m| m.max(s)));
-        }
         let number = segment_of(id);
         if !queued {
             return;
@@ -547,7 +622,7 @@ impl Journal {
         self.done_buf.clear();
         if self.done_records >= self.rewrite_at {
             let ids = std::mem::take(&mut self.done_ids);
-            self.rewrite_done(ids.into_iter())?;
+            self.rewrite_done(ids.into_iter(), false)?;
         }
         Ok(())
     }
@@ -571,13 +646,14 @@ impl Journal {
         }
     }
 
-    /// Rewrite `done` with the records of live segments only, plus the highest SEQNUM.
-    fn rewrite_done(&mut self, ids: impl Iterator<Item = u64>) -> io::Result<()> {
+    /// Rewrite `done` with the records of live segments only, plus the SEQNUMs done (their
+    /// ranges and the highest) and, at a clean stop, the mark saying so.
+    fn rewrite_done(&mut self, ids: impl Iterator<Item = u64>, stopped: bool) -> io::Result<()> {
         let mut out = Vec::new();
         let mut kept = Vec::new();
         // Records come in runs of one segment: ask `live` once per run.
         let mut last: Option<(u32, bool)> = None;
-        for id in ids.filter(|&id| id != MAX_SEQ_ID) {
+        for id in ids.filter(|&id| id < STOPPED_ID) {
             let seg = segment_of(id);
             let keep = match last {
                 Some((s, keep)) if s == seg => keep,
@@ -590,9 +666,19 @@ impl Journal {
                 kept.push(id);
             }
         }
+        let mut record = |id: u64, seq: u64| {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&seq.to_le_bytes());
+        };
+        for r in self.done_seqs.ranges() {
+            record(DONE_FROM_ID, *r.start());
+            record(DONE_TO_ID, *r.end());
+        }
         if let Some(m) = self.max_done {
-            out.extend_from_slice(&MAX_SEQ_ID.to_le_bytes());
-            out.extend_from_slice(&m.to_le_bytes());
+            record(MAX_SEQ_ID, m);
+        }
+        if stopped {
+            record(STOPPED_ID, NO_SEQ);
         }
         let tmp = self.dir.join(".done.tmp");
         OpenOptions::new()
@@ -614,13 +700,55 @@ impl Journal {
         Ok(())
     }
 
-    /// Clean shutdown: queued events went to the spool, so nothing here is needed.
+    /// Clean shutdown: queued events went to the spool, so no event here is needed. The
+    /// SEQNUMs done are kept, so a copy of one arriving after the next start is known.
     pub fn clear(&mut self) -> io::Result<()> {
-        self.aux = None;
+        self.aux.seg = None;
+        self.flush()?;
+        self.live.clear();
+        self.rewrite_done(std::iter::empty(), true)?;
         for entry in fs::read_dir(&self.dir)? {
-            fs::remove_file(entry?.path())?;
+            let path = entry?.path();
+            if path.file_name() != Some("done".as_ref()) {
+                fs::remove_file(path)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// Appends events to `.aux` segments of its own. The segments it fills and leaves must
+/// reach the owner's [`Journal::sealed`] after their last events (see
+/// [`take_sealed`](Self::take_sealed)).
+pub struct Appender {
+    dir: PathBuf,
+    numbers: Numbers,
+    seg: Option<Segment>,
+    /// Segments left full since the last [`take_sealed`](Self::take_sealed).
+    sealed: Vec<u32>,
+}
+
+impl Appender {
+    /// Append `ev` and name it by where it lies.
+    pub fn append(&mut self, ev: &mut Event) -> io::Result<()> {
+        if self.seg.as_ref().is_none_or(|s| s.len >= SEGMENT_SIZE) {
+            if let Some(old) = self.seg.take() {
+                self.sealed.push(old.number);
+            }
+            self.seg = Some(Segment::create(&self.dir, self.numbers.next(), "aux")?);
+        }
+        let seg = self.seg.as_mut().expect("just made");
+        let bytes = message::encode(ev.payload());
+        seg.file.write_all_at(&bytes, seg.len)?;
+        ev.set_id(event_id(seg.number, seg.len));
+        seg.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The segments left full, which get no more events. For [`Journal::sealed`] once
+    /// every event appended to them was handed on.
+    pub fn take_sealed(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.sealed)
     }
 }
 
@@ -665,27 +793,103 @@ impl Reader {
     }
 }
 
-/// The `done` file: ids done, the highest SEQNUM done, and the record count.
-fn read_done(path: &Path) -> io::Result<(HashSet<u64, BuildU64>, Option<u64>, u64)> {
+/// What the `done` file says.
+struct Done {
+    ids: HashSet<u64, BuildU64>,
+    /// The highest SEQNUM done.
+    max: Option<u64>,
+    records: u64,
+    seqs: DoneSeqs,
+    /// It ends with a clean stop's mark.
+    stopped: bool,
+}
+
+fn read_done(path: &Path) -> io::Result<Done> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
-    let mut ids = HashSet::with_capacity_and_hasher(bytes.len() / DONE_RECORD, BuildU64::default());
-    let mut max = None;
+    let mut done = Done {
+        ids: HashSet::with_capacity_and_hasher(bytes.len() / DONE_RECORD, BuildU64::default()),
+        max: None,
+        records: (bytes.len() / DONE_RECORD) as u64,
+        seqs: DoneSeqs::default(),
+        stopped: false,
+    };
+    let mut from = None;
     // A record cut short by a kill mid-write is ignored: its event runs again.
     for rec in bytes.chunks_exact(DONE_RECORD) {
         let id = record_id(rec);
         let seq = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
-        if seq != NO_SEQ {
-            max = Some(max.map_or(seq, |m: u64| m.max(seq)));
+        done.stopped = id == STOPPED_ID;
+        match id {
+            DONE_FROM_ID => from = Some(seq),
+            DONE_TO_ID => {
+                if let Some(first) = from.take() {
+                    done.seqs.insert_range(first, seq);
+                }
+            }
+            STOPPED_ID => {}
+            _ if seq == NO_SEQ => {}
+            _ => {
+                done.max = Some(done.max.map_or(seq, |m: u64| m.max(seq)));
+                if id != MAX_SEQ_ID {
+                    done.seqs.insert(seq);
+                }
+            }
         }
-        if id != MAX_SEQ_ID {
-            ids.insert(id);
+        if id < STOPPED_ID {
+            done.ids.insert(id);
         }
     }
-    Ok((ids, max, (bytes.len() / DONE_RECORD) as u64))
+    Ok(done)
+}
+
+/// SEQNUMs done, as ranges (first → last), at most [`MAX_DONE_RANGES`] of them. Handled
+/// SEQNUMs come mostly in order, so nearly every insert grows the last range.
+#[derive(Debug, Default)]
+struct DoneSeqs(BTreeMap<u64, u64>);
+
+impl DoneSeqs {
+    fn insert(&mut self, seq: u64) {
+        if let Some(mut last) = self.0.last_entry() {
+            if (*last.key()..=*last.get()).contains(&seq) {
+                return;
+            }
+            if last.get().checked_add(1) == Some(seq) {
+                *last.get_mut() = seq;
+                return;
+            }
+        }
+        self.insert_range(seq, seq);
+    }
+
+    fn insert_range(&mut self, mut first: u64, mut last: u64) {
+        if first > last {
+            return;
+        }
+        // Merge with every range that overlaps or touches first..=last.
+        while let Some((&a, &b)) = self.0.range(..=last.saturating_add(1)).next_back() {
+            if b.saturating_add(1) < first {
+                break;
+            }
+            if a <= first && b >= last {
+                return;
+            }
+            self.0.remove(&a);
+            first = first.min(a);
+            last = last.max(b);
+        }
+        self.0.insert(first, last);
+        if self.0.len() > MAX_DONE_RANGES {
+            self.0.pop_first();
+        }
+    }
+
+    fn ranges(&self) -> Vec<RangeInclusive<u64>> {
+        self.0.iter().map(|(&a, &b)| a..=b).collect()
+    }
 }
 
 /// Zero a file's bytes in place, keeping its pages: pwrite(2) from a zeroed buffer.
@@ -846,6 +1050,85 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("done")]);
+    }
+
+    #[test]
+    fn seqnums_done_survive_rewrites_kills_and_clean_stops_but_duplicates_do_not_count() {
+        let rt = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(rt.path()).unwrap();
+        let mut evs: Vec<Event> = [1, 2, 3, 5, 9, 7].into_iter().map(ev).collect();
+        for e in &mut evs {
+            j.append(e).unwrap();
+            j.queued(e.id());
+        }
+        for e in &evs[..5] {
+            j.done(e, true);
+        }
+        // A copy of 7 while 7 is still queued: 7 is not done.
+        let mut copy = ev(7);
+        j.append(&mut copy).unwrap();
+        j.duplicate(&copy);
+        j.flush().unwrap();
+        drop(j);
+        // Killed: the ranges come from the records.
+        let (mut j, rec) = Journal::open(rt.path()).unwrap();
+        assert_eq!(rec.done_seqs, vec![1..=3, 5..=5, 9..=9]);
+        assert!(!rec.stopped_cleanly);
+        let seqs: Vec<_> = rec.events.iter().filter_map(Event::seqnum).collect();
+        assert_eq!(seqs, vec![7]);
+        // Open rewrote `done`: the ranges are records of their own now.
+        j.queued(rec.events[0].id());
+        j.done(&rec.events[0], true);
+        j.done(&ev(4), true);
+        j.clear().unwrap();
+        drop(j);
+        assert_eq!(names(&rt.path().join("journal")), vec!["done".to_string()]);
+        let (j, rec) = Journal::open(rt.path()).unwrap();
+        assert_eq!(rec.done_seqs, vec![1..=5, 7..=7, 9..=9]);
+        assert_eq!(rec.max_done, Some(9));
+        assert!(rec.stopped_cleanly);
+        assert!(rec.events.is_empty());
+        drop(j);
+        // Only the stop just before counts.
+        let (_j, rec) = Journal::open(rt.path()).unwrap();
+        assert!(!rec.stopped_cleanly);
+        assert_eq!(rec.done_seqs, vec![1..=5, 7..=7, 9..=9]);
+    }
+
+    #[test]
+    fn events_handed_to_the_spool_are_not_recovered_nor_counted_as_done() {
+        let rt = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(rt.path()).unwrap();
+        let mut evs: Vec<Event> = [1, 2].into_iter().map(ev).collect();
+        for e in &mut evs {
+            j.append(e).unwrap();
+            j.queued(e.id());
+        }
+        j.done(&evs[0], true);
+        j.handed_over(&evs[1]);
+        j.flush().unwrap();
+        // A stop that kept the journal: 2 is in the spool, and no duplicate there.
+        drop(j);
+        let (_j, rec) = Journal::open(rt.path()).unwrap();
+        assert!(rec.events.is_empty());
+        assert_eq!(rec.done_seqs, vec![1..=1]);
+    }
+
+    #[test]
+    fn done_seqnum_ranges_merge_and_the_oldest_go_past_the_cap() {
+        let mut d = DoneSeqs::default();
+        for s in [5, 3, 4, 10, 8, 9, 1] {
+            d.insert(s);
+        }
+        assert_eq!(d.ranges(), vec![1..=1, 3..=5, 8..=10]);
+        d.insert_range(2, 8);
+        assert_eq!(d.ranges(), vec![1..=10]);
+        for i in 0..MAX_DONE_RANGES as u64 {
+            d.insert(100 + 2 * i);
+        }
+        let r = d.ranges();
+        assert_eq!(r.len(), MAX_DONE_RANGES);
+        assert_eq!(r[0], 100..=100, "1..=10 was forgotten");
     }
 
     use std::os::fd::AsFd;

@@ -17,6 +17,10 @@
 //! the kernel: the reader logs how many SEQNUMs it missed once the next event shows, and
 //! rescans `/sys`, queueing an `add` for every device present, as `mdev -s` does. Events
 //! for devices that went away in the loss cannot be recovered that way and are logged.
+//!
+//! The kernel keeps no copy of a datagram once it is read, so the reader appends each event
+//! to the crash journal as it reads it, on this thread, before it waits in the channel for
+//! the queue's owner: a kill meanwhile finds it there at the next start.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -32,6 +36,7 @@ use nix::sys::socket::{
 };
 
 use crate::event::{find_byte, Event, EventError};
+use crate::journal::Appender;
 use crate::sources::{Input, RateLimit};
 use crate::sysfs;
 
@@ -128,12 +133,13 @@ pub fn parse(data: &[u8], sender: u32, uid: Option<u32>) -> Result<Event, Datagr
     Ok(Event::from_payload(&payload)?)
 }
 
-/// Start the reader thread. It sends `Input::Netlink` batches; when `stop` becomes readable
-/// it exits.
+/// Start the reader thread. It journals each event with `journal` and sends
+/// `Input::Netlink` batches; when `stop` becomes readable it exits.
 pub fn spawn_reader(
     sock: OwnedFd,
     stop: OwnedFd,
     sysfs: PathBuf,
+    journal: Appender,
     tx: Sender<Input>,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
@@ -142,6 +148,8 @@ pub fn spawn_reader(
             let mut reader = Reader {
                 tx,
                 sysfs,
+                journal,
+                journal_warn: RateLimit::new(3, Duration::from_secs(60)),
                 warn: RateLimit::new(10, Duration::from_secs(10)),
                 last_seq: None,
                 lost: false,
@@ -152,6 +160,8 @@ pub fn spawn_reader(
 
 struct Reader {
     tx: Sender<Input>,
+    journal: Appender,
+    journal_warn: RateLimit,
     sysfs: PathBuf,
     warn: RateLimit,
     /// The last SEQNUM received, to count what an overflow cost.
@@ -184,6 +194,13 @@ impl Reader {
             if !batch.is_empty() && self.tx.send(Input::Netlink(batch)).is_err() {
                 return;
             }
+            // After the batch: the owner wipes a sealed segment none of whose events
+            // it holds.
+            for n in self.journal.take_sealed() {
+                if self.tx.send(Input::Sealed(n)).is_err() {
+                    return;
+                }
+            }
         }
     }
 
@@ -207,7 +224,7 @@ impl Reader {
                 Ok(msg) => msg,
                 Err(Errno::EAGAIN) => {
                     if rescan_due {
-                        batch.extend(rescan(&self.sysfs));
+                        self.rescan_into(&mut batch);
                     }
                     return (batch, bad);
                 }
@@ -220,7 +237,7 @@ impl Reader {
                 Err(e) => {
                     log::error!("netlink: recvmsg: {e}");
                     if rescan_due {
-                        batch.extend(rescan(&self.sysfs));
+                        self.rescan_into(&mut batch);
                     }
                     return (batch, bad);
                 }
@@ -241,8 +258,9 @@ impl Reader {
                 parse(data, sender, uid)
             };
             match parsed {
-                Ok(ev) => {
+                Ok(mut ev) => {
                     self.count_loss(&ev);
+                    self.journal(&mut ev);
                     batch.push(ev);
                 }
                 // Rebroadcasts are expected on a udev system; not worth a line each.
@@ -258,6 +276,22 @@ impl Reader {
                     }
                 }
             }
+        }
+    }
+
+    /// Into the journal, or a line saying why not: the event goes on unprotected.
+    fn journal(&mut self, ev: &mut Event) {
+        if let Err(e) = self.journal.append(ev) {
+            if self.journal_warn.allow("netlink journal errors") {
+                log::error!("netlink: journal: {e}; {} is not crash-safe", ev.summary());
+            }
+        }
+    }
+
+    fn rescan_into(&mut self, batch: &mut Vec<Event>) {
+        for mut ev in rescan(&self.sysfs) {
+            self.journal(&mut ev);
+            batch.push(ev);
         }
     }
 
@@ -404,5 +438,45 @@ INTERFACE=d0\0IFINDEX=3\0SEQNUM=812\0HOME=/\0PATH=/sbin:/bin:/usr/sbin:/usr/bin\
         assert_eq!(ev.subsystem(), b"net");
         assert_eq!(ev.seqnum(), None);
         assert_eq!(ev.get(b"INTERFACE"), Some(&b"lo"[..]));
+    }
+
+    /// A kernel event read from the socket is in the journal before the owner takes it:
+    /// here the owner never does, as if the daemon were killed first, and recovery finds
+    /// it. Needs root (to write a `uevent` file and receive the kernel's broadcast).
+    #[test]
+    fn an_event_read_but_not_taken_is_recovered_from_the_journal() {
+        let trigger = "/sys/class/net/lo/uevent";
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new(trigger).exists() {
+            eprintln!("SKIPPED: needs root and {trigger}");
+            return;
+        }
+        let rt = tempfile::tempdir().unwrap();
+        let (journal, _) = crate::journal::Journal::open(rt.path()).unwrap();
+        let sock = open(1 << 20).unwrap();
+        let (stop_r, stop_w) = nix::unistd::pipe().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let reader = spawn_reader(sock, stop_r, "/sys".into(), journal.appender(), tx).unwrap();
+        let tag = crate::sysfs::random_uuid().unwrap();
+        std::fs::write(trigger, format!("change {tag}")).unwrap();
+        let ours = |ev: &Event| ev.tag() == Some(tag.as_bytes());
+        // Read and handed on, not taken.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        'wait: loop {
+            match rx
+                .recv_deadline(deadline)
+                .expect("the kernel's event never came")
+            {
+                Input::Netlink(batch) if batch.iter().any(ours) => break 'wait,
+                _ => {}
+            }
+        }
+        nix::unistd::write(&stop_w, b"x").unwrap();
+        reader.join().unwrap();
+        drop(journal);
+        let (_j, rec) = crate::journal::Journal::open(rt.path()).unwrap();
+        let found: Vec<_> = rec.events.iter().filter(|e| ours(e)).collect();
+        assert_eq!(found.len(), 1, "{:?}", rec.events);
+        assert_eq!(found[0].devpath(), b"/devices/virtual/net/lo");
     }
 }

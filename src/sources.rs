@@ -189,25 +189,10 @@ pub fn spawn_fifo_reader(
         n if n > 0 => n as usize,
         _ => 1 << 20,
     };
-    let segment = FifoSegment::create(&journal, pipe_size)?;
+    let mut reader = FifoReader::new(journal, pipe_size, tx)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = Arc::clone(&stop);
     let thread = thread::Builder::new().name("fifo".into()).spawn(move || {
-        let mut reader = FifoReader {
-            tx,
-            splitter: Splitter::new(),
-            buf: Vec::new(),
-            taken: Taken {
-                batch: Vec::with_capacity(1024),
-                bad: 0,
-                warn: RateLimit::new(10, Duration::from_secs(10)),
-            },
-            journal,
-            pipe_size,
-            segment: Some(segment),
-            parsed: 0,
-            retry_at: None,
-        };
         if let Err(e) = wake_mask(libc::SIG_UNBLOCK) {
             log::error!(
                 "unblocking the FIFO reader's wake signal: {e}; a stop will wait 5 s for it"
@@ -236,6 +221,25 @@ struct FifoReader {
 }
 
 impl FifoReader {
+    fn new(journal: FifoJournal, pipe_size: usize, tx: Sender<Input>) -> std::io::Result<Self> {
+        let segment = FifoSegment::create(&journal, pipe_size)?;
+        Ok(FifoReader {
+            tx,
+            splitter: Splitter::new(),
+            buf: Vec::new(),
+            taken: Taken {
+                batch: Vec::with_capacity(1024),
+                bad: 0,
+                warn: RateLimit::new(10, Duration::from_secs(10)),
+            },
+            journal,
+            pipe_size,
+            segment: Some(segment),
+            parsed: 0,
+            retry_at: None,
+        })
+    }
+
     fn run(&mut self, fifo: BorrowedFd, stop: &AtomicBool, drain_on_stop: bool) {
         // SAFETY: F_GETFL on a valid fd.
         let flags = unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_GETFL) };
@@ -398,8 +402,16 @@ impl FifoReader {
             self.splitter
                 .feed_at(seg.bytes(self.parsed), |item, off| taken.take(item, 0, off));
             self.parsed = 0;
-            let _ = self.tx.send(Input::Sealed(seg.seal()));
+            self.seal(seg);
         }
+    }
+
+    /// Tell the owner no more events come from `seg`. Its last events go first: once
+    /// sealed, a segment none of whose events are pending is wiped, and events of it still
+    /// in the batch would then exist only in memory. (The channel keeps the order.)
+    fn seal(&mut self, seg: FifoSegment) {
+        self.send();
+        let _ = self.tx.send(Input::Sealed(seg.seal()));
     }
 
     /// The writers went quiet with a partial message held: it was truncated. Drop it and
@@ -468,7 +480,7 @@ impl FifoReader {
                 self.splitter = Splitter::new();
                 self.parsed = 0;
                 if let Some(old) = self.segment.replace(new) {
-                    let _ = self.tx.send(Input::Sealed(old.seal()));
+                    self.seal(old);
                 }
             }
             Err(e) => {
@@ -639,5 +651,78 @@ pub fn read_spooled(spool: &Spool, path: &std::path::Path) -> Option<Event> {
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Journal, Reader};
+
+    fn ev(seq: u64) -> Event {
+        let s = seq.to_string();
+        Event::from_vars(
+            b"t",
+            [
+                (&b"ACTION"[..], &b"add"[..]),
+                (b"DEVPATH", b"/devices/x"),
+                (b"SEQNUM", s.as_bytes()),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// What the owner does with the reader's inputs, with every event handled at once:
+    /// each event must still be in its segment on disk when it arrives, for it exists
+    /// nowhere else but in memory.
+    fn own(journal: &mut Journal, input: Input, seen: &mut Vec<u64>) {
+        match input {
+            Input::Fifo(events) => {
+                let mut disk = Reader::new(journal.dir());
+                for e in events {
+                    let seq = e.seqnum().unwrap();
+                    assert_eq!(
+                        disk.load(e.id()).and_then(|d| d.seqnum()),
+                        Some(seq),
+                        "SEQNUM {seq} arrived after its segment was wiped"
+                    );
+                    journal.queued(e.id());
+                    journal.done(&e, true);
+                    seen.push(seq);
+                }
+                journal.flush().unwrap();
+            }
+            Input::Sealed(n) => journal.sealed(n),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_segment_is_sealed_only_after_its_last_events_are_sent() {
+        let rt = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(rt.path()).unwrap();
+        // A segment fills after a few events, so one read of the pipe fills it and more.
+        let fifo = journal.fifo().with_segment_size(512);
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::fcntl::fcntl(
+            r.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut reader = FifoReader::new(fifo, 1 << 16, tx).unwrap();
+        let mut seen = Vec::new();
+        let mut next = 1;
+        for _ in 0..20 {
+            for _ in 0..8 {
+                nix::unistd::write(&w, &message::encode(ev(next).payload())).unwrap();
+                next += 1;
+            }
+            reader.drain(r.as_fd(), Drain::Final);
+            for input in rx.try_iter() {
+                own(&mut journal, input, &mut seen);
+            }
+        }
+        assert_eq!(seen, (1..next).collect::<Vec<_>>());
     }
 }

@@ -10,7 +10,7 @@ mod common;
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -434,4 +434,87 @@ timeout = "300ms"
             "{f:?}: the grandchild was killed"
         );
     }
+}
+
+/// One request on the control socket at `runtime`; the reply's last line.
+fn request_at(runtime: &Path, body: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(runtime.join("control")).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply.lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn an_event_the_full_journal_cannot_take_keeps_its_spool_file_or_is_refused() {
+    skip_unless!(cannot_mount());
+    let env = Env::new();
+    let rt = env.runtime();
+    fs::create_dir(&rt).unwrap();
+    let config = env.config("", "");
+    let log = env.path("daemon-full.log");
+    let script =
+        mount_tmpfs("16m") + r#"exec "$2" --config "$3" --runtime-dir "$1" --log-level debug"#;
+    let child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(&rt)
+        .arg(DAEMON)
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Daemon { child, log };
+    wait_for("the daemon to be ready", || {
+        if let Some(st) = daemon.child.try_wait().unwrap() {
+            panic!("daemon exited early ({st}):\n{}", daemon.log_text());
+        }
+        daemon.log_text().contains(" ready on ")
+    });
+    let view = PathBuf::from(format!("/proc/{}/root{}", daemon.child.id(), rt.display()));
+    // A spool file made on the same filesystem while it has room, put in place once it
+    // has none (a rename takes no space).
+    let stage = view.join("stage");
+    fs::DirBuilder::new().mode(0o700).create(&stage).unwrap();
+    let out = shim_at(
+        &stage,
+        &[
+            ("ACTION", "add"),
+            ("DEVPATH", "/devices/s"),
+            ("SEQNUM", "1"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let spooled = fs::read_dir(stage.join("spool"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    fill(&view.join("filler"));
+
+    // Spooled: handled, and the file stays, the event's only durable copy.
+    let kept = view.join("spool").join(spooled.file_name());
+    fs::rename(spooled.path(), &kept).unwrap();
+    assert_eq!(env.wait_handled(1).seqs, vec![1], "{}", daemon.log_text());
+    assert!(kept.exists(), "{}", daemon.log_text());
+    daemon.wait_log("kept until the next start");
+
+    // Injected: refused, since "queued" would promise what the journal cannot keep.
+    let reply = request_at(
+        &view,
+        "inject\nACTION=add\nDEVPATH=/devices/i\nSUBSYSTEM=test\n\n",
+    );
+    assert!(reply.starts_with("%error "), "{reply}");
+    assert_eq!(env.record().seqs, vec![1], "{}", daemon.log_text());
+    assert!(daemon.alive(), "{}", daemon.log_text());
 }

@@ -146,6 +146,8 @@ pub struct Queue {
     /// When a settle started expecting SEQNUMs that had not arrived.
     expect_since: Option<Instant>,
     skipped: VecDeque<RangeInclusive<u64>>,
+    /// See [`Queue::set_done_before`].
+    done_before: Vec<RangeInclusive<u64>>,
     /// Released events; `log[0]` is at position `base`.
     log: Log<Slot>,
     base: u64,
@@ -246,6 +248,7 @@ impl Queue {
             arrivals: VecDeque::new(),
             expect_since: None,
             skipped: VecDeque::new(),
+            done_before: Vec::new(),
             log: Log::default(),
             base: 0,
             cursors: vec![Some(0)],
@@ -326,6 +329,21 @@ impl Queue {
         }
     }
 
+    /// SEQNUMs earlier runs were done with (ascending ranges): a copy of one is a
+    /// duplicate whenever it comes, even where this run would take it as late.
+    pub fn set_done_before(&mut self, ranges: Vec<RangeInclusive<u64>>) {
+        self.done_before = ranges;
+    }
+
+    fn done_before(&self, seq: u64) -> bool {
+        // Most events are newer than all of them: one comparison.
+        if self.done_before.last().is_none_or(|r| seq > *r.end()) {
+            return false;
+        }
+        let i = self.done_before.partition_point(|r| *r.end() < seq);
+        self.done_before.get(i).is_some_and(|r| r.contains(&seq))
+    }
+
     /// The next SEQNUM the queue will release, if it knows.
     pub fn next_expected(&self) -> Option<u64> {
         self.next_expected
@@ -337,6 +355,11 @@ impl Queue {
             self.append(ev);
             return Push::Queued;
         };
+        if self.done_before(seq) {
+            // Nothing waits for it: its slot, if still ahead, is filled.
+            self.settle_seq(seq, now);
+            return Push::Duplicate(ev);
+        }
         // A second copy of a remove (two sources, or the spool) must not cancel an add
         // that came after the first copy, which already ran or is queued.
         if self.coalesce && ev.action() == b"remove" && !self.seen(seq) {
@@ -1561,5 +1584,22 @@ mod tests {
         let rest: Vec<_> = q.drain_pending().iter().filter_map(Event::seqnum).collect();
         assert_eq!(rest, vec![2, 3, 5]);
         assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn a_seqnum_an_earlier_run_was_done_with_is_a_duplicate_and_fills_its_slot() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at_kernel(4);
+        q.set_done_before(vec![1..=2, 6..=6]);
+        // 3 was not done (say, spooled at the stop): late, as before.
+        assert_eq!(q.push(ev(3, "add", "/c"), t), Push::Late);
+        assert!(matches!(q.push(ev(2, "add", "/b"), t), Push::Duplicate(_)));
+        assert_eq!(q.push(ev(5, "add", "/e"), t), Push::Queued);
+        // 6 is ahead and will not run: 7 does not wait for it.
+        assert!(matches!(q.push(ev(6, "add", "/f"), t), Push::Duplicate(_)));
+        assert_eq!(q.push(ev(7, "add", "/g"), t), Push::Queued);
+        assert_eq!(q.deadline(), None);
+        assert_eq!(drain(&mut q, RUNNER), vec![3, 5, 7]);
     }
 }
