@@ -43,6 +43,51 @@ pub struct Sources {
     pub netlink: bool,
 }
 
+/// `fifo`, `netlink` or `fifo,netlink`, as the status line shows them.
+impl fmt::Display for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [(self.fifo, "fifo"), (self.netlink, "netlink")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// The `sources` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcesSetting {
+    /// `"auto"`: what the kernel offers. Netlink always, since every kernel broadcasts;
+    /// the FIFO too when the kernel has a uevent helper setting, since only then can the
+    /// shim run (and an admin may point the setting at it while the daemon runs).
+    Auto,
+    /// `["fifo", "netlink"]` or a part of it: exactly these.
+    Listed(Sources),
+}
+
+impl SourcesSetting {
+    /// The sources to open, given whether the kernel has a uevent helper setting.
+    pub fn resolve(self, kernel_has_helper: bool) -> Sources {
+        match self {
+            SourcesSetting::Auto => Sources {
+                fifo: kernel_has_helper,
+                netlink: true,
+            },
+            SourcesSetting::Listed(s) => s,
+        }
+    }
+}
+
+/// `auto` or the listed names, as the `sources_config` status line shows it.
+impl fmt::Display for SourcesSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourcesSetting::Auto => f.write_str("auto"),
+            SourcesSetting::Listed(s) => s.fmt(f),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
     /// How long to wait for a missing SEQNUM before giving up on it.
@@ -59,7 +104,7 @@ pub struct DaemonConfig {
     pub max_output_bytes: usize,
     /// Past this many bytes of queued events in memory, new ones spill to the journal.
     pub max_queue_memory: usize,
-    pub sources: Sources,
+    pub sources: SourcesSetting,
     /// The netlink socket's receive buffer, bytes.
     pub netlink_buffer: usize,
 }
@@ -75,10 +120,7 @@ impl Default for DaemonConfig {
             seqnum_file: Some(PathBuf::from("/sys/kernel/uevent_seqnum")),
             max_output_bytes: 65536,
             max_queue_memory: 64 << 20,
-            sources: Sources {
-                fifo: true,
-                netlink: false,
-            },
+            sources: SourcesSetting::Auto,
             netlink_buffer: crate::netlink::RCVBUF,
         }
     }
@@ -255,11 +297,22 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
-/// `sources = ["fifo", "netlink"]`: a non-empty list, each name once.
-fn sources(d: &mut Diag, v: &Value) -> Option<Sources> {
-    let Node::Array(items) = &v.node else {
-        d.invalid_type(v, "an array of \"fifo\" and \"netlink\"");
-        return None;
+/// `sources = "auto"`, or `["fifo", "netlink"]`: a non-empty list, each name once.
+fn sources(d: &mut Diag, v: &Value) -> Option<SourcesSetting> {
+    let items = match &v.node {
+        Node::Array(items) => items,
+        Node::Str(s) if s == "auto" => return Some(SourcesSetting::Auto),
+        Node::Str(s) => {
+            let msg = format!(
+                "unknown sources {s:?}, expected \"auto\" or an array of \"fifo\" and \"netlink\""
+            );
+            d.error(&v.span, msg);
+            return None;
+        }
+        _ => {
+            d.invalid_type(v, "\"auto\" or an array of \"fifo\" and \"netlink\"");
+            return None;
+        }
     };
     let mut out = Sources {
         fifo: false,
@@ -291,7 +344,7 @@ fn sources(d: &mut Diag, v: &Value) -> Option<Sources> {
         d.error(&v.span, "sources is empty: no event would ever arrive");
         ok = false;
     }
-    ok.then_some(out)
+    ok.then_some(SourcesSetting::Listed(out))
 }
 
 /// A path setting; `""` switches it off (`Some(None)`).
@@ -460,10 +513,10 @@ mod tests {
         assert_eq!(d.max_output_bytes, 0);
         assert_eq!(
             d.sources,
-            Sources {
+            SourcesSetting::Listed(Sources {
                 fifo: true,
                 netlink: true
-            }
+            })
         );
         assert_eq!(d.netlink_buffer, 1 << 20);
     }
@@ -484,8 +537,34 @@ mod tests {
         );
         assert_eq!(
             one_err("[daemon]\nsources = \"netlink\"\n"),
-            "main.toml:2:11: invalid type: string \"netlink\", expected an array of \"fifo\" and \"netlink\""
+            "main.toml:2:11: unknown sources \"netlink\", expected \"auto\" or an array of \"fifo\" and \"netlink\""
         );
+        assert_eq!(
+            one_err("[daemon]\nsources = 1\n"),
+            "main.toml:2:11: invalid type: integer `1`, expected \"auto\" or an array of \"fifo\" and \"netlink\""
+        );
+    }
+
+    #[test]
+    fn sources_auto_is_the_default_and_follows_the_kernel() {
+        assert_eq!(DaemonConfig::default().sources, SourcesSetting::Auto);
+        let c = Config::parse("[daemon]\nsources = \"auto\"\n", Path::new("m.toml")).unwrap();
+        assert_eq!(c.daemon.sources, SourcesSetting::Auto);
+        assert_eq!(c.daemon.sources.to_string(), "auto");
+        // Without a helper setting the shim never runs: netlink alone.
+        let no_helper = SourcesSetting::Auto.resolve(false);
+        assert_eq!((no_helper.fifo, no_helper.netlink), (false, true));
+        assert_eq!(no_helper.to_string(), "netlink");
+        assert_eq!(
+            SourcesSetting::Auto.resolve(true).to_string(),
+            "fifo,netlink"
+        );
+        let fifo = SourcesSetting::Listed(Sources {
+            fifo: true,
+            netlink: false,
+        });
+        assert_eq!(fifo.resolve(false).to_string(), "fifo");
+        assert_eq!(fifo.to_string(), "fifo");
     }
 
     #[test]
@@ -778,6 +857,8 @@ run = ["/x"]
             Err(e) => panic!("{e}"),
         };
         assert_eq!(c.daemon.rules_dir, Some(root.join("rules.d")));
+        // A new user's kernel may have no uevent helper: the shipped config must hear it.
+        assert_eq!(c.daemon.sources, SourcesSetting::Auto);
         let files = fs::read_dir(root.join("rules.d")).unwrap().count();
         assert!(files >= 2);
         assert!(

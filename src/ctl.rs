@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::control::{self, Client, ClientError, End};
 use crate::event::Event;
+use crate::helper;
 use crate::rules::glob_match;
 use crate::spool::{DEFAULT_RUNTIME_DIR, RUNTIME_DIR_ENV};
 use crate::sysfs;
@@ -154,7 +155,7 @@ fn run(args: &[String]) -> Result<(), Fail> {
         },
         "trigger" => trigger(&dir, it),
         "test" => test(it),
-        "helper" => helper(it),
+        "helper" => helper(&dir, it),
         "timeline" => timeline(&dir, it),
         other => Err(usage(format!("unknown command {other:?}"))),
     }
@@ -605,11 +606,7 @@ fn timeline(dir: &Path, mut it: Args) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Where the kernel keeps its uevent helper path; `/sys/kernel/uevent_helper` is the same
-/// setting, and both exist only with CONFIG_UEVENT_HELPER.
-const HELPER_FILES: [&str; 2] = ["/proc/sys/kernel/hotplug", "/sys/kernel/uevent_helper"];
-
-fn helper(mut it: Args) -> Result<(), Fail> {
+fn helper(dir: &Path, mut it: Args) -> Result<(), Fail> {
     let action = it
         .next()
         .ok_or_else(|| usage("usage: helper status|enable [PATH]|disable"))?;
@@ -624,42 +621,29 @@ fn helper(mut it: Args) -> Result<(), Fail> {
             other => return Err(usage(format!("helper: unexpected argument {other:?}"))),
         }
     }
-    let file = match file {
-        Some(f) => f,
-        None => HELPER_FILES
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                Fail(
-                    "this kernel has no uevent helper (built without CONFIG_UEVENT_HELPER): \
-                     run hotplugd with the netlink source instead (sources = [\"netlink\"])"
-                        .into(),
-                    1,
-                )
-            })?,
-    };
+    let file = file.or_else(helper::knob_file);
+    if action == "status" {
+        // Always succeeds: a kernel without the setting is a fact to report, not a failure.
+        let daemon = helper::daemon_sources(dir);
+        for line in helper::status_report(file.as_deref(), daemon) {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let file = file.ok_or_else(|| {
+        Fail(
+            "this kernel has no uevent helper (built without CONFIG_UEVENT_HELPER): \
+             run hotplugd with the netlink source instead (sources = \"auto\", the default)"
+                .into(),
+            1,
+        )
+    })?;
     let fail = |e: std::io::Error| Fail(format!("{}: {e}", file.display()), 1);
     match action {
-        "status" => {
-            let current = std::fs::read_to_string(&file).map_err(fail)?;
-            let current = current.trim();
-            if current.is_empty() {
-                println!(
-                    "{}: no helper (the kernel runs nothing per event)",
-                    file.display()
-                );
-            } else {
-                println!("{}: {current}", file.display());
-            }
-            Ok(())
-        }
         "enable" => {
             let shim = match path {
                 Some(p) => PathBuf::from(p),
-                None => std::env::current_exe()
-                    .ok()
-                    .and_then(|e| Some(e.parent()?.join("hotplug")))
+                None => helper::our_shim()
                     .filter(|p| p.is_file())
                     .unwrap_or_else(|| PathBuf::from("/sbin/hotplug")),
             };

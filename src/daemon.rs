@@ -28,9 +28,10 @@ use crossbeam_channel::{after, never, select, unbounded, Receiver, RecvTimeoutEr
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::activation::{self, Notifier};
-use crate::config::Config;
+use crate::config::{Config, Sources, SourcesSetting};
 use crate::control::{self, End, MonitorOpts, Reply, Request, ToOwner};
 use crate::event::Event;
+use crate::helper::Helper;
 use crate::journal::{Journal, Recovered};
 use crate::queue::{Expired, Push, Queue, ReaderId, RUNNER};
 use crate::rules::Job;
@@ -120,7 +121,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // A FIFO passed by the supervisor outlives us with its buffered events: then we
     // neither drain it at shutdown nor unlink it.
     let supervised = activated.fifo.is_some();
-    let sources = config.daemon.sources;
+    let kernel_helper = Helper::inspect();
+    let sources = config.daemon.sources.resolve(kernel_helper.has_knob());
     let fifo = match activated.fifo {
         Some(fd) => Some(runtime::prepare_fifo(fd, &runtime.fifo_path())?),
         None if sources.fifo => Some(runtime.open_fifo()?),
@@ -159,7 +161,11 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 
     let fifo_journal = journal.fifo();
     let netlink_journal = journal.appender();
-    let mut owner = Owner::new(config, runtime, opts, journal, notifier);
+    let live = Sources {
+        fifo: fifo.is_some(),
+        netlink: netlink.is_some(),
+    };
+    let mut owner = Owner::new(config, runtime, opts, journal, notifier, live);
     owner.recover(recovered);
     owner.ingest_spool_at_start();
 
@@ -188,13 +194,23 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     spawn_runner(work_rx, work_tx.clone(), idle_tx, Arc::clone(&shared))?;
     control::spawn_server(listener, ctl_tx).map_err(io("control thread"))?;
     let mut owner = lock(&shared);
+    // Loud, and again in every `status`: a daemon that hears nothing looks just like an
+    // idle one.
+    if let Some(warning) = kernel_helper.warning(live) {
+        log::warn!("{warning}");
+    }
     log::info!(
-        "hotplugd {} ready on {} ({} rules from {}; events from {})",
+        "hotplugd {} ready on {} ({} rules from {}; kernel helper {}; {}events from {})",
         env!("CARGO_PKG_VERSION"),
         owner.runtime.dir.display(),
         owner.config.rules.len(),
         owner.config_name(),
-        match (supervised, sources.fifo, sources.netlink) {
+        kernel_helper,
+        match owner.config.daemon.sources {
+            SourcesSetting::Auto => "sources auto: ",
+            SourcesSetting::Listed(_) => "",
+        },
+        match (supervised, live.fifo, live.netlink) {
             (true, _, false) => "the FIFO held by the supervisor",
             (true, _, true) => "the FIFO held by the supervisor and netlink",
             (false, true, false) => "the FIFO",
@@ -220,7 +236,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // Shutdown: no new writers can reach the FIFO once it is unlinked (they spool), the
     // reader drains what the pipe holds, the running handler finishes, and everything
     // still queued goes back to the spool for the next start.
-    if !supervised && sources.fifo {
+    if !supervised && live.fifo {
         let fifo_path = owner.runtime.fifo_path();
         if let Err(e) = std::fs::remove_file(&fifo_path) {
             log::warn!("{}: {e}", fifo_path.display());
@@ -419,6 +435,8 @@ struct Owner {
     journal_warn: sources::RateLimit,
     notifier: Notifier,
     last_status: Instant,
+    /// The sources opened at start-up (a reload does not change them).
+    sources: Sources,
 }
 
 impl Owner {
@@ -428,6 +446,7 @@ impl Owner {
         opts: Options,
         journal: Journal,
         notifier: Notifier,
+        sources: Sources,
     ) -> Owner {
         let mut queue = Queue::new(config.daemon.gap_timeout, config.daemon.coalesce);
         // Past max_queue_memory, released events stay in the journal until needed.
@@ -456,6 +475,7 @@ impl Owner {
             journal_warn: sources::RateLimit::new(3, Duration::from_secs(60)),
             notifier,
             last_status: Instant::now(),
+            sources,
         }
     }
 
@@ -1034,6 +1054,16 @@ impl Owner {
             format!("monitor_overruns {}", s.monitor_overruns),
             format!("recovered {}", s.recovered),
             format!("monitors {}", self.monitors.len()),
+        ]);
+        // Read again each time: an admin may change the helper while we run.
+        let helper = Helper::inspect();
+        lines.extend([
+            format!("sources {}", self.sources),
+            format!("kernel_helper {helper}"),
+            format!(
+                "warning {}",
+                helper.warning(self.sources).as_deref().unwrap_or("-")
+            ),
         ]);
         lines
     }

@@ -726,7 +726,7 @@ fn shipped_rules_run_their_handlers_in_a_real_daemon() {
     fs::write(
         &config,
         format!(
-            "[daemon]\nseqnum_file = \"{}\"\ngap_timeout = \"20s\"\nrules_dir = \"rules.d\"\n",
+            "[daemon]\nseqnum_file = \"{}\"\ngap_timeout = \"20s\"\nrules_dir = \"rules.d\"\nsources = [\"fifo\"]\n",
             env.path("seqnum").display()
         ),
     )
@@ -1014,7 +1014,10 @@ fn helper_enable_status_disable_on_a_file() {
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(fs::read_to_string(&file).unwrap(), format!("{SHIM}\n"));
     let out = ctl(&["status"]);
-    assert_eq!(text(&out.stdout), format!("{}: {SHIM}\n", file.display()));
+    assert_eq!(
+        text(&out.stdout).lines().next(),
+        Some(format!("{}: {SHIM} (hotplugd's shim)", file.display()).as_str())
+    );
     let out = ctl(&["disable"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(fs::read_to_string(&file).unwrap().trim(), "");

@@ -127,6 +127,7 @@ fn sigkill_during_a_storm_loses_nothing_and_repeats_only_the_running_handler() {
             r#"[daemon]
 seqnum_file = "{}"
 gap_timeout = "30s"
+sources = ["fifo"]
 [[rule]]
 name = "append"
 run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]

@@ -179,7 +179,7 @@ fn a_monitor_that_stops_reading_is_dropped_and_handlers_keep_their_pace() {
     fs::write(
         &config,
         format!(
-            "[daemon]\nseqnum_file = \"{}\"\n",
+            "[daemon]\nseqnum_file = \"{}\"\nsources = [\"fifo\"]\n",
             env.path("seqnum").display()
         ),
     )
@@ -486,18 +486,21 @@ fn helper_enable_disable_and_status_write_the_kernel_setting() {
     let out = env.ctl(&["helper", "enable", "relative/hotplug", "--file", f]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an absolute path"));
-    // On a kernel built without CONFIG_UEVENT_HELPER (like Debian's), it says what to do.
-    if !std::path::Path::new("/proc/sys/kernel/hotplug").exists()
-        && !std::path::Path::new("/sys/kernel/uevent_helper").exists()
-    {
-        let out = env.ctl(&["helper", "status"]);
-        assert_eq!(out.status.code(), Some(1));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("CONFIG_UEVENT_HELPER") && err.contains("netlink"),
-            "{err}"
-        );
-    }
+    // On a kernel built without CONFIG_UEVENT_HELPER (like Debian's), status says what
+    // to do and succeeds; enable cannot.
+    fs::remove_file(env.helper_file()).unwrap();
+    let out = env.ctl_ok(&["helper", "status"]);
+    assert!(
+        out.contains("CONFIG_UEVENT_HELPER") && out.contains("sources = \"auto\""),
+        "{out}"
+    );
+    let out = env.ctl(&["helper", "enable"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CONFIG_UEVENT_HELPER") && err.contains("netlink"),
+        "{err}"
+    );
 }
 
 /// Headless Chromium, if installed: `--dump-dom` of the rendered SVG.

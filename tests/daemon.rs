@@ -90,6 +90,7 @@ fn a_hundred_gaps_expire_together_not_one_after_another() {
             r#"[daemon]
 seqnum_file = ""
 gap_timeout = "1s"
+sources = ["fifo"]
 [[rule]]
 name = "append"
 run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]

@@ -231,6 +231,7 @@ const STORM_CONFIG: &str = r#"# Written by tests/kernel.rs (storm benchmark).
 [daemon]
 seqnum_file = "/sys/kernel/uevent_seqnum"
 gap_timeout = "60s"
+sources = ["fifo"]
 
 [[rule]]
 name = "record"

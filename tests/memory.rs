@@ -34,7 +34,7 @@ fn a_million_queued_events_stay_under_the_memory_cap_and_all_run_in_order() {
     fs::write(
         &config,
         format!(
-            "[daemon]\nseqnum_file = \"{}\"\nmax_queue_memory = \"64MiB\"\n",
+            "[daemon]\nseqnum_file = \"{}\"\nmax_queue_memory = \"64MiB\"\nsources = [\"fifo\"]\n",
             env.path("seqnum").display()
         ),
     )

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub const SHIM: &str = env!("CARGO_BIN_EXE_hotplug");
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_hotplugd");
 pub const CTL: &str = env!("CARGO_BIN_EXE_hotplugctl");
+/// hotplugd's `HOTPLUGD_HELPER_FILE`, for tests (see `Env::helper_file`).
+pub const HELPER_FILE_ENV: &str = "HOTPLUGD_HELPER_FILE";
 
 /// Every wait in the tests ends by this deadline; it guards against hangs and asserts no
 /// performance.
@@ -30,6 +32,7 @@ impl Env {
             .unwrap();
         let env = Env { dir };
         fs::write(env.path("seqnum"), "0\n").unwrap();
+        fs::write(env.helper_file(), format!("{SHIM}\n")).unwrap();
         env.script(
             "record.sh",
             // Appends start/end lines around a short pause, so overlapping handlers would
@@ -51,6 +54,13 @@ echo "end $SEQNUM" >> "$0.log"
         self.path("run")
     }
 
+    /// What the daemon and hotplugctl started here take for the kernel's uevent helper
+    /// setting (`/proc/sys/kernel/hotplug`), so no test reads or writes the host's. It
+    /// names the shim, as on a machine set up for hotplugd; absent, the kernel has none.
+    pub fn helper_file(&self) -> PathBuf {
+        self.path("kernel-hotplug")
+    }
+
     pub fn script(&self, name: &str, body: &str) -> PathBuf {
         let p = self.path(name);
         fs::write(&p, body).unwrap();
@@ -59,7 +69,9 @@ echo "end $SEQNUM" >> "$0.log"
     }
 
     /// A config with the given `[daemon]` extras and rules; the recording rule catches
-    /// everything not matched by an earlier `last` rule.
+    /// everything not matched by an earlier `last` rule. Events come from the FIFO only
+    /// unless `daemon_extra` sets `sources`: the host's own kernel events on netlink would
+    /// otherwise land among a test's SEQNUMs.
     pub fn config(&self, daemon_extra: &str, rules: &str) -> PathBuf {
         let text = format!(
             r#"[daemon]
@@ -74,12 +86,17 @@ match = {{ ACTION = "*" }}
 run = ["{record}"]
 "#,
             seq = self.path("seqnum").display(),
-            daemon_extra = if daemon_extra.contains("gap_timeout") {
-                daemon_extra.to_owned()
-            } else {
-                // Long: on a loaded machine a shim among 1000 can take a second to
-                // arrive, and a gap skipped under load would fail an ordering test.
-                format!("gap_timeout = \"20s\"\n{daemon_extra}")
+            daemon_extra = {
+                let mut extra = daemon_extra.to_owned();
+                if !extra.contains("gap_timeout") {
+                    // Long: on a loaded machine a shim among 1000 can take a second to
+                    // arrive, and a gap skipped under load would fail an ordering test.
+                    extra.insert_str(0, "gap_timeout = \"20s\"\n");
+                }
+                if !extra.contains("sources") {
+                    extra.insert_str(0, "sources = [\"fifo\"]\n");
+                }
+                extra
             },
             record = self.path("record.sh").display(),
         );
@@ -102,6 +119,7 @@ run = ["{record}"]
             .arg(self.runtime())
             .arg("--log-level")
             .arg(level)
+            .env(HELPER_FILE_ENV, self.helper_file())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -186,6 +204,7 @@ run = ["{record}"]
         Command::new(CTL)
             .arg("--runtime-dir")
             .arg(self.runtime())
+            .env(HELPER_FILE_ENV, self.helper_file())
             .args(args)
             .stdin(Stdio::null())
             .output()
