@@ -388,6 +388,7 @@ impl<'a> Backlog<'a> {
                 r#"[daemon]
 seqnum_file = "{}"
 gap_timeout = "30s"
+sources = ["fifo"]
 [[rule]]
 name = "append"
 match = {{ SUBSYSTEM = "run" }}
