@@ -2,7 +2,8 @@
 #
 #   make                          cargo build --release
 #   make install                  install into PREFIX (default /usr/local), config into
-#                                 /etc/hotplugd (never overwriting a file there); it
+#                                 /etc/hotplugd (never overwriting a file there), shell
+#                                 completions for bash, zsh and fish; it
 #                                 does not build, so `sudo make install` never runs
 #                                 cargo as root: run `make` first
 #   make install DESTDIR=/tmp/pkg PREFIX=/usr      staged install, as packagers do
@@ -23,6 +24,9 @@ PKGLIBEXECDIR ?= $(LIBEXECDIR)/hotplugd
 DATADIR ?= $(PREFIX)/share
 PKGDATADIR ?= $(DATADIR)/hotplugd
 MANDIR ?= $(DATADIR)/man
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
 DOCDIR ?= $(DATADIR)/doc/hotplugd
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 # The daemon's default config is /etc/hotplugd/hotplugd.toml whatever PREFIX is.
@@ -70,15 +74,15 @@ SUBST = $(SED) -e 's|/usr/local/libexec/hotplugd|$(PKGLIBEXECDIR)|g' \
 	-e 's|/usr/local/lib/systemd/system|$(SYSTEMDUNITDIR)|g' \
 	-e 's|/usr/local/sbin/|$(SBINDIR)/|g'
 
-.PHONY: all build install install-bin install-man install-config install-contrib \
-	uninstall check clean
+.PHONY: all build install install-bin install-man install-completions install-config \
+	install-contrib uninstall check clean
 
 all: build
 
 build:
 	$(CARGO) build --profile $(PROFILE) $(CARGOFLAGS) --bins
 
-install: install-bin install-man install-config install-contrib
+install: install-bin install-man install-completions install-config install-contrib
 
 install-bin:
 	@for b in $(BINS); do \
@@ -95,6 +99,16 @@ install-man:
 		$(SUBST) $$f > $(DESTDIR)$(MANDIR)/man$$sec/$${f##*/}; \
 		chmod 0644 $(DESTDIR)$(MANDIR)/man$$sec/$${f##*/}; \
 	done
+
+# Shell completions come from the built hotplugctl itself, so they always match its
+# commands and options (a hidden `hotplugctl completions SHELL` prints them).
+install-completions: install-bin
+	$(INSTALL) -d $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	$(BUILDDIR)/hotplugctl completions bash > $(DESTDIR)$(BASHCOMPDIR)/hotplugctl
+	$(BUILDDIR)/hotplugctl completions zsh > $(DESTDIR)$(ZSHCOMPDIR)/_hotplugctl
+	$(BUILDDIR)/hotplugctl completions fish > $(DESTDIR)$(FISHCOMPDIR)/hotplugctl.fish
+	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/hotplugctl $(DESTDIR)$(ZSHCOMPDIR)/_hotplugctl \
+		$(DESTDIR)$(FISHCOMPDIR)/hotplugctl.fish
 
 # Configuration: installed only where no file of that name exists, so an admin's
 # edits survive `make install`. The shipped versions are always in PKGDATADIR/config.
@@ -137,6 +151,8 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(SBINDIR)/,$(BINS))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(MAN5)))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(MAN8)))
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/hotplugctl $(DESTDIR)$(ZSHCOMPDIR)/_hotplugctl \
+		$(DESTDIR)$(FISHCOMPDIR)/hotplugctl.fish
 	rm -f $(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(notdir $(UNITS)))
 	rm -f $(addprefix $(DESTDIR)$(PKGLIBEXECDIR)/,$(notdir $(HANDLERS)))
 	rm -f $(DESTDIR)$(DOCDIR)/README.md

@@ -13,7 +13,7 @@
 //!
 //! Data lines never start with `%` (a leading `%` is doubled), so the end marker cannot be
 //! faked by data. Event values are escaped: bytes outside printable ASCII, and `\`, are
-//! written `\xNN`. Requests: `status`, `pending`, `monitor [env] [handled] [subsystem=S]...`,
+//! written `\xNN`. Requests: `status`, `pending [json]`, `monitor [env] [handled] [subsystem=S]...`,
 //! `settle [SEQNUM]`, `reload`, `recall SEQNUM`, `pause`, `resume`, `log-level LEVEL`,
 //! `inject`, `wait-tag UUID COUNT`, `timeline`. Replies per command are in hotplugctl(8).
 //!
@@ -87,6 +87,11 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
+/// [`escape`] for a space-separated field: spaces are escaped too.
+pub fn escape_word(bytes: &[u8]) -> String {
+    escape(bytes).replace(' ', "\\x20")
+}
+
 /// Undo [`escape`]; None for a malformed escape.
 pub fn unescape(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
@@ -119,7 +124,10 @@ pub fn data_line(line: &str) -> String {
 #[derive(Debug)]
 pub enum Request {
     Status,
-    Pending,
+    /// `json`: the reply is one line, [`crate::status::Pending`] as JSON.
+    Pending {
+        json: bool,
+    },
     Monitor(MonitorOpts),
     Settle(Option<u64>),
     Reload,
@@ -172,7 +180,11 @@ pub fn parse_request(
     };
     match cmd {
         "status" => no_args(Request::Status),
-        "pending" => no_args(Request::Pending),
+        "pending" => match args[..] {
+            [] => Ok(Request::Pending { json: false }),
+            ["json"] => Ok(Request::Pending { json: true }),
+            _ => Err("usage: pending [json]".into()),
+        },
         "timeline" => no_args(Request::Timeline),
         "reload" => no_args(Request::Reload),
         "pause" => no_args(Request::Pause),

@@ -1,11 +1,17 @@
-//! `hotplugctl`, the admin's tool: argument parsing and each command, over the control
-//! socket's client half ([`crate::control`]). Exit codes: 0 ok; 1 failure or timeout
-//! (the message names the socket path and the cause); 2 usage.
+//! `hotplugctl`, the admin's tool: argument parsing (clap) and each command, over the
+//! control socket's client half ([`crate::control`]). Exit codes: 0 ok; 1 failure or
+//! timeout (the message names the socket path and the cause); 2 usage; 3 no daemon at the
+//! socket ([`EXIT_NOT_RUNNING`]), so an init script can tell "not started yet" from "slow".
 
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
 use crate::config::Config;
 use crate::control::{self, Client, ClientError, End};
@@ -13,46 +19,219 @@ use crate::event::Event;
 use crate::helper;
 use crate::rules::glob_match;
 use crate::spool::{DEFAULT_RUNTIME_DIR, RUNTIME_DIR_ENV};
+use crate::status::{Pending, Status};
 use crate::sysfs;
 
-pub const USAGE: &str = "\
-usage: hotplugctl [--runtime-dir DIR] COMMAND [ARGS]
+/// The exit status when no daemon listens at the control socket.
+pub const EXIT_NOT_RUNNING: u8 = 3;
 
-Commands:
-  status [--json]                     daemon state and counters
-  monitor [--env] [--subsystem S]... [--handled]
-                                      stream events as they are queued (--env: every
-                                      variable; --handled: handler outcomes instead)
-  settle [--timeout SECS] [--seq N] [--seqnum-file PATH]
-                                      wait until every event up to the kernel's current
-                                      SEQNUM (or N) is handled and the queue is empty
-  reload                              reload config and rules; errors are printed
-  recall SEQNUM                       remove a queued event before it runs
-  pause | resume                      stop / restart starting handlers (queue keeps filling)
-  log-level LEVEL                     error, warn, info, debug, trace
-  trigger [--action add|change|remove] [--subsystem-match S]... [--subsystem-nomatch S]...
-          [--sysfs DIR] [--dry-run] [--settle] [--synthesize] [--timeout SECS]
-                                      coldplug: make the kernel (or, with --synthesize,
-                                      the daemon directly) emit an event per device
-  test [--config FILE] KEY=VALUE...   show which rules match an event and the argv each
-                                      would run; runs nothing, needs no daemon
-  pending                             list the events not yet handled
-  timeline [--svg FILE]               the handler runs and gap waits the daemon
-                                      remembers (last 10,000), as a table or a chart
-  helper status|enable [PATH]|disable [--file FILE]
-                                      read or set the kernel's uevent helper
-                                      (/proc/sys/kernel/hotplug); enable defaults to
-                                      the hotplug shim installed beside hotplugctl
-
+const AFTER_HELP: &str = "\
 The runtime dir defaults to $HOTPLUGD_RUNTIME_DIR, else /run/hotplugd.
-Exit status: 0 ok; 1 failure or timeout; 2 usage.";
+Durations: 500ms, 2s, 2m, 1h, or plain seconds (5, 1.5).
+Exit status: 0 ok; 1 failure or timeout; 2 usage; 3 daemon not running.
+See hotplugctl(8).";
+
+/// Control and watch the hotplugd event dispatcher.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hotplugctl",
+    version,
+    after_help = AFTER_HELP,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    /// The daemon's runtime directory [default: $HOTPLUGD_RUNTIME_DIR, else /run/hotplugd]
+    #[arg(long, global = true, value_name = "DIR")]
+    runtime_dir: Option<PathBuf>,
+    /// Print JSON (status, pending, monitor, test, timeline)
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show the daemon's state and counters
+    Status,
+    /// Stream events as they are queued, or handler outcomes
+    Monitor(MonitorArgs),
+    /// Wait until every event up to the kernel's SEQNUM is handled
+    Settle(SettleArgs),
+    /// Reload the configuration and rules; errors are printed
+    Reload,
+    /// Remove a queued event before it runs
+    Recall {
+        /// The event's SEQNUM
+        #[arg(value_parser = parse_seqnum)]
+        seqnum: u64,
+    },
+    /// Stop starting handlers (the queue keeps filling)
+    Pause,
+    /// Start handlers again after pause
+    Resume,
+    /// Set the daemon's log level
+    LogLevel {
+        /// The most verbose level to log
+        #[arg(value_parser = ["off", "error", "warn", "info", "debug", "trace"])]
+        level: String,
+    },
+    /// Coldplug: have an event sent for every device that exists
+    Trigger(TriggerArgs),
+    /// Show which rules match an event and what each would run; needs no daemon
+    Test(TestArgs),
+    /// List the events not yet handled
+    Pending,
+    /// Show the handler runs and gap waits the daemon remembers
+    Timeline {
+        /// Write an SVG chart to FILE instead of a table
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Read or set the kernel's uevent helper; needs no daemon
+    Helper(HelperArgs),
+    /// Print a shell completion script (make install runs this)
+    #[command(hide = true)]
+    Completions {
+        /// The shell to write it for
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct MonitorArgs {
+    /// After each event, every variable as KEY=VALUE and an empty line
+    #[arg(long, short = 'p', visible_alias = "property")]
+    env: bool,
+    /// Only events of this SUBSYSTEM (repeatable: any of them)
+    #[arg(
+        long,
+        short = 's',
+        visible_alias = "subsystem-match",
+        value_name = "NAME"
+    )]
+    subsystem: Vec<String>,
+    /// Show each handler run as it ends, instead of events
+    #[arg(long)]
+    handled: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SettleArgs {
+    /// Give up after this long and list what is pending
+    #[arg(long, short = 't', value_name = "DURATION", default_value = "120", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Wait for this SEQNUM instead of the kernel's current one
+    #[arg(long, value_name = "N", value_parser = parse_seqnum)]
+    seq: Option<u64>,
+    /// Where to read the kernel's current SEQNUM
+    #[arg(long, value_name = "PATH", default_value = sysfs::SEQNUM_FILE)]
+    seqnum_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Action {
+    Add,
+    Change,
+    Remove,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Add => "add",
+            Action::Change => "change",
+            Action::Remove => "remove",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct TriggerArgs {
+    /// The action to send
+    #[arg(long, short = 'c', value_enum, default_value = "add")]
+    action: Action,
+    /// Only devices whose subsystem matches GLOB (repeatable: any of them)
+    #[arg(long, short = 's', value_name = "GLOB")]
+    subsystem_match: Vec<String>,
+    /// Leave out devices whose subsystem matches GLOB (repeatable)
+    #[arg(long, short = 'S', value_name = "GLOB")]
+    subsystem_nomatch: Vec<String>,
+    /// The sysfs tree to read
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    sysfs: PathBuf,
+    /// Only list the devices
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// Then wait until the events this trigger caused are handled
+    #[arg(long, short = 'w')]
+    settle: bool,
+    /// Queue the events straight into the daemon instead of asking the kernel
+    #[arg(long)]
+    synthesize: bool,
+    /// How long --settle waits
+    #[arg(long, short = 't', value_name = "DURATION", default_value = "120", value_parser = parse_timeout)]
+    timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// The configuration to load [default: /etc/hotplugd/hotplugd.toml if it exists, else
+    /// the embedded one]
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The event's variables; ACTION and DEVPATH are required. Values are bytes, UTF-8 or not
+    #[arg(value_name = "KEY=VALUE", required = true)]
+    vars: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+struct HelperArgs {
+    #[command(subcommand)]
+    action: HelperAction,
+    /// Read or write FILE instead of the kernel's setting (for tests)
+    #[arg(long, global = true, value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum HelperAction {
+    /// Print the helper the kernel runs for every event
+    Status,
+    /// Make the kernel run the hotplug shim for every event
+    Enable {
+        /// The shim, an absolute path [default: hotplug beside hotplugctl, else /sbin/hotplug]
+        path: Option<PathBuf>,
+    },
+    /// Make the kernel run no helper
+    Disable,
+}
+
+/// A timeout: `500ms`, `2s`, `2m`, `1h` (as in the config file), or plain seconds, which
+/// may have a fraction (`1.5`) or be 0.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    if let Some(secs) = s.parse::<f64>().ok().filter(|v| {
+        v.is_finite() && *v >= 0.0 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    }) {
+        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    crate::config::parse_duration(s)
+}
+
+fn parse_seqnum(s: &str) -> Result<u64, String> {
+    crate::event::parse_seqnum(s.as_bytes()).ok_or_else(|| format!("bad SEQNUM {s:?}"))
+}
 
 /// A failure to report: the message and the exit code.
 struct Fail(String, u8);
 
 impl From<ClientError> for Fail {
     fn from(e: ClientError) -> Fail {
-        Fail(e.to_string(), 1)
+        let code = match e {
+            ClientError::NotRunning(_) => EXIT_NOT_RUNNING,
+            _ => 1,
+        };
+        Fail(e.to_string(), code)
     }
 }
 
@@ -61,116 +240,86 @@ fn usage(msg: impl Into<String>) -> Fail {
 }
 
 /// Entry point for the binary.
-pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
-    let args: Vec<String> = args
-        .skip(1)
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    match run(&args) {
+pub fn main(args: impl Iterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0; usage errors to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(msg, code)) => {
             if !msg.is_empty() {
                 eprintln!("hotplugctl: {msg}");
             }
             if code == 2 {
-                eprintln!("{USAGE}");
+                eprintln!("For more information, try 'hotplugctl --help'.");
             }
             ExitCode::from(code)
         }
     }
 }
 
-/// A cursor over arguments with `--flag VALUE` and `--flag=VALUE`.
-struct Args<'a> {
-    rest: &'a [String],
-}
-
-impl<'a> Args<'a> {
-    fn next(&mut self) -> Option<&'a str> {
-        let (first, rest) = self.rest.split_first()?;
-        self.rest = rest;
-        Some(first)
-    }
-
-    fn value(&mut self, flag: &str, inline: Option<&'a str>) -> Result<&'a str, Fail> {
-        match inline {
-            Some(v) => Ok(v),
-            None => self
-                .next()
-                .ok_or_else(|| usage(format!("{flag} needs a value"))),
-        }
-    }
-
-    /// The next argument split as (flag, inline value).
-    fn flag(&mut self) -> Option<(&'a str, Option<&'a str>)> {
-        let a = self.next()?;
-        match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => Some((f, Some(v))),
-            _ => Some((a, None)),
-        }
-    }
-}
-
-fn run(args: &[String]) -> Result<(), Fail> {
-    let mut it = Args { rest: args };
-    let mut runtime: Option<PathBuf> = None;
-    let cmd = loop {
-        match it.flag() {
-            Some(("--runtime-dir", v)) => runtime = Some(it.value("--runtime-dir", v)?.into()),
-            Some(("--help" | "-h", _)) => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            Some(("--version" | "-V", _)) => {
-                println!("hotplugctl {}", env!("CARGO_PKG_VERSION"));
-                return Ok(());
-            }
-            Some((cmd, None)) if !cmd.starts_with('-') => break cmd,
-            Some((other, _)) => return Err(usage(format!("unknown option {other:?}"))),
-            None => return Err(usage("no command given")),
-        }
-    };
-    let dir = runtime
+fn run(cli: Cli) -> Result<(), Fail> {
+    let dir = cli
+        .runtime_dir
         .or_else(|| std::env::var_os(RUNTIME_DIR_ENV).map(PathBuf::from))
         .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into());
-    match cmd {
-        "status" => status(&dir, it),
-        "monitor" => monitor(&dir, it),
-        "settle" => settle_cmd(&dir, it),
-        "reload" => simple(&dir, "reload", it),
-        "pause" => simple(&dir, "pause", it),
-        "resume" => simple(&dir, "resume", it),
-        "pending" => simple(&dir, "pending", it),
-        "recall" => match (it.next(), it.next()) {
-            (Some(seq), None) if crate::event::parse_seqnum(seq.as_bytes()).is_some() => {
-                one_shot(&dir, &format!("recall {seq}"))
-            }
-            _ => Err(usage("usage: recall SEQNUM")),
-        },
-        "log-level" => match (it.next(), it.next()) {
-            (Some(level), None) if level.parse::<log::LevelFilter>().is_ok() => {
-                one_shot(&dir, &format!("log-level {level}"))
-            }
-            _ => Err(usage("usage: log-level error|warn|info|debug|trace")),
-        },
-        "trigger" => trigger(&dir, it),
-        "test" => test(it),
-        "helper" => helper(&dir, it),
-        "timeline" => timeline(&dir, it),
-        other => Err(usage(format!("unknown command {other:?}"))),
+    let json = cli.json;
+    let no_json = |name: &str| {
+        if json {
+            Err(usage(format!("{name} has no --json output")))
+        } else {
+            Ok(())
+        }
+    };
+    match cli.cmd {
+        Cmd::Status => status(&dir, json),
+        Cmd::Monitor(a) => monitor(&dir, a, json),
+        Cmd::Settle(a) => {
+            no_json("settle")?;
+            settle_cmd(&dir, a)
+        }
+        Cmd::Reload => no_json("reload").and_then(|_| one_shot(&dir, "reload")),
+        Cmd::Pause => no_json("pause").and_then(|_| one_shot(&dir, "pause")),
+        Cmd::Resume => no_json("resume").and_then(|_| one_shot(&dir, "resume")),
+        Cmd::Pending => pending(&dir, json),
+        Cmd::Recall { seqnum } => {
+            no_json("recall").and_then(|_| one_shot(&dir, &format!("recall {seqnum}")))
+        }
+        Cmd::LogLevel { level } => {
+            no_json("log-level").and_then(|_| one_shot(&dir, &format!("log-level {level}")))
+        }
+        Cmd::Trigger(a) => {
+            no_json("trigger")?;
+            trigger(&dir, a)
+        }
+        Cmd::Test(a) => test(a, json),
+        Cmd::Helper(a) => {
+            no_json("helper")?;
+            helper(&dir, a)
+        }
+        Cmd::Timeline { svg } => timeline(&dir, svg, json),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "hotplugctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 
-fn no_more(mut it: Args) -> Result<(), Fail> {
-    match it.next() {
-        Some(extra) => Err(usage(format!("unexpected argument {extra:?}"))),
-        None => Ok(()),
-    }
-}
-
-fn simple(dir: &Path, req: &str, it: Args) -> Result<(), Fail> {
-    no_more(it)?;
-    one_shot(dir, req)
+/// Print one value as a line of JSON.
+fn print_json(value: &impl Serialize) -> Result<(), Fail> {
+    let text = serde_json::to_string(value).map_err(|e| Fail(format!("JSON: {e}"), 1))?;
+    println!("{text}");
+    Ok(())
 }
 
 /// Send one request, print its data lines, map the end marker to the exit status.
@@ -190,104 +339,200 @@ fn one_shot(dir: &Path, req: &str) -> Result<(), Fail> {
     }
 }
 
-fn status(dir: &Path, mut it: Args) -> Result<(), Fail> {
-    let mut json = false;
-    while let Some((flag, _)) = it.flag() {
-        match flag {
-            "--json" => json = true,
-            other => return Err(usage(format!("status: unknown option {other:?}"))),
-        }
-    }
+fn status(dir: &Path, json: bool) -> Result<(), Fail> {
     let (lines, end) = control::call(dir, "status")?;
     if let End::Error(e) = end {
         return Err(Fail(e, 1));
     }
-    if !json {
-        for l in &lines {
-            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
-            println!("{:<18} {v}", format!("{}:", k.replace('_', " ")));
-        }
-        return Ok(());
+    if json {
+        return print_json(&Status::parse(&lines).map_err(|e| Fail(e, 1))?);
     }
-    let fields: Vec<String> = lines
-        .iter()
-        .map(|l| {
-            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
-            let v = match v {
-                "-" => "null".to_owned(),
-                "yes" => "true".to_owned(),
-                "no" => "false".to_owned(),
-                v if v.parse::<f64>().is_ok() => v.to_owned(),
-                v => json_string(v),
-            };
-            format!("{}:{v}", json_string(k))
-        })
-        .collect();
-    println!("{{{}}}", fields.join(","));
+    for l in &lines {
+        let (k, v) = l.split_once(' ').unwrap_or((l, ""));
+        println!("{:<18} {v}", format!("{}:", k.replace('_', " ")));
+    }
     Ok(())
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+fn pending(dir: &Path, json: bool) -> Result<(), Fail> {
+    if !json {
+        return one_shot(dir, "pending");
     }
-    out.push('"');
-    out
+    let (lines, end) = control::call(dir, "pending json")?;
+    if let End::Error(e) = end {
+        return Err(Fail(e, 1));
+    }
+    let text = lines.first().map_or("", String::as_str);
+    let pending: Pending = serde_json::from_str(text)
+        .map_err(|e| Fail(format!("pending: the daemon's reply is not one: {e}"), 1))?;
+    print_json(&pending)
 }
 
-fn monitor(dir: &Path, mut it: Args) -> Result<(), Fail> {
+/// Seconds since the Unix epoch, to the microsecond: when hotplugctl read the line.
+fn now_epoch() -> f64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_micros() as f64) / 1e6
+}
+
+/// `monitor --json`: one event.
+#[derive(Debug, Serialize)]
+struct MonitorEvent {
+    timestamp: f64,
+    seqnum: Option<u64>,
+    action: String,
+    devpath: String,
+    subsystem: String,
+    /// Every variable, with `--env`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env: Option<Vec<(String, String)>>,
+}
+
+/// `monitor --handled --json`: one handler run.
+#[derive(Debug, Serialize)]
+struct MonitorRun {
+    timestamp: f64,
+    seqnum: Option<u64>,
+    rule: String,
+    outcome: String,
+    duration_ms: f64,
+}
+
+/// The daemon's `SEQNUM RULE OUTCOME DURATIONms` line.
+fn parse_run(line: &str) -> Option<MonitorRun> {
+    let w: Vec<&str> = line.split(' ').collect();
+    let [seq, rule, outcome, ms] = w[..] else {
+        return None;
+    };
+    Some(MonitorRun {
+        timestamp: now_epoch(),
+        seqnum: match seq {
+            "-" => None,
+            s => Some(crate::event::parse_seqnum(s.as_bytes())?),
+        },
+        rule: String::from_utf8(control::unescape(rule)?).ok()?,
+        outcome: outcome.replace('_', " "),
+        duration_ms: ms.strip_suffix("ms")?.parse().ok()?,
+    })
+}
+
+/// One event as the daemon sends it with `env`: its variables in the escaped form.
+fn monitor_event(vars: Vec<(String, String)>, with_env: bool) -> MonitorEvent {
+    let get = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| n == k)
+            .map_or(String::new(), |(_, v)| v.clone())
+    };
+    MonitorEvent {
+        timestamp: now_epoch(),
+        seqnum: crate::event::parse_seqnum(get("SEQNUM").as_bytes()),
+        action: get("ACTION"),
+        devpath: get("DEVPATH"),
+        subsystem: get("SUBSYSTEM"),
+        env: None,
+    }
+    .with_env(with_env.then_some(vars))
+}
+
+impl MonitorEvent {
+    fn with_env(mut self, env: Option<Vec<(String, String)>>) -> MonitorEvent {
+        self.env = env;
+        self
+    }
+}
+
+fn monitor(dir: &Path, args: MonitorArgs, json: bool) -> Result<(), Fail> {
+    let MonitorArgs {
+        env,
+        subsystem,
+        handled,
+    } = args;
     let mut req = String::from("monitor");
-    while let Some((flag, v)) = it.flag() {
-        match flag {
-            "--env" | "--property" | "-p" => req.push_str(" env"),
-            "--handled" => req.push_str(" handled"),
-            "--subsystem" | "--subsystem-match" | "-s" => {
-                req.push_str(&format!(" subsystem={}", it.value(flag, v)?))
-            }
-            other => return Err(usage(format!("monitor: unknown option {other:?}"))),
+    // JSON is built from the variables, so it always asks for them.
+    if env || (json && !handled) {
+        req.push_str(" env");
+    }
+    if handled {
+        req.push_str(" handled");
+    }
+    for s in &subsystem {
+        if s.is_empty() || s.contains(char::is_whitespace) {
+            return Err(usage(format!("--subsystem: {s:?} is not a subsystem name")));
         }
+        req.push_str(&format!(" subsystem={s}"));
     }
     let mut client = Client::request(dir, &format!("{req}\n"))?;
     let stdout = std::io::stdout();
+    // With env: the summary line, KEY=VALUE lines, an empty line.
+    let mut block: Option<Vec<(String, String)>> = None;
     loop {
-        match client.next_line()? {
-            Ok(line) => {
-                let mut out = stdout.lock();
-                // A closed pipe (`| head`) ends the monitor quietly.
-                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-                    return Ok(());
-                }
-            }
+        let line = match client.next_line()? {
+            Ok(line) => line,
             Err(End::Ok(_)) => return Ok(()),
             Err(End::Error(e)) => return Err(Fail(e, 1)),
+        };
+        let mut out: Vec<u8> = Vec::new();
+        if handled {
+            if json {
+                let run = parse_run(&line)
+                    .ok_or_else(|| Fail(format!("monitor: unexpected line {line:?}"), 1))?;
+                out = serde_json::to_vec(&run).map_err(|e| Fail(format!("JSON: {e}"), 1))?;
+            } else {
+                out.extend_from_slice(line.as_bytes());
+            }
+            out.push(b'\n');
+        } else if !(env || json) {
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        } else {
+            match (&mut block, line.split_once('=')) {
+                (None, _) => {
+                    block = Some(Vec::new());
+                    if !json {
+                        out.extend_from_slice(line.as_bytes());
+                        out.push(b'\n');
+                    }
+                }
+                (Some(vars), Some((k, v))) if !line.is_empty() => {
+                    if !json {
+                        // The value's bytes as the event has them, UTF-8 or not.
+                        let raw = control::unescape(v)
+                            .ok_or_else(|| Fail(format!("monitor: bad escape in {line:?}"), 1))?;
+                        out.extend_from_slice(k.as_bytes());
+                        out.push(b'=');
+                        out.extend_from_slice(&raw);
+                        out.push(b'\n');
+                    }
+                    vars.push((k.to_owned(), v.to_owned()));
+                }
+                (Some(_), _) => {
+                    let vars = block.take().unwrap_or_default();
+                    if json {
+                        out = serde_json::to_vec(&monitor_event(vars, env))
+                            .map_err(|e| Fail(format!("JSON: {e}"), 1))?;
+                    }
+                    out.push(b'\n');
+                }
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        let mut lock = stdout.lock();
+        // A closed pipe (`| head`) ends the monitor quietly.
+        if lock.write_all(&out).and_then(|_| lock.flush()).is_err() {
+            return Ok(());
         }
     }
 }
 
-fn settle_cmd(dir: &Path, mut it: Args) -> Result<(), Fail> {
-    let mut timeout = Duration::from_secs(120);
-    let mut seq = None;
-    let mut seqnum_file = PathBuf::from(sysfs::SEQNUM_FILE);
-    while let Some((flag, v)) = it.flag() {
-        match flag {
-            "--timeout" | "-t" => timeout = parse_secs(it.value(flag, v)?)?,
-            "--seq" => {
-                let s = it.value(flag, v)?;
-                seq = Some(
-                    crate::event::parse_seqnum(s.as_bytes())
-                        .ok_or_else(|| usage(format!("--seq: bad SEQNUM {s:?}")))?,
-                );
-            }
-            "--seqnum-file" => seqnum_file = it.value(flag, v)?.into(),
-            other => return Err(usage(format!("settle: unknown option {other:?}"))),
-        }
-    }
+fn settle_cmd(dir: &Path, args: SettleArgs) -> Result<(), Fail> {
+    let SettleArgs {
+        timeout,
+        seq,
+        seqnum_file,
+    } = args;
     let seq = match seq {
         Some(s) => Some(s),
         None => match sysfs::kernel_seqnum(&seqnum_file) {
@@ -302,14 +547,6 @@ fn settle_cmd(dir: &Path, mut it: Args) -> Result<(), Fail> {
         },
     };
     settle(dir, seq, timeout)
-}
-
-fn parse_secs(s: &str) -> Result<Duration, Fail> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| usage(format!("bad number of seconds {s:?}")))
 }
 
 /// Wait for the daemon to report settled, redrawing a progress line on a terminal.
@@ -392,33 +629,18 @@ fn settle(dir: &Path, seq: Option<u64>, timeout: Duration) -> Result<(), Fail> {
     Err(Fail(msg, 1))
 }
 
-fn trigger(dir: &Path, mut it: Args) -> Result<(), Fail> {
-    let mut action = "add".to_owned();
-    let mut matches: Vec<String> = Vec::new();
-    let mut nomatches: Vec<String> = Vec::new();
-    let mut sysfs_root = PathBuf::from("/sys");
-    let (mut dry, mut wait, mut synth) = (false, false, false);
-    let mut timeout = Duration::from_secs(120);
-    while let Some((flag, v)) = it.flag() {
-        match flag {
-            "--action" | "-c" => {
-                action = it.value(flag, v)?.to_owned();
-                if !["add", "change", "remove"].contains(&action.as_str()) {
-                    return Err(usage(format!(
-                        "--action: {action:?} is not add, change or remove"
-                    )));
-                }
-            }
-            "--subsystem-match" | "-s" => matches.push(it.value(flag, v)?.into()),
-            "--subsystem-nomatch" | "-S" => nomatches.push(it.value(flag, v)?.into()),
-            "--sysfs" => sysfs_root = it.value(flag, v)?.into(),
-            "--dry-run" | "-n" => dry = true,
-            "--settle" | "-w" => wait = true,
-            "--synthesize" => synth = true,
-            "--timeout" | "-t" => timeout = parse_secs(it.value(flag, v)?)?,
-            other => return Err(usage(format!("trigger: unknown option {other:?}"))),
-        }
-    }
+fn trigger(dir: &Path, args: TriggerArgs) -> Result<(), Fail> {
+    let TriggerArgs {
+        action,
+        subsystem_match: matches,
+        subsystem_nomatch: nomatches,
+        sysfs: sysfs_root,
+        dry_run: dry,
+        settle: wait,
+        synthesize: synth,
+        timeout,
+    } = args;
+    let action = action.as_str();
     let devices = sysfs::devices(&sysfs_root)
         .map_err(|e| Fail(format!("{}/devices: {e}", sysfs_root.display()), 1))?;
     let selected: Vec<_> = devices
@@ -446,14 +668,13 @@ fn trigger(dir: &Path, mut it: Args) -> Result<(), Fail> {
     let mut tagged = true;
     for (i, d) in selected.iter().enumerate() {
         if synth {
-            match inject(dir, d, &action, &tag) {
-                Ok(()) => sent += 1,
-                Err(Fail(msg, _)) => return Err(Fail(msg, 1)),
-            }
+            // Its own exit code: 3 when the daemon went away, 1 otherwise.
+            inject(dir, d, action, &tag)?;
+            sent += 1;
             continue;
         }
         let path = d.dir.join("uevent");
-        match write_uevent(&path, &action, &tag, &mut tagged) {
+        match write_uevent(&path, action, &tag, &mut tagged) {
             Ok(()) => sent += 1,
             // As udevadm: a device that went away since the walk, or a driver that
             // takes no uevent writes (ENODEV) or has no medium, is no failure of ours.
@@ -582,13 +803,9 @@ fn inject(dir: &Path, d: &sysfs::Device, action: &str, tag: &str) -> Result<(), 
     }
 }
 
-fn timeline(dir: &Path, mut it: Args) -> Result<(), Fail> {
-    let mut svg: Option<PathBuf> = None;
-    while let Some((flag, v)) = it.flag() {
-        match flag {
-            "--svg" => svg = Some(it.value(flag, v)?.into()),
-            other => return Err(usage(format!("timeline: unknown option {other:?}"))),
-        }
+fn timeline(dir: &Path, svg: Option<PathBuf>, json: bool) -> Result<(), Fail> {
+    if json && svg.is_some() {
+        return Err(usage("timeline: --svg and --json exclude each other"));
     }
     let (lines, end) = control::call(dir, "timeline")?;
     if let End::Error(e) = end {
@@ -601,28 +818,16 @@ fn timeline(dir: &Path, mut it: Args) -> Result<(), Fail> {
                 .map_err(|e| Fail(format!("{}: {e}", path.display()), 1))?;
             println!("{}: {} entries", path.display(), spans.len());
         }
+        None if json => print_json(&spans)?,
         None => print!("{}", crate::timeline::table(&spans)),
     }
     Ok(())
 }
 
-fn helper(dir: &Path, mut it: Args) -> Result<(), Fail> {
-    let action = it
-        .next()
-        .ok_or_else(|| usage("usage: helper status|enable [PATH]|disable"))?;
-    let mut path: Option<String> = None;
-    let mut file: Option<PathBuf> = None;
-    while let Some((arg, v)) = it.flag() {
-        match arg {
-            "--file" => file = Some(it.value(arg, v)?.into()),
-            p if action == "enable" && path.is_none() && !p.starts_with('-') => {
-                path = Some(p.to_owned())
-            }
-            other => return Err(usage(format!("helper: unexpected argument {other:?}"))),
-        }
-    }
+fn helper(dir: &Path, args: HelperArgs) -> Result<(), Fail> {
+    let HelperArgs { action, file } = args;
     let file = file.or_else(helper::knob_file);
-    if action == "status" {
+    if let HelperAction::Status = action {
         // Always succeeds: a kernel without the setting is a fact to report, not a failure.
         let daemon = helper::daemon_sources(dir);
         for line in helper::status_report(file.as_deref(), daemon) {
@@ -640,9 +845,10 @@ fn helper(dir: &Path, mut it: Args) -> Result<(), Fail> {
     })?;
     let fail = |e: std::io::Error| Fail(format!("{}: {e}", file.display()), 1);
     match action {
-        "enable" => {
+        HelperAction::Status => Ok(()),
+        HelperAction::Enable { path } => {
             let shim = match path {
-                Some(p) => PathBuf::from(p),
+                Some(p) => p,
                 None => helper::our_shim()
                     .filter(|p| p.is_file())
                     .unwrap_or_else(|| PathBuf::from("/sbin/hotplug")),
@@ -653,76 +859,145 @@ fn helper(dir: &Path, mut it: Args) -> Result<(), Fail> {
                     1,
                 ));
             }
-            std::fs::write(&file, format!("{}\n", shim.display())).map_err(fail)?;
+            let mut line = shim.as_os_str().as_bytes().to_vec();
+            line.push(b'\n');
+            std::fs::write(&file, line).map_err(fail)?;
             println!("{}: {}", file.display(), shim.display());
             Ok(())
         }
-        "disable" => {
+        HelperAction::Disable => {
             std::fs::write(&file, "\n").map_err(fail)?;
             println!("{}: no helper", file.display());
             Ok(())
         }
-        other => Err(usage(format!("helper: unknown action {other:?}"))),
     }
 }
 
-fn test(mut it: Args) -> Result<(), Fail> {
-    let mut config: Option<PathBuf> = None;
-    let mut vars: Vec<(String, String)> = Vec::new();
-    while let Some((arg, v)) = it.flag() {
-        match arg {
-            "--config" | "-c" => config = Some(it.value(arg, v)?.into()),
-            kv => match kv.split_once('=') {
-                Some((k, v)) if !k.is_empty() && !k.starts_with('-') => {
-                    vars.push((k.into(), v.into()))
-                }
-                _ => return Err(usage(format!("test: {kv:?} is not KEY=VALUE"))),
-            },
+/// `test --json`: the event, the configuration, and what would run.
+#[derive(Debug, Serialize)]
+struct TestResult {
+    event: TestEvent,
+    /// The file loaded, or null for the embedded default.
+    config: Option<String>,
+    rules: usize,
+    jobs: Vec<TestJob>,
+}
+
+/// Values in the control protocol's escaped form, so bytes that are not UTF-8 survive.
+#[derive(Debug, Serialize)]
+struct TestEvent {
+    seqnum: Option<u64>,
+    action: String,
+    devpath: String,
+    subsystem: String,
+}
+
+#[derive(Debug, Serialize)]
+struct TestJob {
+    rule: String,
+    argv: Vec<String>,
+    timeout_s: f64,
+}
+
+fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
+    let TestArgs { config, vars: args } = args;
+    let mut vars: Vec<(&[u8], &[u8])> = Vec::new();
+    for kv in &args {
+        let kv = kv.as_bytes();
+        match kv.iter().position(|&b| b == b'=') {
+            Some(i) if i > 0 && kv[0] != b'-' => vars.push((&kv[..i], &kv[i + 1..])),
+            _ => {
+                return Err(usage(format!(
+                    "test: {:?} is not KEY=VALUE",
+                    String::from_utf8_lossy(kv)
+                )))
+            }
         }
     }
     let config = Config::load(config.as_deref()).map_err(|e| Fail(e.to_string(), 1))?;
     let sub = vars
         .iter()
-        .find(|(k, _)| k == "SUBSYSTEM")
-        .map_or("", |(_, v)| v.as_str());
-    let ev = Event::from_vars(
-        sub.as_bytes(),
-        vars.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
-    )
-    .map_err(|e| usage(format!("test: not an event: {e}")))?;
+        .find(|(k, _)| *k == b"SUBSYSTEM")
+        .map_or(&b""[..], |(_, v)| v);
+    let ev = Event::from_vars(sub, vars.iter().copied())
+        .map_err(|e| usage(format!("test: not an event: {e}")))?;
+    let jobs = config.rules.plan(&ev);
+    let timeout = |t: Option<Duration>| t.unwrap_or(config.daemon.handler_timeout).as_secs_f64();
+    if json {
+        let esc = control::escape;
+        return print_json(&TestResult {
+            event: TestEvent {
+                seqnum: ev.seqnum(),
+                action: esc(ev.action()),
+                devpath: esc(ev.devpath()),
+                subsystem: esc(ev.subsystem()),
+            },
+            config: config.path.as_ref().map(|p| esc(p.as_os_str().as_bytes())),
+            rules: config.rules.len(),
+            jobs: jobs
+                .iter()
+                .map(|j| TestJob {
+                    rule: j.rule.clone(),
+                    argv: j.argv.iter().map(|a| esc(a.as_bytes())).collect(),
+                    timeout_s: timeout(j.timeout),
+                })
+                .collect(),
+        });
+    }
     let from = config
         .path
         .as_ref()
         .map_or("the embedded default".into(), |p| p.display().to_string());
-    println!("event: {}", ev.summary());
-    println!("config: {from} ({} rules)", config.rules.len());
-    let jobs = config.rules.plan(&ev);
+    // The event's and argv's bytes as they are, UTF-8 or not: argv is what would run.
+    let mut out = b"event: ".to_vec();
+    match ev.seqnum() {
+        Some(n) => out.extend_from_slice(format!("{n} ").as_bytes()),
+        None => out.extend_from_slice(b"- "),
+    }
+    for (part, sep) in [
+        (ev.action(), &b" "[..]),
+        (ev.devpath(), b" ("),
+        (ev.subsystem(), b")\n"),
+    ] {
+        out.extend_from_slice(part);
+        out.extend_from_slice(sep);
+    }
+    out.extend_from_slice(format!("config: {from} ({} rules)\n", config.rules.len()).as_bytes());
     if jobs.is_empty() {
-        println!("no rule matches");
+        out.extend_from_slice(b"no rule matches\n");
     }
-    for job in jobs {
-        let argv: Vec<String> = job
-            .argv
-            .iter()
-            .map(|a| shell_quote(&a.to_string_lossy()))
-            .collect();
-        let timeout = job
-            .timeout
-            .unwrap_or(config.daemon.handler_timeout)
-            .as_secs_f64();
-        println!("rule {}: {} (timeout {timeout}s)", job.rule, argv.join(" "));
+    for job in &jobs {
+        out.extend_from_slice(format!("rule {}: ", job.rule).as_bytes());
+        for (i, a) in job.argv.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            out.extend_from_slice(&shell_quote(a.as_bytes()));
+        }
+        out.extend_from_slice(format!(" (timeout {}s)\n", timeout(job.timeout)).as_bytes());
     }
-    Ok(())
+    std::io::stdout()
+        .write_all(&out)
+        .map_err(|e| Fail(format!("stdout: {e}"), 1))
 }
 
 /// Quote for display only (argv never goes through a shell).
-fn shell_quote(s: &str) -> String {
+fn shell_quote(s: &[u8]) -> Vec<u8> {
     if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/-_.,:=+@%".contains(&b))
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.,:=+@%".contains(b))
     {
-        s.to_owned()
+        s.to_vec()
     } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
+        let mut out = vec![b'\''];
+        for &b in s {
+            if b == b'\'' {
+                out.extend_from_slice(b"'\\''");
+            } else {
+                out.push(b);
+            }
+        }
+        out.push(b'\'');
+        out
     }
 }

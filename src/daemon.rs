@@ -727,7 +727,7 @@ impl Owner {
                     secs(*started),
                     secs(*started) + duration.as_secs_f64(),
                     seqnum.map_or("-".into(), |s| s.to_string()),
-                    control::escape(rule.as_bytes()).replace(' ', "\\x20"),
+                    control::escape_word(rule.as_bytes()),
                     outcome.to_string().replace(' ', "_")
                 ),
                 Mark::Wait { began, ended, gap } => format!(
@@ -861,7 +861,8 @@ impl Owner {
         }
         let seq = running.seqnum().map_or("-".into(), |s| s.to_string());
         let line = format!(
-            "{seq} {rule} {} {:.1}ms",
+            "{seq} {} {} {:.1}ms",
+            control::escape_word(rule.as_bytes()),
             report.outcome.to_string().replace(' ', "_"),
             report.duration.as_secs_f64() * 1e3
         );
@@ -905,14 +906,24 @@ impl Owner {
                 let _ = tx.send(Reply::Lines(self.status_lines()));
                 ok(&tx, "");
             }
-            Request::Pending => {
-                let mut lines = self.queue.pending_lines();
-                if let Some(r) = &self.running {
-                    lines.insert(0, format!("running {}", r.work.event.summary()));
-                }
-                if let Some(seq) = self.queue.waiting_for() {
-                    lines.push(format!("waiting for SEQNUM {seq}"));
-                }
+            Request::Pending { json } => {
+                use crate::status::{Pending, PendingEvent, PendingState};
+                let running = self
+                    .running
+                    .as_ref()
+                    .map(|r| PendingEvent::of(PendingState::Running, &r.work.event));
+                let pending = Pending {
+                    events: running
+                        .into_iter()
+                        .chain(self.queue.pending_events())
+                        .collect(),
+                    waiting_for: self.queue.waiting_for(),
+                };
+                let lines = if json {
+                    vec![serde_json::to_string(&pending).expect("plain data serializes")]
+                } else {
+                    pending.lines()
+                };
                 let _ = tx.send(Reply::Lines(lines));
                 ok(&tx, "");
             }
@@ -1012,60 +1023,46 @@ impl Owner {
 
     fn status_lines(&self) -> Vec<String> {
         let s = &self.stats;
-        let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
-        let mut lines = vec![
-            format!("pid {}", std::process::id()),
-            format!("uptime_s {:.1}", self.started.elapsed().as_secs_f64()),
-            format!("queued {}", self.queue.pending()),
-            format!("queue_bytes {}", self.queue.bytes()),
-            format!("queue_memory {}", self.queue.memory()),
-            format!("spilled {}", self.queue.spilled()),
-            format!("waiting_for {}", opt(self.queue.waiting_for())),
-            format!("next_expected {}", opt(self.queue.next_expected())),
-            format!("paused {}", if self.paused { "yes" } else { "no" }),
-        ];
-        match &self.running {
-            Some(r) => {
-                lines.push(format!("running_rule {}", r.rule()));
-                lines.push(format!("running_seqnum {}", opt(r.seqnum())));
-                lines.push(format!(
-                    "running_for_ms {:.1}",
-                    r.since.elapsed().as_secs_f64() * 1e3
-                ));
-            }
-            None => lines.extend(
-                ["running_rule -", "running_seqnum -", "running_for_ms -"].map(String::from),
-            ),
-        }
-        lines.extend([
-            format!("last_handled {}", opt(s.last_handled)),
-            format!("received {}", s.received),
-            format!("spooled_in {}", s.spooled_in),
-            format!("netlink_in {}", s.netlink_in),
-            format!("handled {}", s.handled),
-            format!("failed {}", s.failed),
-            format!("timed_out {}", s.timed_out),
-            format!("recalled {}", s.recalled),
-            format!("coalesced {}", s.coalesced),
-            format!("bad_messages {}", s.bad_messages),
-            format!("duplicates {}", s.duplicates),
-            format!("late {}", s.late),
-            format!("gaps_skipped {}", s.gaps_skipped),
-            format!("monitor_overruns {}", s.monitor_overruns),
-            format!("recovered {}", s.recovered),
-            format!("monitors {}", self.monitors.len()),
-        ]);
-        // Read again each time: an admin may change the helper while we run.
         let helper = Helper::inspect();
-        lines.extend([
-            format!("sources {}", self.sources),
-            format!("kernel_helper {helper}"),
-            format!(
-                "warning {}",
-                helper.warning(self.sources).as_deref().unwrap_or("-")
-            ),
-        ]);
-        lines
+        let running = self.running.as_ref();
+        crate::status::Status {
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            queued: self.queue.pending() as u64,
+            queue_bytes: self.queue.bytes() as u64,
+            queue_memory: self.queue.memory() as u64,
+            spilled: self.queue.spilled() as u64,
+            waiting_for: self.queue.waiting_for(),
+            next_expected: self.queue.next_expected(),
+            paused: self.paused,
+            running_rule: running
+                .map(|r| r.rule())
+                .filter(|r| *r != "-")
+                .map(str::to_owned),
+            running_seqnum: running.and_then(|r| r.seqnum()),
+            running_for_ms: running.map(|r| r.since.elapsed().as_secs_f64() * 1e3),
+            last_handled: s.last_handled,
+            received: s.received,
+            spooled_in: s.spooled_in,
+            netlink_in: s.netlink_in,
+            handled: s.handled,
+            failed: s.failed,
+            timed_out: s.timed_out,
+            recalled: s.recalled,
+            coalesced: s.coalesced,
+            bad_messages: s.bad_messages,
+            duplicates: s.duplicates,
+            late: s.late,
+            gaps_skipped: s.gaps_skipped,
+            monitor_overruns: s.monitor_overruns,
+            recovered: s.recovered,
+            monitors: self.monitors.len() as u64,
+            sources: self.sources.to_string(),
+            // Read again each time: an admin may change the helper while we run.
+            kernel_helper: helper.to_string(),
+            warning: helper.warning(self.sources),
+        }
+        .lines()
     }
 
     /// Hand each ready monitor its next batch; drop the ones too far behind.

@@ -23,5 +23,6 @@ pub mod runtime;
 pub mod sources;
 pub mod spawn;
 pub mod spool;
+pub mod status;
 pub mod sysfs;
 pub mod timeline;

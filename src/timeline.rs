@@ -5,21 +5,23 @@
 
 use std::fmt::Write;
 
-/// One entry of the record, times in seconds since the daemon started.
-#[derive(Debug, Clone, PartialEq)]
+/// One entry of the record, times in seconds since the daemon started. Serialized as
+/// `hotplugctl timeline --json` shows it: `"kind": "run"` or `"wait"` and the fields.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Span {
     Run {
         start: f64,
         end: f64,
-        seqnum: String,
+        seqnum: Option<u64>,
         rule: String,
         outcome: String,
     },
     Wait {
         start: f64,
         end: f64,
-        first: String,
-        last: String,
+        first: u64,
+        last: u64,
     },
 }
 
@@ -42,7 +44,10 @@ pub fn parse(lines: &[String]) -> Vec<Span> {
                 "run" if w.len() == 6 => Some(Span::Run {
                     start: num(1)?,
                     end: num(2)?,
-                    seqnum: w[3].to_owned(),
+                    seqnum: match w[3] {
+                        "-" => None,
+                        s => Some(s.parse().ok()?),
+                    },
                     rule: crate::control::unescape(w[4])
                         .map(|b| String::from_utf8_lossy(&b).into_owned())?,
                     outcome: w[5].replace('_', " "),
@@ -50,8 +55,8 @@ pub fn parse(lines: &[String]) -> Vec<Span> {
                 "wait" if w.len() == 5 => Some(Span::Wait {
                     start: num(1)?,
                     end: num(2)?,
-                    first: w[3].to_owned(),
-                    last: w[4].to_owned(),
+                    first: w[3].parse().ok()?,
+                    last: w[4].parse().ok()?,
                 }),
                 _ => None,
             }
@@ -72,8 +77,9 @@ pub fn table(spans: &[Span]) -> String {
                 outcome,
             } => writeln!(
                 out,
-                "{start:>10.3}s {:>9.1}ms  {seqnum:>8}  {rule}: {outcome}",
-                (end - start) * 1e3
+                "{start:>10.3}s {:>9.1}ms  {:>8}  {rule}: {outcome}",
+                (end - start) * 1e3,
+                seq(*seqnum)
             ),
             Span::Wait {
                 start,
@@ -89,6 +95,11 @@ pub fn table(spans: &[Span]) -> String {
         };
     }
     out
+}
+
+/// A SEQNUM as shown: `-` for a synthetic event's none.
+fn seq(s: Option<u64>) -> String {
+    s.map_or("-".to_owned(), |s| s.to_string())
 }
 
 fn esc(s: &str) -> String {
@@ -174,8 +185,8 @@ pub fn svg(spans: &[Span]) -> String {
                 (x(*end) - x(*start)).max(1.0),
                 height - TOP - 24.0,
                 (end - start) * 1e3,
-                esc(first),
-                esc(last)
+                first,
+                last
             );
         }
     }
@@ -196,7 +207,7 @@ pub fn svg(spans: &[Span]) -> String {
             } else {
                 "run failed"
             };
-            let label = format!("{} {}", esc(seqnum), esc(rule));
+            let label = format!("{} {}", seq(*seqnum), esc(rule));
             let _ = writeln!(
                 out,
                 r#"<rect class="{class}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}"><title>SEQNUM {label}: {} in {:.1} ms</title></rect><text x="{:.1}" y="{:.1}">{label}</text>"#,

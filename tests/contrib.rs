@@ -823,6 +823,44 @@ fn help(bin: &str) -> String {
     text(&out.stdout)
 }
 
+/// `hotplugctl CMD... --help`: a command's own options are only in its own help.
+fn ctl_help(cmd: &[&str]) -> String {
+    let out = Command::new(CTL).args(cmd).arg("--help").output().unwrap();
+    assert!(
+        out.status.success(),
+        "hotplugctl {cmd:?} --help: {}",
+        describe(&out)
+    );
+    text(&out.stdout)
+}
+
+/// The commands a `Commands:` list of a --help names.
+fn commands_in(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.strip_prefix("  "))
+        .filter(|l| l.as_bytes().first().is_some_and(u8::is_ascii_lowercase))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// hotplugctl's --help and every command's, `helper`'s actions included.
+fn ctl_help_all() -> String {
+    let top = help(CTL);
+    let mut all = top.clone();
+    for cmd in commands_in(&top) {
+        let sub = ctl_help(&[&cmd]);
+        for action in commands_in(&sub) {
+            all.push_str(&ctl_help(&[&cmd, &action]));
+        }
+        all.push_str(&sub);
+    }
+    all
+}
+
 /// Every file below `dir`, recursively, sorted.
 fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -898,26 +936,9 @@ fn has_word(text: &str, word: &str) -> bool {
 #[test]
 fn contrib_files_use_real_commands_and_options() {
     let daemon_help = help(DAEMON);
-    let ctl_help = help(CTL);
-    let commands: Vec<&str> = ctl_help
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| !l.is_empty())
-        .filter(|l| l.starts_with("  ") && l.as_bytes().get(2).is_some_and(u8::is_ascii_lowercase))
-        .flat_map(|l| {
-            let l = l.trim_start();
-            let first = l.split_whitespace().next().unwrap_or("");
-            // `pause | resume`
-            if l.starts_with("pause | resume") {
-                vec!["pause", "resume"]
-            } else {
-                vec![first]
-            }
-        })
-        .collect();
+    let commands = commands_in(&help(CTL));
     for c in ["settle", "trigger", "helper", "reload", "status"] {
-        assert!(commands.contains(&c), "{c} not in {commands:?}");
+        assert!(commands.iter().any(|k| k == c), "{c} not in {commands:?}");
     }
     let mut checked = Vec::new();
     for path in files_below(&root().join("contrib")) {
@@ -928,14 +949,25 @@ fn contrib_files_use_real_commands_and_options() {
         for (bin, args) in invocations(&body) {
             let what = format!("{}: {bin} {}", path.display(), args.join(" "));
             let help = if bin == "hotplugd" {
-                &daemon_help
+                daemon_help.clone()
             } else {
-                &ctl_help
+                // The command's own help lists its options and the global ones.
+                let words: Vec<&str> = args
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|a| !a.starts_with('-') && !a.starts_with('/'))
+                    .collect();
+                let cmd = match words[..] {
+                    ["helper", action, ..] => vec!["helper", action],
+                    [c, ..] => vec![c],
+                    [] => vec![],
+                };
+                ctl_help(&cmd)
             };
             for a in args.iter().filter(|a| a.starts_with("--")) {
                 let opt = a.split('=').next().unwrap();
                 assert!(
-                    has_word(help, opt),
+                    has_word(&help, opt),
                     "{what}: {opt} is not an option of {bin}"
                 );
             }
@@ -946,7 +978,10 @@ fn contrib_files_use_real_commands_and_options() {
                     cmd = words.nth(1);
                 }
                 let cmd = cmd.unwrap_or_else(|| panic!("{what}: no command"));
-                assert!(commands.contains(&cmd), "{what}: {cmd} is not a command");
+                assert!(
+                    commands.iter().any(|k| k == cmd),
+                    "{what}: {cmd} is not a command"
+                );
                 if cmd == "helper" {
                     let action = words.next();
                     assert!(
@@ -1111,12 +1146,14 @@ fn man_pages_document_every_config_key_and_option() {
         assert!(has_word(&daemon8, o), "hotplugd(8) lacks {o}");
     }
     let ctl8 = man("hotplugctl.8");
-    let ctl_help = help(CTL);
-    for o in options(&ctl_help) {
-        assert!(has_word(&ctl8, &o), "hotplugctl(8) lacks {o}");
+    let opts = options(&ctl_help_all());
+    assert!(opts.contains(&"--seqnum-file".to_owned()), "{opts:?}");
+    for o in &opts {
+        assert!(has_word(&ctl8, o), "hotplugctl(8) lacks {o}");
     }
+    let top_help = help(CTL);
     let subsections: Vec<&str> = ctl8.lines().filter(|l| l.starts_with(".SS ")).collect();
-    for line in ctl_help
+    for line in top_help
         .lines()
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
@@ -1138,7 +1175,10 @@ fn man_pages_document_every_config_key_and_option() {
         );
     }
     // The exit statuses the binaries document in their --help are the pages' too.
-    for (page, codes) in [(&daemon8, ["0", "1", "2"]), (&ctl8, ["0", "1", "2"])] {
+    for (page, codes) in [
+        (&daemon8, &["0", "1", "2"][..]),
+        (&ctl8, &["0", "1", "2", "3"]),
+    ] {
         let exit = &page[page.find("\n.SH EXIT STATUS\n").unwrap()..];
         for c in codes {
             assert!(exit.contains(&format!("\n.B {c}\n")), "exit status {c}");
@@ -1220,8 +1260,31 @@ fn make_install_and_uninstall_into_destdir() {
         "/etc/hotplugd/hotplugd.toml",
         "/etc/hotplugd/devperms.conf",
         "/usr/share/doc/hotplugd/README.md",
+        "/usr/share/bash-completion/completions/hotplugctl",
+        "/usr/share/zsh/site-functions/_hotplugctl",
+        "/usr/share/fish/vendor_completions.d/hotplugctl.fish",
     ] {
         assert_eq!(mode(p), 0o644, "{p}");
+    }
+    // The completions know the commands and their options.
+    for p in [
+        "/usr/share/bash-completion/completions/hotplugctl",
+        "/usr/share/zsh/site-functions/_hotplugctl",
+        "/usr/share/fish/vendor_completions.d/hotplugctl.fish",
+    ] {
+        let body = fs::read_to_string(at(p)).unwrap();
+        // fish names options without their dashes.
+        for word in ["settle", "timeout", "runtime-dir", "subsystem-match"] {
+            assert!(body.contains(word), "{p} lacks {word}");
+        }
+    }
+    if Command::new("bash").arg("--version").output().is_ok() {
+        let out = Command::new("bash")
+            .arg("-n")
+            .arg(at("/usr/share/bash-completion/completions/hotplugctl"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bash -n: {}", describe(&out));
     }
     for h in ["devperms", "netif", "usb-mount"] {
         assert_eq!(mode(&format!("/usr/libexec/hotplugd/{h}")), 0o755, "{h}");

@@ -906,22 +906,26 @@ impl Queue {
 
     /// The events the runner has not taken, one summary line each, in the order it will
     /// take them (released ones, then the waiting ones by SEQNUM).
-    pub fn pending_lines(&self) -> Vec<String> {
+    pub fn pending_events(&self) -> Vec<crate::status::PendingEvent> {
+        use crate::status::{PendingEvent, PendingState};
         let from = (self.runner_cursor() - self.base) as usize;
         let released = self.log.iter_from(from).filter_map(|slot| match slot {
-            Slot::Mem(ev) => Some(ev.summary().to_string()),
+            Slot::Mem(ev) => Some(PendingEvent::of(PendingState::Queued, ev)),
             Slot::Stub { id: 0, .. } => None,
-            Slot::Stub { .. } => Some(format!(
-                "{} (spilled to the journal)",
-                slot.seqnum().map_or("-".into(), |s| s.to_string())
-            )),
+            Slot::Stub { .. } => Some(PendingEvent {
+                state: PendingState::Spilled,
+                seqnum: slot.seqnum(),
+                action: None,
+                devpath: None,
+                subsystem: None,
+            }),
         });
         released
             .chain(
                 self.waiting
                     .values()
                     .flatten()
-                    .map(|e| e.summary().to_string()),
+                    .map(|e| PendingEvent::of(PendingState::Waiting, e)),
             )
             .collect()
     }
@@ -1548,7 +1552,10 @@ mod tests {
         }
         assert!(q.spilled() > 100, "{}", q.spilled());
         assert!(q.bytes() <= 4096, "{}", q.bytes());
-        assert!(q.pending_lines().iter().any(|l| l.contains("spilled")));
+        assert!(q
+            .pending_events()
+            .iter()
+            .any(|e| e.state == crate::status::PendingState::Spilled));
         assert_eq!(q.recall(150).unwrap().seqnum(), Some(150));
         let mut want: Vec<u64> = (1..=200).filter(|s| *s != 150).collect();
         let got = drain(&mut q, RUNNER);
