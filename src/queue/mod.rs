@@ -28,14 +28,30 @@
 //! recalls both: the handlers would create and destroy the same thing. An index from a
 //! hash of DEVPATH to the waiting `add` keeps that O(1) per event.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use crate::event::{BuildU64, Event};
+use crate::event::Event;
 
 mod chunks;
+mod coalesce;
 use chunks::Log;
+use coalesce::{Coalescer, View};
+
+/// What the coalescer reads of the queue (see [`View`]); a macro, not a method, so the
+/// borrows are of the fields it names and `self.coalesce` stays free to change.
+macro_rules! view {
+    ($q:ident) => {{
+        let from = $q.runner_cursor();
+        View {
+            waiting: &$q.waiting,
+            log: &$q.log,
+            base: $q.base,
+            from,
+        }
+    }};
+}
 
 /// Skipped ranges remembered for late arrivals. Older ones are forgotten: an event later
 /// than that many gaps is treated as a duplicate.
@@ -79,7 +95,6 @@ pub enum RecallError {
     Taken(u64),
 }
 
-/// Where a waiting `add` is, for coalescing.
 /// A missing range the gap timeout skipped, and when its wait began.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
@@ -87,51 +102,10 @@ pub struct Expired {
     pub since: Instant,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Loc {
-    Waiting(u64),
-    Log(u64),
-}
-
-/// DEVPATH hash → [`Loc`], with the location packed into one `u64` (top bit: waiting):
-/// 16 bytes per entry instead of 24.
-#[derive(Debug, Default)]
-struct AddIndex(HashMap<u64, u64, BuildU64>);
-
-const WAITING_BIT: u64 = 1 << 63;
-
-impl AddIndex {
-    fn get(&self, key: &u64) -> Option<Loc> {
-        self.0.get(key).map(|&v| {
-            if v & WAITING_BIT != 0 {
-                Loc::Waiting(v & !WAITING_BIT)
-            } else {
-                Loc::Log(v)
-            }
-        })
-    }
-    fn insert(&mut self, key: u64, loc: Loc) {
-        let v = match loc {
-            Loc::Waiting(seq) => seq | WAITING_BIT,
-            Loc::Log(pos) => pos,
-        };
-        self.0.insert(key, v);
-    }
-    fn contains_key(&self, key: &u64) -> bool {
-        self.0.contains_key(key)
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
-
 #[derive(Debug)]
 pub struct Queue {
     gap_timeout: Duration,
-    coalesce: bool,
+    coalesce: Coalescer,
     /// The next SEQNUM to release; None until the first numbered event or `start_at`.
     next_expected: Option<u64>,
     /// Early arrivals by SEQNUM; `None` is a recalled tombstone that still fills its slot.
@@ -153,16 +127,6 @@ pub struct Queue {
     base: u64,
     /// Cursor per reader (the position of the next event it will get); None = free slot.
     cursors: Vec<Option<u64>>,
-    adds: AddIndex,
-    /// When `adds` is swept next (its size), and the runner's position at the last sweep.
-    adds_sweep_at: usize,
-    adds_swept_at: u64,
-    /// Adds in the log below this position are in `adds` (see `index_log`).
-    adds_upto: u64,
-    /// DEVPATH hash → SEQNUM of a `remove` waiting behind a gap, for an `add` that arrives
-    /// after its `remove` (their helpers raced). Checked against `waiting` when used, and
-    /// unindexed when the remove is released.
-    removes: HashMap<u64, u64, BuildU64>,
     /// A SEQNUM someone waits to see handled (settle): if nothing arrives to fill the
     /// range up to it, the gap timeout skips it like any other gap.
     expect_upto: Option<u64>,
@@ -189,14 +153,6 @@ impl std::fmt::Debug for LoaderBox {
 
 /// Reads a spilled event back by its journal id.
 pub type Loader = Box<dyn FnMut(u64) -> Option<Event> + Send>;
-
-/// Most queued `add`s indexed for coalescing: 7/8 of 65,536, the most a hash table of
-/// 65,536 buckets holds before it doubles (~1.1 MiB of index at 16 bytes an entry).
-const MAX_ADDS: usize = (1 << 16) / 8 * 7;
-
-/// The add index is swept once it holds this many entries, or twice what the last sweep
-/// kept.
-const ADDS_SWEEP_MIN: usize = 4096;
 
 /// Allocator overhead per boxed payload, for the memory estimate.
 const MALLOC_OVERHEAD: usize = 16;
@@ -227,21 +183,11 @@ impl Slot {
     }
 }
 
-fn devpath_key(ev: &Event) -> u64 {
-    crate::message::hash64(ev.devpath())
-}
-
-/// The event with SEQNUM `seq` still waits behind a gap (it was neither released nor
-/// recalled): an index entry pointing at it is live.
-fn still_waiting(waiting: &BTreeMap<u64, Option<Event>>, seq: u64) -> bool {
-    waiting.get(&seq).is_some_and(Option::is_some)
-}
-
 impl Queue {
     pub fn new(gap_timeout: Duration, coalesce: bool) -> Queue {
         Queue {
             gap_timeout,
-            coalesce,
+            coalesce: Coalescer::new(coalesce),
             next_expected: None,
             waiting: BTreeMap::new(),
             stalled_since: None,
@@ -252,11 +198,6 @@ impl Queue {
             log: Log::default(),
             base: 0,
             cursors: vec![Some(0)],
-            adds: AddIndex::default(),
-            adds_sweep_at: ADDS_SWEEP_MIN,
-            adds_swept_at: 0,
-            adds_upto: 0,
-            removes: HashMap::default(),
             expect_upto: None,
             pending: 0,
             bytes: 0,
@@ -323,10 +264,7 @@ impl Queue {
 
     pub fn set_gap_timeout(&mut self, gap_timeout: Duration, coalesce: bool) {
         self.gap_timeout = gap_timeout;
-        self.coalesce = coalesce;
-        if !coalesce {
-            self.removes.clear();
-        }
+        self.coalesce.set_enabled(coalesce);
     }
 
     /// SEQNUMs earlier runs were done with (ascending ranges): a copy of one is a
@@ -362,7 +300,7 @@ impl Queue {
         }
         // A second copy of a remove (two sources, or the spool) must not cancel an add
         // that came after the first copy, which already ran or is queued.
-        if self.coalesce && ev.action() == b"remove" && !self.seen(seq) {
+        if self.coalesce.enabled() && ev.action() == b"remove" && !self.seen(seq) {
             if let Some(add) = self.coalesce_remove(&ev) {
                 // The remove takes its slot as a tombstone so the gap logic does not wait.
                 self.settle_seq(seq, now);
@@ -390,7 +328,7 @@ impl Queue {
                 Push::Duplicate(ev)
             };
         }
-        if self.coalesce && ev.action() == b"add" && !self.waiting.contains_key(&seq) {
+        if self.coalesce.enabled() && ev.action() == b"add" && !self.waiting.contains_key(&seq) {
             if let Some(remove) = self.coalesce_add(&ev, seq) {
                 self.settle_seq(seq, now);
                 return Push::Coalesced {
@@ -413,12 +351,9 @@ impl Queue {
         }
         self.bytes += ev.heap_bytes();
         self.pending += 1;
-        if ev.action() == b"add" && self.coalesce {
-            self.index_add(devpath_key(&ev), Loc::Waiting(seq));
-        }
-        if ev.action() == b"remove" && self.coalesce && self.removes.len() < MAX_ADDS {
-            let first = self.removes.entry(devpath_key(&ev)).or_insert(seq);
-            *first = (*first).min(seq);
+        if self.coalesce.enabled() {
+            let view = view!(self);
+            self.coalesce.note_waiting(&view, &ev, seq);
         }
         self.waiting.insert(seq, Some(ev));
         self.arrivals.push_back((now, seq));
@@ -469,12 +404,7 @@ impl Queue {
             if let Some(ev) = entry.remove() {
                 self.bytes -= ev.heap_bytes();
                 self.pending -= 1;
-                if ev.action() == b"remove" && !self.removes.is_empty() {
-                    let key = devpath_key(&ev);
-                    if self.removes.get(&key) == Some(&next) {
-                        self.removes.remove(&key);
-                    }
-                }
+                self.coalesce.released(&ev, next);
                 self.append(ev);
             }
             next += 1;
@@ -527,13 +457,9 @@ impl Queue {
         let pos = self.base + self.log.len() as u64;
         self.pending += 1;
         if ev.id() != 0 && self.memory() + ev.heap_bytes() > self.limit {
-            // A stub keeps no DEVPATH: index the adds so far, and this one, first.
-            if self.coalesce {
-                self.index_log();
-                if ev.action() == b"add" {
-                    self.index_logged_add(devpath_key(&ev), pos);
-                }
-                self.adds_upto = pos + 1;
+            if self.coalesce.enabled() {
+                let view = view!(self);
+                self.coalesce.index_before_spill(&view, &ev, pos);
             }
             self.spilled += 1;
             self.log.push_back(Slot::Stub {
@@ -560,7 +486,7 @@ impl Queue {
         if self.loader.is_none() || self.memory() <= self.limit {
             return;
         }
-        if self.coalesce {
+        if self.coalesce.enabled() {
             self.index_log();
         }
         let target = self.limit - self.limit / 8;
@@ -583,70 +509,6 @@ impl Queue {
             }
         }
         self.stubs_from = self.base + idx as u64;
-    }
-
-    /// Index the adds appended to the log since the last call that the runner has not
-    /// taken. Adds in the log are indexed when a `remove` needs the index (or before their
-    /// bodies leave memory), not as they come: a stream of adds the runner takes before
-    /// any remove arrives, a boot's coldplug say, never pays for it, and the others pay
-    /// the same once.
-    fn index_log(&mut self) {
-        let end = self.base + self.log.len() as u64;
-        for pos in self.adds_upto.max(self.runner_cursor())..end {
-            let key = match &self.log[(pos - self.base) as usize] {
-                Slot::Mem(ev) if ev.action() == b"add" => devpath_key(ev),
-                _ => continue,
-            };
-            self.index_logged_add(key, pos);
-        }
-        self.adds_upto = end;
-    }
-
-    /// Index the add at log position `pos`, unless an add for that DEVPATH is still
-    /// waiting behind a gap: that one is newer than any in the log.
-    fn index_logged_add(&mut self, key: u64, pos: u64) {
-        let waiting = match self.adds.get(&key) {
-            Some(Loc::Waiting(s)) => still_waiting(&self.waiting, s),
-            _ => false,
-        };
-        if !waiting {
-            self.index_add(key, Loc::Log(pos));
-        }
-    }
-
-    /// Remember where a queued `add` is, for coalescing. The index is bounded: past
-    /// `MAX_ADDS` queued adds, newer ones are not indexed, so a `remove` for one of them
-    /// runs its handlers instead of being coalesced (an optimisation lost, nothing else).
-    fn index_add(&mut self, key: u64, loc: Loc) {
-        if self.adds.len() >= self.adds_sweep_at {
-            self.sweep_adds();
-        }
-        if self.adds.len() < MAX_ADDS || self.adds.contains_key(&key) {
-            self.adds.insert(key, loc);
-        }
-    }
-
-    /// Drop index entries of adds that can no longer be coalesced: the runner took them,
-    /// or they left `waiting`. Events leaving the queue do not remove their own entries
-    /// (a DEVPATH hash and a lookup per event, on a payload long out of cache); this sweep
-    /// costs about one entry visit per add. When most entries are live (a backlog of
-    /// queued adds) it waits for the runner to move on, so that it is never a full scan
-    /// per add; meanwhile, past [`MAX_ADDS`], new adds go unindexed as before.
-    fn sweep_adds(&mut self) {
-        let from = self.runner_cursor();
-        if self.adds.len() >= MAX_ADDS && from - self.adds_swept_at < (MAX_ADDS / 4) as u64 {
-            return;
-        }
-        let waiting = &self.waiting;
-        self.adds.0.retain(|_, v| {
-            if *v & WAITING_BIT != 0 {
-                still_waiting(waiting, *v & !WAITING_BIT)
-            } else {
-                *v >= from
-            }
-        });
-        self.adds_swept_at = from;
-        self.adds_sweep_at = (2 * self.adds.len()).clamp(ADDS_SWEEP_MIN, MAX_ADDS);
     }
 
     /// Bring the stub at log index `idx` back into memory; false if it cannot be read.
@@ -678,52 +540,22 @@ impl Queue {
         }
     }
 
+    /// Index the adds the log took since the last time (see [`Coalescer::index_log`]).
+    fn index_log(&mut self) {
+        let view = view!(self);
+        self.coalesce.index_log(&view);
+    }
+
     /// Recall the queued `add` this `remove` cancels, if there is one.
     fn coalesce_remove(&mut self, remove: &Event) -> Option<Event> {
-        self.index_log();
-        let key = devpath_key(remove);
-        let (seq, same) = match self.adds.get(&key)? {
-            Loc::Waiting(seq) => {
-                let add = self.waiting.get(&seq)?.as_ref()?;
-                (add.seqnum()?, add.devpath() == remove.devpath())
-            }
-            Loc::Log(pos) => {
-                if pos < self.runner_cursor() {
-                    return None;
-                }
-                match self.log.get((pos - self.base) as usize)? {
-                    Slot::Mem(add) => (add.seqnum()?, add.devpath() == remove.devpath()),
-                    // A spilled add is known by its DEVPATH hash only.
-                    Slot::Stub { id: 0, .. } => return None,
-                    slot @ Slot::Stub { .. } => (slot.seqnum()?, true),
-                }
-            }
-        };
-        if !same || Some(seq) >= remove.seqnum() {
-            return None;
-        }
+        let view = view!(self);
+        let seq = self.coalesce.add_for(&view, remove)?;
         self.recall(seq).ok()
     }
 
-    /// Recall the waiting `remove` that this new `add` (SEQNUM `seq`, not late) cancels:
-    /// the remove's helper won the race and it waits behind the add's gap.
+    /// Recall the waiting `remove` that this new `add` (SEQNUM `seq`, not late) cancels.
     fn coalesce_add(&mut self, add: &Event, seq: u64) -> Option<Event> {
-        if self.removes.is_empty() {
-            return None;
-        }
-        let key = devpath_key(add);
-        let r = *self.removes.get(&key)?;
-        let Some(Some(remove)) = self.waiting.get(&r) else {
-            // Recalled meanwhile: its slot is a tombstone.
-            self.removes.remove(&key);
-            return None;
-        };
-        // An older remove is not this add's; another DEVPATH with the same hash keeps its
-        // entry.
-        if r <= seq || remove.devpath() != add.devpath() {
-            return None;
-        }
-        self.removes.remove(&key);
+        let r = self.coalesce.remove_for(&self.waiting, add, seq)?;
         let remove = self.waiting.get_mut(&r)?.take()?;
         self.bytes -= remove.heap_bytes();
         self.pending -= 1;
@@ -953,9 +785,7 @@ impl Queue {
             .collect();
         out.extend(std::mem::take(&mut self.waiting).into_values().flatten());
         self.pending = 0;
-        self.adds.clear();
-        self.adds_upto = self.base + self.log.len() as u64;
-        self.removes.clear();
+        self.coalesce.clear(self.base + self.log.len() as u64);
         self.arrivals.clear();
         self.stalled_since = None;
         self.bytes = self
@@ -972,7 +802,9 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
+    use super::coalesce::{ADDS_SWEEP_MIN, MAX_ADDS};
     use super::*;
+    use std::collections::HashMap;
 
     fn ev(seq: u64, action: &str, devpath: &str) -> Event {
         let s = seq.to_string();
@@ -1332,7 +1164,11 @@ mod tests {
                 q.next(RUNNER);
                 seq += 1;
             }
-            assert!(q.adds.len() <= 2 * ADDS_SWEEP_MIN, "{}", q.adds.len());
+            assert!(
+                q.coalesce.indexed() <= 2 * ADDS_SWEEP_MIN,
+                "{}",
+                q.coalesce.indexed()
+            );
         }
         // Queued adds are indexed only once a remove comes.
         let first = seq;
@@ -1340,13 +1176,13 @@ mod tests {
             q.push(ev(seq, "add", &format!("/q/{seq}")), t);
             seq += 1;
         }
-        assert_eq!(q.adds.len(), 0);
+        assert_eq!(q.coalesce.indexed(), 0);
         match q.push(ev(seq, "remove", &format!("/q/{}", first + 50)), t) {
             Push::Coalesced { add, .. } => assert_eq!(add.seqnum(), Some(first + 50)),
             other => panic!("{other:?}"),
         }
         seq += 1;
-        assert!(q.adds.len() >= 99);
+        assert!(q.coalesce.indexed() >= 99);
         drain(&mut q, RUNNER);
         // A backlog fills the index with live entries; past MAX_ADDS, adds go unindexed.
         let first = seq;
@@ -1357,7 +1193,7 @@ mod tests {
         let last = format!("/b/{}", seq - 1);
         assert_eq!(q.push(ev(seq, "remove", &last), t), Push::Queued);
         seq += 1;
-        assert_eq!(q.adds.len(), MAX_ADDS);
+        assert_eq!(q.coalesce.indexed(), MAX_ADDS);
         // Once the runner has moved on, a sweep drops the taken ones and new adds are
         // indexed again; an add still queued keeps coalescing all along.
         for _ in 0..MAX_ADDS / 4 {
@@ -1368,7 +1204,7 @@ mod tests {
             Push::Coalesced { add, .. } => assert_eq!(add.seqnum(), Some(seq)),
             other => panic!("{other:?}"),
         }
-        assert!(q.adds.len() < MAX_ADDS);
+        assert!(q.coalesce.indexed() < MAX_ADDS);
         let queued = first + MAX_ADDS as u64 / 2;
         match q.push(ev(seq + 2, "remove", &format!("/b/{queued}")), t) {
             Push::Coalesced { add, .. } => assert_eq!(add.seqnum(), Some(queued)),
