@@ -31,6 +31,7 @@ use crate::activation::{self, Notifier};
 use crate::config::Config;
 use crate::control::{self, End, MonitorOpts, Reply, Request, ToOwner};
 use crate::event::Event;
+use crate::holder::{Holder, Keeper};
 use crate::journal::{Journal, Recovered};
 use crate::queue::{Push, Queue, ReaderId, RUNNER};
 use crate::rules::Job;
@@ -147,6 +148,21 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let (journal, recovered) = Journal::open(&runtime.dir).map_err(io("journal"))?;
     // Handlers inherit the cwd: set it here, once, rather than in every child.
     std::env::set_current_dir("/").map_err(io("chdir /"))?;
+    // Last of the steps that can fail, so a start that fails leaves no new holder; and
+    // before ready, so the pipe's buffer outlives us from then on.
+    let keeper = match &fifo {
+        Some(_) if supervised => Keeper::Supervisor,
+        Some(fd) => match Holder::start(&runtime.dir, fd) {
+            Ok(h) => Keeper::Holder(Some(h)),
+            Err(e) => {
+                log::error!(
+                    "FIFO holder: {e}; events in the FIFO's buffer will be lost if the daemon dies"
+                );
+                Keeper::Holder(None)
+            }
+        },
+        None => Keeper::NoFifo,
+    };
 
     // Bounded: if the owner falls behind, the FIFO reader waits, the pipe fills and shims
     // spool, rather than batches piling up in memory.
@@ -159,6 +175,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 
     let fifo_journal = journal.fifo();
     let mut owner = Owner::new(config, runtime, opts, journal, notifier);
+    owner.keeper = keeper.clone();
     owner.recover(recovered);
     owner.ingest_spool_at_start();
 
@@ -222,12 +239,17 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     if own_socket {
         let _ = std::fs::remove_file(&control_path);
     }
+    drop(owner);
+    // Gone before the last drain: a shim's late write then fails and spools, rather than
+    // landing in a pipe that only the holder, about to exit, still holds.
+    if let Keeper::Holder(Some(holder)) = &keeper {
+        holder.stop();
+    }
     if let Some(reader) = &fifo_reader {
         reader.stop();
     }
     let _ = nix::unistd::write(&netlink_stop_w, b"x");
     let _ = nix::unistd::write(&spool_stop_w, b"x");
-    drop(owner);
     finish(&shared, &chans, fifo_reader.as_ref());
     Ok(())
 }
@@ -412,6 +434,8 @@ struct Owner {
     journal_warn: sources::RateLimit,
     notifier: Notifier,
     last_status: Instant,
+    /// Who keeps the FIFO open if we die, for `status`.
+    keeper: Keeper,
 }
 
 impl Owner {
@@ -449,6 +473,7 @@ impl Owner {
             journal_warn: sources::RateLimit::new(3, Duration::from_secs(60)),
             notifier,
             last_status: Instant::now(),
+            keeper: Keeper::default(),
         }
     }
 
@@ -956,6 +981,7 @@ impl Owner {
         let mut lines = vec![
             format!("pid {}", std::process::id()),
             format!("uptime_s {:.1}", self.started.elapsed().as_secs_f64()),
+            format!("holder {}", self.keeper.status()),
             format!("queued {}", self.queue.pending()),
             format!("queue_bytes {}", self.queue.bytes()),
             format!("queue_memory {}", self.queue.memory()),

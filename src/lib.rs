@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod demo;
 pub mod event;
+pub mod holder;
 pub mod journal;
 pub mod message;
 pub mod netlink;
