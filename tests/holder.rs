@@ -294,3 +294,180 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
         wait_for("the holder to exit", || !alive(pid));
     }
 }
+
+/// `status --json`'s value for `key`, as text.
+fn status_field(d: &Plain, key: &str) -> String {
+    let out = d.ctl(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let needle = format!("\"{key}\":");
+    let start = out
+        .find(&needle)
+        .unwrap_or_else(|| panic!("{key} in {out}"))
+        + needle.len();
+    out[start..]
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// The processes named `hotplugd-holder` that have `fifo` open.
+fn holders_of(fifo: &Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = fs::metadata(fifo) else {
+        return Vec::new();
+    };
+    let want = (m.dev(), m.ino());
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "hotplugd-holder" || !alive(pid) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        if fds
+            .filter_map(|f| fs::metadata(f.ok()?.path()).ok())
+            .any(|f| (f.dev(), f.ino()) == want)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_restart_adopts_the_holder_and_a_clean_stop_ends_it() {
+    let env = Env::new();
+    let mut d = Plain::new(&env, env.config("", ""));
+    d.start();
+    let runtime = env.runtime();
+    let fifo = runtime.join("events");
+    let pid = live_holder(&runtime).expect("a holder after the start");
+    assert_eq!(status_field(&d, "holder"), pid.to_string());
+    assert_eq!(holders_of(&fifo), vec![pid]);
+    assert!(d
+        .log_text()
+        .contains(&format!("started FIFO holder pid {pid}")));
+
+    // The daemon dies; the holder keeps the pipe, so a shim still delivers into it.
+    d.kill9();
+    assert!(alive(pid));
+    assert!(env.event(1, "add", "/devices/a").success());
+    assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
+
+    // A holder started by hand while one lives exits at once: never two.
+    let by_hand = Command::new(DAEMON)
+        .arg("--fifo-holder")
+        .arg(&runtime)
+        .output()
+        .unwrap();
+    assert!(by_hand.status.success());
+    let said = String::from_utf8_lossy(&by_hand.stderr);
+    assert!(said.contains(&format!("(pid {pid}) already")), "{said}");
+    assert_eq!(holders_of(&fifo), vec![pid]);
+
+    // The restart adopts it, and reads what the pipe kept.
+    d.start();
+    assert!(d
+        .log_text()
+        .contains(&format!("adopted FIFO holder pid {pid}")));
+    assert_eq!(status_field(&d, "holder"), pid.to_string());
+    assert_eq!(env.wait_handled(1).seqs, vec![1]);
+    assert_eq!(holders_of(&fifo), vec![pid]);
+
+    // A clean stop leaves none.
+    assert!(d.stop().success(), "{}", d.log_text());
+    wait_for("the holder to exit", || !alive(pid));
+    assert_eq!(live_holder(&runtime), None);
+    assert!(d.log_text().contains(&format!("FIFO holder pid {pid} ")));
+}
+
+#[test]
+fn a_holder_that_dies_is_replaced_and_one_whose_fifo_goes_exits() {
+    let env = Env::new();
+    let mut d = Plain::new(&env, env.config("", ""));
+    d.start();
+    let runtime = env.runtime();
+    let first = live_holder(&runtime).unwrap();
+    // SAFETY: the holder this test's daemon started.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    wait_for("a new holder", || {
+        live_holder(&runtime).is_some_and(|p| p != first)
+    });
+    let second = live_holder(&runtime).unwrap();
+    d.holders.push(second);
+    assert_eq!(status_field(&d, "holder"), second.to_string());
+    assert!(d.log_text().contains(&format!(
+        "FIFO holder pid {first} exited; starting a new one"
+    )));
+    assert_eq!(holders_of(&runtime.join("events")), vec![second]);
+
+    // A daemon killed and never restarted: removing its FIFO ends the holder too.
+    d.kill9();
+    fs::remove_file(runtime.join("events")).unwrap();
+    wait_for("the orphaned holder to exit", || !alive(second));
+}
+
+#[test]
+fn no_holder_when_the_supervisor_holds_the_fifo() {
+    let env = Env::new();
+    let config = env.config("", "");
+    let runtime = env.runtime();
+    fs::create_dir(&runtime).unwrap();
+    fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let fifo_path = runtime.join("events");
+    nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo_path)
+        .unwrap();
+    // Up high, so the child's dup2 onto 3 cannot clobber it.
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd, owned below.
+    let high = unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+    // SAFETY: a new fd nothing else owns.
+    let _high = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
+    let mut d = Plain::new(&env, config.clone());
+    let log = fs::File::create(&d.log).unwrap();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=events exec "$0" "$@""#)
+        .arg(DAEMON)
+        .arg("--config")
+        .arg(&config)
+        .arg("--runtime-dir")
+        .arg(&runtime)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: only dup2, which is async-signal-safe, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(high, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    d.child = Some(cmd.spawn().unwrap());
+    d.wait_ready(0);
+    assert_eq!(status_field(&d, "holder"), "supervisor");
+    assert!(!runtime.join("holder").exists());
+    assert!(holders_of(&fifo_path).is_empty());
+    assert!(d.stop().success(), "{}", d.log_text());
+}
