@@ -7,7 +7,8 @@
 //! supervisor that holds it, the daemon is its one steady opener, so at a kill the kernel
 //! frees what the daemon had not read yet. Issue 13's storm (3000 events from 16 shims,
 //! 5 SIGKILLs, each followed by a plain restart 0.2 s later) lost 36 events that way;
-//! `tests/holder.rs` lost 96 on the code before the holder, and 0 with it.
+//! `tests/holder.rs` lost 24 to 30 per run (up to 13 at one kill) on the code before the
+//! holder, and 0 with it.
 //!
 //! The holder is the daemon's own binary, exec'd (`hotplugd --fifo-holder DIR`), so it
 //! carries none of the daemon's heap. It takes an exclusive `flock` on `DIR/holder`

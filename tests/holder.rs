@@ -193,6 +193,9 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
     const N: u64 = 3000;
     const WRITERS: usize = 16;
     const KILLS: u64 = 5;
+    // Each writer paces itself, so the storm outlasts five kill-and-restart rounds (a
+    // restart takes 0.2 s and a start-up) and every kill lands while shims write.
+    const PACE: Duration = Duration::from_millis(25);
     // Like the kernel: SEQNUMs handed out in order, 16 helpers racing.
     let next = Arc::new(AtomicU64::new(1));
     let writers: Vec<_> = (0..WRITERS)
@@ -216,6 +219,7 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
                     .status()
                     .unwrap();
                 assert!(st.success(), "shim for SEQNUM {seq}: {st}");
+                std::thread::sleep(PACE);
             })
         })
         .collect();
@@ -224,9 +228,11 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
     let started = Instant::now();
     let mut kills = 0;
     let mut readies = 1;
+    let mut killed_at = Vec::new();
     while kills < KILLS {
         let at = N * (kills + 1) / (KILLS + 1);
         wait_for("the storm to go on", || next.load(Ordering::SeqCst) > at);
+        killed_at.push(next.load(Ordering::SeqCst) - 1);
         daemon.kill9();
         kills += 1;
         std::thread::sleep(Duration::from_millis(200));
@@ -253,12 +259,16 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
     while handled().len() < N as usize && wait_start.elapsed() < DEADLINE {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let runs = handled();
+    // Queued first, handled after: an event handled in between is then in the second.
     let pending = daemon.ctl(&["pending"]);
     let queued: Vec<u64> = String::from_utf8_lossy(&pending.stdout)
         .lines()
-        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .filter_map(|l| {
+            let l = l.strip_prefix("running ").unwrap_or(l);
+            l.split(' ').next()?.parse().ok()
+        })
         .collect();
+    let runs = handled();
     let lost: Vec<u64> = (1..=N)
         .filter(|s| !runs.contains_key(s) && !queued.contains(s))
         .collect();
@@ -268,9 +278,19 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
         .map(|(s, n)| (*s, *n))
         .collect();
     let duplicates: u32 = repeated.iter().map(|(_, n)| n - 1).sum();
+    // Each loss belongs to the kill before it.
+    let per_kill: Vec<usize> = (0..killed_at.len())
+        .map(|i| {
+            let end = killed_at.get(i + 1).copied().unwrap_or(N);
+            lost.iter()
+                .filter(|s| **s > killed_at[i] && **s <= end)
+                .count()
+        })
+        .collect();
     eprintln!(
         "{N} events from {WRITERS} shims written in {written_by:?}, {kills} kills with plain \
-         restarts: {} lost {lost:?}, {} still queued, {duplicates} duplicate runs, SEQNUMs \
+         restarts (after SEQNUM {killed_at:?} was handed out): {} lost {lost:?}, per kill \
+         {per_kill:?}, {} still queued, {duplicates} duplicate runs, SEQNUMs \
          that repeated (SEQNUM, runs): {repeated:?}",
         lost.len(),
         queued.len()
