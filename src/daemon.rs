@@ -224,8 +224,14 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     };
     drop(owner);
     serve(&shared, &chans);
+    lock(&shared).notifier.notify("STOPPING=1");
+    // Gone before the last drain: a shim's late write then fails and spools, rather than
+    // landing in a pipe that only the holder, about to exit, still holds. Until the FIFO
+    // is removed below, our own fd keeps the pipe, and we read what it gets.
+    if let Keeper::Holder(Some(holder)) = &keeper {
+        holder.stop();
+    }
     let owner = lock(&shared);
-    owner.notifier.notify("STOPPING=1");
 
     // Shutdown: no new writers can reach the FIFO once it is unlinked (they spool), the
     // reader drains what the pipe holds, the running handler finishes, and everything
@@ -240,11 +246,6 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         let _ = std::fs::remove_file(&control_path);
     }
     drop(owner);
-    // Gone before the last drain: a shim's late write then fails and spools, rather than
-    // landing in a pipe that only the holder, about to exit, still holds.
-    if let Keeper::Holder(Some(holder)) = &keeper {
-        holder.stop();
-    }
     if let Some(reader) = &fifo_reader {
         reader.stop();
     }

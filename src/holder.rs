@@ -7,7 +7,7 @@
 //! supervisor that holds it, the daemon is its one steady opener, so at a kill the kernel
 //! frees what the daemon had not read yet. Issue 13's storm (3000 events from 16 shims,
 //! 5 SIGKILLs, each followed by a plain restart 0.2 s later) lost 36 events that way;
-//! `tests/holder.rs` lost 24 to 30 per run (up to 13 at one kill) on the code before the
+//! `tests/holder.rs` lost 23 to 30 per run (up to 13 at one kill) on the code before the
 //! holder, and 0 with it.
 //!
 //! The holder is the daemon's own binary, exec'd (`hotplugd --fifo-holder DIR`), so it
@@ -24,7 +24,7 @@
 //! holds this very FIFO, or starts one and waits until it holds the lock; the lock is the
 //! one truth about whether a holder lives. A thread sleeps in a blocking `flock` on
 //! `DIR/holder` and so learns at once when the holder dies, and starts a new one. A clean
-//! stop removes the FIFO, ends the holder and waits until its lock is free, and only then
+//! stop ends the holder and waits until its lock is free, then removes the FIFO and
 //! drains the pipe with its own descriptor: a byte a shim writes after that gets EPIPE and
 //! is spooled, rather than landing in a pipe only a dying holder still holds.
 
@@ -166,7 +166,14 @@ pub fn hold(dir: &Path) -> Result<Held, HolderError> {
             detach();
             // Held until the exit: the lock, and the pipe with its buffer.
             let _keep = (&lock, &fifo);
-            sleep_until_done(&sigfd, &inotify, &fifo_path, (held.dev(), held.ino()));
+            let ours = [
+                (fifo_path, (held.dev(), held.ino())),
+                (
+                    lock_path,
+                    lock.metadata().map_or((0, 0), |m| (m.dev(), m.ino())),
+                ),
+            ];
+            sleep_until_done(&sigfd, &inotify, &ours);
             std::process::exit(0);
         }
     }
@@ -210,12 +217,13 @@ fn detach() {
     }
 }
 
-/// Sleep in poll() until SIGTERM, or until `path` no longer names the FIFO held.
+/// Sleep in poll() until SIGTERM, or until a path in `ours` no longer names the file held
+/// (dev, ino): the FIFO, or the lock file (were it replaced, a new holder could lock the
+/// new one while this one still held the FIFO).
 fn sleep_until_done(
     sigfd: &nix::sys::signalfd::SignalFd,
     inotify: &Inotify,
-    path: &Path,
-    held: (u64, u64),
+    ours: &[(PathBuf, (u64, u64))],
 ) {
     loop {
         let mut fds = [
@@ -242,11 +250,13 @@ fn sleep_until_done(
             return;
         }
         if fds[1].revents != 0 {
-            // What changed does not matter: only whether `path` is still our FIFO.
+            // What changed does not matter: only whether the paths still name our files.
             while inotify.read_events().is_ok_and(|evs| !evs.is_empty()) {}
-            match fs::symlink_metadata(path) {
-                Ok(m) if (m.dev(), m.ino()) == held => {}
-                _ => return,
+            let same = |(path, held): &(PathBuf, (u64, u64))| {
+                fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *held)
+            };
+            if !ours.iter().all(same) {
+                return;
             }
         }
     }
@@ -349,8 +359,9 @@ impl Holder {
         self.inner.lock().pid
     }
 
-    /// End the holder and wait until it is gone: part of a clean stop, after the FIFO is
-    /// removed and before the daemon's last drain.
+    /// End the holder and wait until it is gone: part of a clean stop, before the FIFO is
+    /// removed and the daemon's last drain. (Removing the FIFO first would end the holder
+    /// too, but the watcher could then take that for a death and start another.)
     pub fn stop(&self) {
         let pid = {
             let mut st = self.inner.lock();
@@ -358,18 +369,8 @@ impl Holder {
             st.pid
         };
         let Some(pid) = pid else { return };
-        // The FIFO was just removed, and that alone ends the holder: a moment's wait
-        // spares a signal to a pid that may be gone.
-        if self
-            .inner
-            .gone_rx
-            .recv_timeout(Duration::from_millis(200))
-            .is_ok()
-        {
-            log::info!("FIFO holder pid {pid} exited");
-            return;
-        }
-        // SAFETY: the pid holds the holder lock (the watcher has not seen it go).
+        // SAFETY: the pid holds the holder lock: the watcher, which takes the pid away
+        // under the same mutex, has not seen it go.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         if self.inner.gone_rx.recv_timeout(STOP_GRACE).is_ok() {
             log::info!("FIFO holder pid {pid} stopped");

@@ -410,7 +410,12 @@ fn a_restart_adopts_the_holder_and_a_clean_stop_ends_it() {
     assert!(d.stop().success(), "{}", d.log_text());
     wait_for("the holder to exit", || !alive(pid));
     assert_eq!(live_holder(&runtime), None);
-    assert!(d.log_text().contains(&format!("FIFO holder pid {pid} ")));
+    let log = d.log_text();
+    assert!(
+        log.contains(&format!("FIFO holder pid {pid} stopped")),
+        "{log}"
+    );
+    assert!(!log.contains("starting a new one"), "{log}");
 }
 
 #[test]
