@@ -113,6 +113,8 @@ pub fn hold(dir: &Path) -> Result<Held, HolderError> {
         }
         return Err(io_err(&lock_path)(e));
     }
+    // An earlier holder's pid must not be read as ours: empty until ours is written.
+    lock.set_len(0).map_err(io_err(&lock_path))?;
     // Watched before the FIFO is looked at: a removal in between is then seen.
     let inotify =
         Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(errno_err(dir))?;
@@ -152,9 +154,7 @@ pub fn hold(dir: &Path) -> Result<Held, HolderError> {
     match unsafe { nix::unistd::fork() }.map_err(errno_err(dir))? {
         nix::unistd::ForkResult::Parent { child } => {
             // Before this process exits: whoever waits for it then finds the pid on file.
-            let write = lock
-                .set_len(0)
-                .and_then(|_| io::Write::write_all(&mut &lock, format!("{child}\n").as_bytes()));
+            let write = io::Write::write_all(&mut &lock, format!("{child}\n").as_bytes());
             if let Err(e) = write {
                 // SAFETY: our own child, holding the lock nobody could then name.
                 unsafe { libc::kill(child.as_raw(), libc::SIGKILL) };
