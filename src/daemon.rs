@@ -32,6 +32,7 @@ use crate::config::{Config, Sources, SourcesSetting};
 use crate::control::{self, End, MonitorOpts, Reply, Request, ToOwner};
 use crate::event::Event;
 use crate::helper::Helper;
+use crate::holder::{Holder, Keeper};
 use crate::journal::{Journal, Recovered};
 use crate::queue::{Expired, Push, Queue, ReaderId, RUNNER};
 use crate::rules::Job;
@@ -149,6 +150,21 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let (journal, recovered) = Journal::open(&runtime.dir).map_err(io("journal"))?;
     // Handlers inherit the cwd: set it here, once, rather than in every child.
     std::env::set_current_dir("/").map_err(io("chdir /"))?;
+    // Last of the steps that can fail, so a start that fails leaves no new holder; and
+    // before ready, so the pipe's buffer outlives us from then on.
+    let keeper = match &fifo {
+        Some(_) if supervised => Keeper::Supervisor,
+        Some(fd) => match Holder::start(&runtime.dir, fd) {
+            Ok(h) => Keeper::Holder(Some(h)),
+            Err(e) => {
+                log::error!(
+                    "FIFO holder: {e}; events in the FIFO's buffer will be lost if the daemon dies"
+                );
+                Keeper::Holder(None)
+            }
+        },
+        None => Keeper::NoFifo,
+    };
 
     // Bounded: if the owner falls behind, the FIFO reader waits, the pipe fills and shims
     // spool, rather than batches piling up in memory.
@@ -166,6 +182,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         netlink: netlink.is_some(),
     };
     let mut owner = Owner::new(config, runtime, opts, journal, notifier, live);
+    owner.keeper = keeper.clone();
     owner.recover(recovered);
     owner.ingest_spool_at_start();
 
@@ -230,8 +247,14 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     };
     drop(owner);
     serve(&shared, &chans);
+    lock(&shared).notifier.notify("STOPPING=1");
+    // Gone before the last drain: a shim's late write then fails and spools, rather than
+    // landing in a pipe that only the holder, about to exit, still holds. Until the FIFO
+    // is removed below, our own fd keeps the pipe, and we read what it gets.
+    if let Keeper::Holder(Some(holder)) = &keeper {
+        holder.stop();
+    }
     let owner = lock(&shared);
-    owner.notifier.notify("STOPPING=1");
 
     // Shutdown: no new writers can reach the FIFO once it is unlinked (they spool), the
     // reader drains what the pipe holds, the running handler finishes, and everything
@@ -245,12 +268,12 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     if own_socket {
         let _ = std::fs::remove_file(&control_path);
     }
+    drop(owner);
     if let Some(reader) = &fifo_reader {
         reader.stop();
     }
     let _ = nix::unistd::write(&netlink_stop_w, b"x");
     let _ = nix::unistd::write(&spool_stop_w, b"x");
-    drop(owner);
     finish(&shared, &chans, fifo_reader.as_ref());
     Ok(())
 }
@@ -437,6 +460,8 @@ struct Owner {
     last_status: Instant,
     /// The sources opened at start-up (a reload does not change them).
     sources: Sources,
+    /// Who keeps the FIFO open if we die, for `status`.
+    keeper: Keeper,
 }
 
 impl Owner {
@@ -476,6 +501,7 @@ impl Owner {
             notifier,
             last_status: Instant::now(),
             sources,
+            keeper: Keeper::default(),
         }
     }
 
@@ -1028,6 +1054,7 @@ impl Owner {
         crate::status::Status {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs_f64(),
+            holder: Some(self.keeper.status()).filter(|k| k != "-"),
             queued: self.queue.pending() as u64,
             queue_bytes: self.queue.bytes() as u64,
             queue_memory: self.queue.memory() as u64,

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod event;
 pub mod helper;
+pub mod holder;
 pub mod journal;
 pub mod message;
 pub mod netlink;

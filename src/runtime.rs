@@ -164,7 +164,11 @@ pub fn prepare_fifo(fd: OwnedFd, path: &Path) -> Result<OwnedFd, RuntimeError> {
     Ok(fd)
 }
 
-fn check_fifo_meta(path: &Path, symlink: bool, meta: &fs::Metadata) -> Result<(), RuntimeError> {
+pub(crate) fn check_fifo_meta(
+    path: &Path,
+    symlink: bool,
+    meta: &fs::Metadata,
+) -> Result<(), RuntimeError> {
     let refuse = |why: String| Err(RuntimeError::Refused(format!("{}: {why}", path.display())));
     if symlink {
         return refuse("is a symlink; refusing it".into());

@@ -119,6 +119,9 @@ macro_rules! status {
 status! {
     pid: u32,
     uptime_s: f64,
+    /// Who keeps the FIFO open across a crash: the holder's pid, `supervisor`, or `none`
+    /// (the holder could not be started); null without a FIFO source.
+    holder: Option<String>,
     queued: u64,
     queue_bytes: u64,
     queue_memory: u64,

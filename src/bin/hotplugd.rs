@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use hotplugd::config::Config;
 use hotplugd::daemon::{self, Options};
+use hotplugd::holder::{self, Held, HOLDER_ARG};
 use hotplugd::spool::{DEFAULT_RUNTIME_DIR, RUNTIME_DIR_ENV};
 
 const USAGE: &str = "\
@@ -120,7 +121,36 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// `hotplugd --fifo-holder DIR`, started by the daemon (see `hotplugd::holder`): before
+/// logging or config, so the holder is nothing but its fds.
+fn hold_fifo(mut rest: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let (Some(dir), None) = (rest.next(), rest.next()) else {
+        eprintln!("usage: hotplugd {HOLDER_ARG} DIR");
+        return ExitCode::from(2);
+    };
+    let dir = PathBuf::from(dir);
+    match holder::hold(&dir) {
+        Ok(Held::Done) => ExitCode::SUCCESS,
+        Ok(Held::Busy(pid)) => {
+            eprintln!(
+                "hotplugd {HOLDER_ARG}: {} is held by another holder{} already",
+                dir.join(hotplugd::spool::FIFO).display(),
+                pid.map_or(String::new(), |p| format!(" (pid {p})"))
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hotplugd {HOLDER_ARG}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|a| a == HOLDER_ARG) {
+        return hold_fifo(argv);
+    }
     let args = match parse_args().and_then(|a| init_logging(a.log_level.as_deref()).map(|_| a)) {
         Ok(a) => a,
         Err(e) => {

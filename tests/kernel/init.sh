@@ -214,7 +214,8 @@ kill)
     echo "killed $DAEMON_PID" >> "$R/handler.log"
     log "SIGKILLed hotplugd $DAEMON_PID at uevent_seqnum $(seqnum)"
     wait_until 3 '[ ! -d "/proc/$DAEMON_PID" ]'
-    # Events while nobody reads the FIFO: they must spool.
+    # Events while the daemon is dead: its FIFO holder keeps the pipe, so they wait in
+    # it for the restart (or spool if it is full).
     ip link add d1 type dummy
     ip link del d1
     start_daemon
