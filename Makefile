@@ -47,6 +47,7 @@ SED ?= sed
 
 BINS = hotplug hotplugd hotplugctl
 MAN5 = man/hotplugd.toml.5
+MAN7 = man/hotplugd.7
 MAN8 = man/hotplug.8 man/hotplugd.8 man/hotplugctl.8
 UNITS = contrib/systemd/hotplugd.service contrib/systemd/hotplugd.socket \
 	contrib/systemd/hotplugd-trigger.service contrib/systemd/hotplugd-settle.service
@@ -93,8 +94,8 @@ install-bin:
 
 # The pages name the default paths; they are rewritten like the other files.
 install-man:
-	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
-	@set -e; for f in $(MAN5) $(MAN8); do \
+	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(MANDIR)/man8
+	@set -e; for f in $(MAN5) $(MAN7) $(MAN8); do \
 		sec=$${f##*.}; \
 		$(SUBST) $$f > $(DESTDIR)$(MANDIR)/man$$sec/$${f##*/}; \
 		chmod 0644 $(DESTDIR)$(MANDIR)/man$$sec/$${f##*/}; \
@@ -150,6 +151,7 @@ install-contrib:
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(SBINDIR)/,$(BINS))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(MAN5)))
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man7/,$(notdir $(MAN7)))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(MAN8)))
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/hotplugctl $(DESTDIR)$(ZSHCOMPDIR)/_hotplugctl \
 		$(DESTDIR)$(FISHCOMPDIR)/hotplugctl.fish

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Checks what packagers and init systems get, beyond the Rust code:
-#   - man/*.[58]: clean under `mandoc -Tlint` and `groff -man -ww -z`, with the sections
+#   - man/*.[578]: clean under `mandoc -Tlint` and `groff -man -ww -z`, with the sections
 #     every page must have (and SIGNALS in hotplugd(8));
 #   - every shell script in contrib/ and scripts/: `sh -n` and `shellcheck`, and
 #     executable;
@@ -47,6 +47,12 @@ for page in $pages; do
     done
 done
 grep -qx '\.SH SIGNALS' man/hotplugd.8 || fail "man/hotplugd.8: no SIGNALS section"
+# The internals page has no command to describe: its own sections.
+for section in NAME DESCRIPTION "MESSAGE FORMAT" SPOOL JOURNAL ORDERING "CONTROL PROTOCOL" \
+    "SEE ALSO"; do
+    grep -qx "\\.SH $section" man/hotplugd.7 || fail "man/hotplugd.7: no $section section"
+done
+pages="$pages man/hotplugd.7"
 
 if need mandoc mandoc; then
     for page in $pages; do

@@ -1257,6 +1257,7 @@ fn make_install_and_uninstall_into_destdir() {
         "/usr/share/man/man8/hotplugd.8",
         "/usr/share/man/man8/hotplugctl.8",
         "/usr/share/man/man5/hotplugd.toml.5",
+        "/usr/share/man/man7/hotplugd.7",
         "/etc/hotplugd/hotplugd.toml",
         "/etc/hotplugd/devperms.conf",
         "/usr/share/doc/hotplugd/README.md",
