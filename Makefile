@@ -1,18 +1,19 @@
 # hotplugd: build, install, uninstall, check.
 #
-#   make                          cargo build --release
+#   make                          build the static binaries (release) into build/
 #   make install                  install into PREFIX (default /usr/local), config into
 #                                 /etc/hotplugd (never overwriting a file there); it
 #                                 does not build, so `sudo make install` never runs
 #                                 cargo as root: run `make` first
 #   make install DESTDIR=/tmp/pkg PREFIX=/usr      staged install, as packagers do
 #   make install BUILDDIR=DIR     install the binaries found in DIR (e.g. a debug build)
+#   make CARGO_TARGET=TRIPLE      build for another installed target (default: the host's)
 #   make uninstall                remove what install put there (config files only if
 #                                 unchanged)
 #   make check                    scripts/test.sh: every test
 #
-# The binaries are linked statically (.cargo/config.toml), so the shim runs in an
-# initramfs without a C library. Paths inside the installed units, init scripts and
+# The binaries are linked statically (scripts/cargo-static, for the host's own target
+# triple), so the shim runs in an initramfs without a C library. Paths inside the installed units, init scripts and
 # example rules are rewritten from the default /usr/local ones to SBINDIR, PKGLIBEXECDIR
 # and PKGDATADIR.
 
@@ -30,13 +31,18 @@ SYSCONFDIR ?= /etc
 CONFDIR = $(SYSCONFDIR)/hotplugd
 
 CARGO ?= cargo
+RUSTC ?= rustc
 CARGOFLAGS ?=
 # `make PROFILE=dev` builds and installs the debug binaries.
 PROFILE ?= release
-# .cargo/config.toml names the target, so the binaries land below it.
-CARGO_TARGET ?= x86_64-unknown-linux-gnu
+# The host's own triple, unless told otherwise: nothing here assumes x86_64 or glibc.
+# Deferred (=), so `make install` never needs rustc.
+CARGO_TARGET ?= $(shell $(RUSTC) -vV | $(SED) -n 's/^host: //p')
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
-BUILDDIR ?= $(TARGET_DIR)/$(CARGO_TARGET)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+CARGO_OUT = $(TARGET_DIR)/$(CARGO_TARGET)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+# `make` copies the binaries here, a path that names no triple; install takes them
+# from here.
+BUILDDIR ?= build
 
 INSTALL ?= install
 SED ?= sed
@@ -75,8 +81,15 @@ SUBST = $(SED) -e 's|/usr/local/libexec/hotplugd|$(PKGLIBEXECDIR)|g' \
 
 all: build
 
+# A copy, not a link: install(1) and the benchmarks want the bytes, and the copy stays
+# what was built even while cargo rebuilds.
 build:
-	$(CARGO) build --profile $(PROFILE) $(CARGOFLAGS) --bins
+	@test -n "$(CARGO_TARGET)" || { echo "no target triple: is rustc installed?" >&2; exit 1; }
+	CARGO="$(CARGO)" RUSTC="$(RUSTC)" CARGO_TARGET="$(CARGO_TARGET)" \
+		scripts/cargo-static build --profile $(PROFILE) $(CARGOFLAGS) --bins
+	$(INSTALL) -d $(BUILDDIR)
+	@set -e; for b in $(BINS); do cp -f $(CARGO_OUT)/$$b $(BUILDDIR)/$$b.tmp; \
+		mv -f $(BUILDDIR)/$$b.tmp $(BUILDDIR)/$$b; done
 
 install: install-bin install-man install-config install-contrib
 
@@ -156,3 +169,4 @@ check:
 
 clean:
 	$(CARGO) clean
+	rm -rf build
