@@ -2,7 +2,9 @@
 #
 #   make                          build the static binaries (release) into build/
 #   make install                  install into PREFIX (default /usr/local), config into
-#                                 /etc/hotplugd (never overwriting a file there); it
+#                                 /etc/hotplugd (never overwriting a file there), the
+#                                 rules that mount or configure the network only as
+#                                 examples in PKGDATADIR/examples/rules.d; it
 #                                 does not build, so `sudo make install` never runs
 #                                 cargo as root: run `make` first
 #   make install DESTDIR=/tmp/pkg PREFIX=/usr      staged install, as packagers do
@@ -54,7 +56,12 @@ UNITS = contrib/systemd/hotplugd.service contrib/systemd/hotplugd.socket \
 	contrib/systemd/hotplugd-trigger.service contrib/systemd/hotplugd-settle.service
 HANDLERS = contrib/handlers/devperms contrib/handlers/netif contrib/handlers/usb-mount
 CONFIGS = config/hotplugd.toml contrib/handlers/devperms.conf
-RULES = $(wildcard config/rules.d/*.toml)
+# Rules that act on hardware by themselves (mount USB disks, bring interfaces up and
+# run DHCP) are not switched on by an install: they go to PKGDATADIR/examples/rules.d,
+# to copy or link into CONFDIR/rules.d. The rest load modules, set device node modes
+# and log, what a hotplug helper is expected to do.
+EXAMPLE_RULES = config/rules.d/50-net.toml config/rules.d/60-usb-disk.toml
+RULES = $(filter-out $(EXAMPLE_RULES),$(wildcard config/rules.d/*.toml))
 # Copied to PKGDATADIR for the admin to put in place (see contrib/README.md): each
 # init system has its own home for them, and installing them there unasked would
 # change how the next boot goes.
@@ -113,7 +120,11 @@ install-man:
 # edits survive `make install`. The shipped versions are always in PKGDATADIR/config.
 install-config:
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/rules.d \
-		$(DESTDIR)$(PKGDATADIR)/config/rules.d
+		$(DESTDIR)$(PKGDATADIR)/config/rules.d $(DESTDIR)$(PKGDATADIR)/examples/rules.d
+	@set -e; for f in $(EXAMPLE_RULES); do \
+		$(SUBST) $$f > $(DESTDIR)$(PKGDATADIR)/examples/rules.d/$${f##*/}; \
+		chmod 0644 $(DESTDIR)$(PKGDATADIR)/examples/rules.d/$${f##*/}; \
+	done
 	@set -e; for f in $(CONFIGS) $(RULES); do \
 		case $$f in config/rules.d/*) rel=rules.d/$${f##*/} ;; *) rel=$${f##*/} ;; esac; \
 		$(SUBST) $$f > $(DESTDIR)$(PKGDATADIR)/config/$$rel.tmp; \
