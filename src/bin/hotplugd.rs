@@ -224,6 +224,14 @@ fn main() -> ExitCode {
                     .path
                     .as_ref()
                     .map_or("the embedded default".into(), |p| p.display().to_string());
+                // Which files made the rules, so an override or a mask is never a guess.
+                for f in &c.rule_files {
+                    let state = if f.masked { "masked" } else { "read" };
+                    println!("{state} {}", f.path.display());
+                    for o in &f.overridden {
+                        println!("overridden {} (by {})", o.display(), f.path.display());
+                    }
+                }
                 println!("{from}: ok, {} rules", c.rules.len());
                 ExitCode::SUCCESS
             }
