@@ -1,19 +1,22 @@
 # hotplugd: build, install, uninstall, check.
 #
-#   make                          cargo build --release
+#   make                          build the static binaries (release) into build/
 #   make install                  install into PREFIX (default /usr/local), config into
 #                                 /etc/hotplugd (never overwriting a file there), shell
-#                                 completions for bash, zsh and fish; it
+#                                 completions for bash, zsh and fish, the rules that
+#                                 mount or configure the network only as examples in
+#                                 PKGDATADIR/examples/rules.d; it
 #                                 does not build, so `sudo make install` never runs
 #                                 cargo as root: run `make` first
 #   make install DESTDIR=/tmp/pkg PREFIX=/usr      staged install, as packagers do
 #   make install BUILDDIR=DIR     install the binaries found in DIR (e.g. a debug build)
+#   make CARGO_TARGET=TRIPLE      build for another installed target (default: the host's)
 #   make uninstall                remove what install put there (config files only if
 #                                 unchanged)
 #   make check                    scripts/test.sh: every test
 #
-# The binaries are linked statically (.cargo/config.toml), so the shim runs in an
-# initramfs without a C library. Paths inside the installed units, init scripts and
+# The binaries are linked statically (scripts/cargo-static, for the host's own target
+# triple), so the shim runs in an initramfs without a C library. Paths inside the installed units, init scripts and
 # example rules are rewritten from the default /usr/local ones to SBINDIR, PKGLIBEXECDIR
 # and PKGDATADIR.
 
@@ -34,13 +37,18 @@ SYSCONFDIR ?= /etc
 CONFDIR = $(SYSCONFDIR)/hotplugd
 
 CARGO ?= cargo
+RUSTC ?= rustc
 CARGOFLAGS ?=
 # `make PROFILE=dev` builds and installs the debug binaries.
 PROFILE ?= release
-# .cargo/config.toml names the target, so the binaries land below it.
-CARGO_TARGET ?= x86_64-unknown-linux-gnu
+# The host's own triple, unless told otherwise: nothing here assumes x86_64 or glibc.
+# Deferred (=), so `make install` never needs rustc.
+CARGO_TARGET ?= $(shell $(RUSTC) -vV | $(SED) -n 's/^host: //p')
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
-BUILDDIR ?= $(TARGET_DIR)/$(CARGO_TARGET)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+CARGO_OUT = $(TARGET_DIR)/$(CARGO_TARGET)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+# `make` copies the binaries here, a path that names no triple; install takes them
+# from here.
+BUILDDIR ?= build
 
 INSTALL ?= install
 SED ?= sed
@@ -53,7 +61,12 @@ UNITS = contrib/systemd/hotplugd.service contrib/systemd/hotplugd.socket \
 	contrib/systemd/hotplugd-trigger.service contrib/systemd/hotplugd-settle.service
 HANDLERS = contrib/handlers/devperms contrib/handlers/netif contrib/handlers/usb-mount
 CONFIGS = config/hotplugd.toml contrib/handlers/devperms.conf
-RULES = $(wildcard config/rules.d/*.toml)
+# Rules that act on hardware by themselves (mount USB disks, bring interfaces up and
+# run DHCP) are not switched on by an install: they go to PKGDATADIR/examples/rules.d,
+# to copy or link into CONFDIR/rules.d. The rest load modules, set device node modes
+# and log, what a hotplug helper is expected to do.
+EXAMPLE_RULES = config/rules.d/50-net.toml config/rules.d/60-usb-disk.toml
+RULES = $(filter-out $(EXAMPLE_RULES),$(wildcard config/rules.d/*.toml))
 # Copied to PKGDATADIR for the admin to put in place (see contrib/README.md): each
 # init system has its own home for them, and installing them there unasked would
 # change how the next boot goes.
@@ -80,8 +93,15 @@ SUBST = $(SED) -e 's|/usr/local/libexec/hotplugd|$(PKGLIBEXECDIR)|g' \
 
 all: build
 
+# A copy, not a link: install(1) and the benchmarks want the bytes, and the copy stays
+# what was built even while cargo rebuilds.
 build:
-	$(CARGO) build --profile $(PROFILE) $(CARGOFLAGS) --bins
+	@test -n "$(CARGO_TARGET)" || { echo "no target triple: is rustc installed?" >&2; exit 1; }
+	CARGO="$(CARGO)" RUSTC="$(RUSTC)" CARGO_TARGET="$(CARGO_TARGET)" \
+		scripts/cargo-static build --profile $(PROFILE) $(CARGOFLAGS) --bins
+	$(INSTALL) -d $(BUILDDIR)
+	@set -e; for b in $(BINS); do cp -f $(CARGO_OUT)/$$b $(BUILDDIR)/$$b.tmp; \
+		mv -f $(BUILDDIR)/$$b.tmp $(BUILDDIR)/$$b; done
 
 install: install-bin install-man install-completions install-config install-contrib
 
@@ -115,7 +135,11 @@ install-completions: install-bin
 # edits survive `make install`. The shipped versions are always in PKGDATADIR/config.
 install-config:
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/rules.d \
-		$(DESTDIR)$(PKGDATADIR)/config/rules.d
+		$(DESTDIR)$(PKGDATADIR)/config/rules.d $(DESTDIR)$(PKGDATADIR)/examples/rules.d
+	@set -e; for f in $(EXAMPLE_RULES); do \
+		$(SUBST) $$f > $(DESTDIR)$(PKGDATADIR)/examples/rules.d/$${f##*/}; \
+		chmod 0644 $(DESTDIR)$(PKGDATADIR)/examples/rules.d/$${f##*/}; \
+	done
 	@set -e; for f in $(CONFIGS) $(RULES); do \
 		case $$f in config/rules.d/*) rel=rules.d/$${f##*/} ;; *) rel=$${f##*/} ;; esac; \
 		$(SUBST) $$f > $(DESTDIR)$(PKGDATADIR)/config/$$rel.tmp; \
@@ -174,3 +198,4 @@ check:
 
 clean:
 	$(CARGO) clean
+	rm -rf build

@@ -19,8 +19,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHAT=${1:-dispatch}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/bench/bin
-REL=$TARGET_DIR/x86_64-unknown-linux-gnu/release
-[ -x "$REL/hotplugd" ] || REL=$TARGET_DIR/release
+REL=$TARGET_DIR/${CARGO_TARGET:-$(rustc -vV | sed -n 's/^host: //p')}/release
 for f in "$REL/hotplugd" "$REL/hotplugctl" "$BIN/fifo_pump" "$BIN/spawn_loop"; do
     [ -x "$f" ] || { echo "cpu.sh: $f missing: run benches/run.sh --quick first" >&2; exit 1; }
 done

@@ -89,10 +89,9 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 OUTDIR=$TARGET_DIR/bench
 BIN=$OUTDIR/bin
 mkdir -p "$BIN"
-log "building release binaries (cargo build --release)"
-(cd "$ROOT" && cargo build --release --bins --quiet) || die "cargo build failed"
-BUILT=$TARGET_DIR/x86_64-unknown-linux-gnu/release
-[ -x "$BUILT/hotplugd" ] || BUILT=$TARGET_DIR/release
+log "building static release binaries (scripts/cargo-static build --release)"
+(cd "$ROOT" && scripts/cargo-static build --release --bins --quiet) || die "cargo build failed"
+BUILT=$TARGET_DIR/${CARGO_TARGET:-$(rustc -vV | sed -n 's/^host: //p')}/release
 for b in hotplug hotplugd hotplugctl; do [ -x "$BUILT/$b" ] || die "missing $BUILT/$b"; done
 # Every program is run from a copy, as a package or install(1) puts it: here a file fresh
 # from the linker, gcc's or Rust's, execs ~10 % slower than the same bytes copied (the

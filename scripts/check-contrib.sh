@@ -5,8 +5,9 @@
 #   - every shell script in contrib/ and scripts/: `sh -n` and `shellcheck`, and
 #     executable;
 #   - contrib/systemd/*: `systemd-analyze verify` on copies whose /usr/local/sbin/ paths
-#     point at the built binaries (target/x86_64-unknown-linux-gnu/debug), or at stubs
-#     when nothing is built yet: verify only checks that the commands exist.
+#     point at the built binaries (target/TRIPLE/debug, TRIPLE the host's, where
+#     scripts/cargo-static puts them), or at stubs when nothing is built yet: verify
+#     only checks that the commands exist.
 #   - hotplugctl's bash, zsh and fish completions (from the debug build): `SHELL -n`
 #     with each shell that is installed (bash always is).
 # tests/contrib.rs covers the rest (handlers against fake events, make install).
@@ -114,7 +115,7 @@ fi
 
 # --- systemd units --------------------------------------------------------------------
 if need systemd-analyze systemd; then
-    bin=$(pwd)/target/x86_64-unknown-linux-gnu/debug
+    bin=$(pwd)/target/$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')/debug
     if [ ! -x "$bin/hotplugd" ] || [ ! -x "$bin/hotplugctl" ] || [ ! -x "$bin/hotplug" ]; then
         bin=$tmp/sbin
         mkdir "$bin"

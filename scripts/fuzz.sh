@@ -30,9 +30,9 @@ targets=${*:-decode event config glob}
 out=$(pwd)/target/fuzz
 export CARGO_TARGET_DIR="$out"
 # An explicit --target keeps these flags off build scripts and proc-macros, and puts
-# the binaries at a known path whatever .cargo/config.toml says. RUSTFLAGS replaces the
-# config's rustflags (+crt-static, which libFuzzer's C++ runtime does not want);
-# CARGO_ENCODED_RUSTFLAGS would win over it, so it must not be set.
+# the binaries at a known path. No +crt-static here (libFuzzer's C++ runtime does not
+# want it): this is plain cargo, not scripts/cargo-static. CARGO_ENCODED_RUSTFLAGS
+# would win over RUSTFLAGS, so it must not be set.
 host=$(rustc -vV | sed -n 's/^host: //p')
 unset CARGO_ENCODED_RUSTFLAGS
 RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4"

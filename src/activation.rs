@@ -124,6 +124,15 @@ impl Notifier {
         }
     }
 
+    /// Tell systemd a reload starts. systemd 253 and later (Type=notify-reload) ignore
+    /// `RELOADING=1` without `MONOTONIC_USEC`, the time the reload began, which lets it
+    /// tell this reload's `READY=1` from an earlier one's (sd_notify(3)).
+    pub fn reloading(&self) {
+        if self.socket.is_some() {
+            self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        }
+    }
+
     /// Tell every supervisor the daemon is ready.
     pub fn ready(&mut self, status: &str) {
         self.notify(&format!("READY=1\nSTATUS={status}"));
@@ -132,4 +141,15 @@ impl Notifier {
             let _ = unsafe { libc::write(fd.as_raw_fd(), b"\n".as_ptr().cast(), 1) };
         }
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd counts it.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }

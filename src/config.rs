@@ -26,6 +26,7 @@ const DAEMON_FIELDS: &[&str] = &[
     "handler_timeout",
     "coalesce",
     "rules_dir",
+    "rules_dirs",
     "hotplug_d",
     "seqnum_file",
     "max_output_bytes",
@@ -97,6 +98,9 @@ pub struct DaemonConfig {
     pub coalesce: bool,
     /// Resolved against the main file's directory if it was relative.
     pub rules_dir: Option<PathBuf>,
+    /// Rule directories, lowest priority first (vendor, admin, runtime): a file of the
+    /// same name in a later one replaces the earlier. Relative ones as `rules_dir`.
+    pub rules_dirs: Vec<PathBuf>,
     /// Resolved against the main file's directory if it was relative.
     pub hotplug_d: Option<PathBuf>,
     /// `None` when configured as `""`: the first event then sets the start.
@@ -116,6 +120,7 @@ impl Default for DaemonConfig {
             handler_timeout: Duration::from_secs(30),
             coalesce: true,
             rules_dir: None,
+            rules_dirs: Vec::new(),
             hotplug_d: None,
             seqnum_file: Some(PathBuf::from("/sys/kernel/uevent_seqnum")),
             max_output_bytes: 65536,
@@ -132,6 +137,21 @@ pub struct Config {
     pub rules: RuleSet,
     /// The main file; `None` for the built-in default.
     pub path: Option<PathBuf>,
+    /// Every rule file name found in the rule directories, in the order their rules run.
+    pub rule_files: Vec<RuleFile>,
+}
+
+/// One rule file name across the rule directories: the file that counts, and those it
+/// replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFile {
+    /// The copy in the directory of highest priority.
+    pub path: PathBuf,
+    /// An empty file or a symlink to /dev/null: no rules under this name at all, as
+    /// systemd and udev mask a unit or rule file.
+    pub masked: bool,
+    /// Same-named files in directories of lower priority, not read.
+    pub overridden: Vec<PathBuf>,
 }
 
 /// One problem in one file. `line == 0` means the file as a whole (it could not be read).
@@ -221,24 +241,35 @@ impl Config {
         parse_file(&mut d, Some(&mut daemon), &mut rules);
 
         let base = file.parent().unwrap_or(Path::new(""));
-        for dir in [&mut daemon.rules_dir, &mut daemon.hotplug_d] {
-            if let Some(p) = dir.as_mut().filter(|p| p.is_relative()) {
+        let dirs = daemon
+            .rules_dirs
+            .iter_mut()
+            .chain(daemon.rules_dir.as_mut());
+        for p in dirs.chain(daemon.hotplug_d.as_mut()) {
+            if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
-        if let Some(dir) = &daemon.rules_dir {
-            for path in rule_files(dir, &mut errors) {
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => {
-                        let mut d = Diag {
-                            file: &path,
-                            text: &text,
-                            errors: &mut errors,
-                        };
-                        parse_file(&mut d, None, &mut rules);
-                    }
-                    Err(e) => errors.push(ConfigError::io(&path, &e)),
+        // `rules_dir` is the older spelling of a single-entry `rules_dirs`; with both,
+        // it is the last and so wins, where an admin who added it would expect.
+        let dirs: Vec<PathBuf> = daemon
+            .rules_dirs
+            .iter()
+            .chain(daemon.rules_dir.as_ref())
+            .cloned()
+            .collect();
+        let rule_files = merge_rule_dirs(&dirs, &mut errors);
+        for f in rule_files.iter().filter(|f| !f.masked) {
+            match std::fs::read_to_string(&f.path) {
+                Ok(text) => {
+                    let mut d = Diag {
+                        file: &f.path,
+                        text: &text,
+                        errors: &mut errors,
+                    };
+                    parse_file(&mut d, None, &mut rules);
                 }
+                Err(e) => errors.push(ConfigError::io(&f.path, &e)),
             }
         }
         if !errors.is_empty() {
@@ -248,6 +279,7 @@ impl Config {
             rules: rules.build(daemon.hotplug_d.clone()),
             daemon,
             path: Some(file.to_path_buf()),
+            rule_files,
         })
     }
 }
@@ -280,6 +312,7 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             "handler_timeout" => set(&mut cfg.handler_timeout, d.duration(&v)),
             "coalesce" => set(&mut cfg.coalesce, d.boolean(&v)),
             "rules_dir" => set(&mut cfg.rules_dir, path(d, &v)),
+            "rules_dirs" => set(&mut cfg.rules_dirs, paths(d, &v)),
             "hotplug_d" => set(&mut cfg.hotplug_d, path(d, &v)),
             "seqnum_file" => set(&mut cfg.seqnum_file, path(d, &v)),
             "max_output_bytes" => set(&mut cfg.max_output_bytes, d.unsigned(&v)),
@@ -354,6 +387,59 @@ fn path(d: &mut Diag, v: &Value) -> Option<Option<PathBuf>> {
     }
     d.invalid_type(v, "a path string");
     None
+}
+
+/// `rules_dirs = ["/usr/lib/…", "/etc/…"]`: a list of path strings (empty ones skipped).
+fn paths(d: &mut Diag, v: &Value) -> Option<Vec<PathBuf>> {
+    let Node::Array(items) = &v.node else {
+        d.invalid_type(v, "an array of directory paths");
+        return None;
+    };
+    let mut out = Vec::new();
+    for item in items {
+        if let Some(p) = path(d, item)? {
+            out.push(p);
+        }
+    }
+    Some(out)
+}
+
+/// The rule files of several directories, merged by file name as systemd and udev do: a
+/// name in a later directory replaces the same name in earlier ones, whatever its
+/// contents; the result runs in byte order of the names, whichever directory each came
+/// from.
+fn merge_rule_dirs(dirs: &[PathBuf], errors: &mut Vec<ConfigError>) -> Vec<RuleFile> {
+    let mut by_name: std::collections::BTreeMap<std::ffi::OsString, RuleFile> = Default::default();
+    for dir in dirs {
+        for path in rule_files(dir, errors) {
+            let name = path.file_name().unwrap_or_default().to_owned();
+            let masked = is_mask(&path);
+            match by_name.entry(name) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(RuleFile {
+                        path,
+                        masked,
+                        overridden: Vec::new(),
+                    });
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    let f = e.get_mut();
+                    let old = std::mem::replace(&mut f.path, path);
+                    f.overridden.push(old);
+                    f.masked = masked;
+                }
+            }
+        }
+    }
+    by_name.into_values().collect()
+}
+
+/// An empty file or a symlink to /dev/null masks its name.
+fn is_mask(path: &Path) -> bool {
+    if std::fs::read_link(path).is_ok_and(|t| t == Path::new("/dev/null")) {
+        return true;
+    }
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
 /// The `*.toml` files of a rules directory in byte order of their names. Dot files are
@@ -618,7 +704,7 @@ mod tests {
         assert_eq!(
             one_err("[daemon]\nbogus = 1\n"),
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
-             `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, \
+             `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, \
              `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`"
         );
         assert_eq!(
@@ -714,7 +800,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",
@@ -850,13 +936,13 @@ run = ["/x"]
     #[test]
     fn shipped_configs_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        // The example's rules_dir is relative, so it finds config/rules.d here and
+        // The example's admin dir is relative, so it finds config/rules.d here and
         // /etc/hotplugd/rules.d when installed.
         let c = match Config::load(Some(&root.join("hotplugd.toml"))) {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };
-        assert_eq!(c.daemon.rules_dir, Some(root.join("rules.d")));
+        assert_eq!(c.daemon.rules_dirs[1], root.join("rules.d"));
         // A new user's kernel may have no uevent helper: the shipped config must hear it.
         assert_eq!(c.daemon.sources, SourcesSetting::Auto);
         let files = fs::read_dir(root.join("rules.d")).unwrap().count();

@@ -1197,7 +1197,7 @@ impl Owner {
 
     /// Load the config again; on success swap it in. Errors as lines for the caller.
     fn reload(&mut self) -> Result<usize, Vec<String>> {
-        self.notifier.notify("RELOADING=1");
+        self.notifier.reloading();
         let result = self.load_config();
         self.notifier
             .notify(&format!("READY=1\nSTATUS={}", self.status_text()));

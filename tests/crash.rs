@@ -282,6 +282,7 @@ fn readiness_via_notify_socket_and_ready_fd() {
         .arg(env.runtime())
         .args(["--ready-fd", "5"])
         .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
         .stderr(Stdio::null());
     // SAFETY: dup2 only, between fork and exec.
     unsafe {
@@ -304,6 +305,7 @@ fn readiness_via_notify_socket_and_ready_fd() {
     let n = sock.recv(&mut buf).unwrap();
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(msg.starts_with("READY=1\nSTATUS="), "{msg}");
+    let before = monotonic_usec();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let mut states = Vec::new();
@@ -311,7 +313,22 @@ fn readiness_via_notify_socket_and_ready_fd() {
         let n = sock.recv(&mut buf).unwrap();
         states.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    assert!(states[0].starts_with("RELOADING=1"), "{states:?}");
+    let after = monotonic_usec();
+    // systemd 253+ (Type=notify-reload) ignores RELOADING=1 without MONOTONIC_USEC.
+    let reloading = states
+        .iter()
+        .find(|s| s.starts_with("RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 before READY=1: {states:?}"));
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {reloading:?}"))
+        .parse()
+        .unwrap();
+    assert!(
+        (before..=after).contains(&usec),
+        "MONOTONIC_USEC={usec} not between {before} and {after}"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     loop {
@@ -633,4 +650,15 @@ fn sigkill_during_a_clean_stop_loses_nothing() {
         b.kill(&mut daemon, before);
     }
     b.finish(N);
+}
+
+/// CLOCK_MONOTONIC in microseconds, the clock MONOTONIC_USEC is on.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }

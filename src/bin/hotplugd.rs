@@ -1,5 +1,6 @@
 //! `hotplugd`: the serializing daemon. Parses arguments, sets up logging, calls the library.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,7 +10,8 @@ use hotplugd::holder::{self, Held, HOLDER_ARG};
 use hotplugd::spool::{DEFAULT_RUNTIME_DIR, RUNTIME_DIR_ENV};
 
 const USAGE: &str = "\
-usage: hotplugd [--config FILE] [--runtime-dir DIR] [--log-level LEVEL] [--ready-fd N]
+usage: hotplugd [--config FILE] [--runtime-dir DIR] [--log-level LEVEL]
+                [--log-format syslog|plain] [--ready-fd N]
        hotplugd --check-config [--config FILE]
        hotplugd --demo
        hotplugd --version | --help
@@ -22,6 +24,11 @@ foreground and logs to stderr.
                       else the embedded default: log every event, run nothing)
   --runtime-dir DIR   runtime directory (default /run/hotplugd, or $HOTPLUGD_RUNTIME_DIR)
   --log-level LEVEL   error, warn, info (default), debug, trace; RUST_LOG works too
+  --log-format FMT    syslog: each line starts with its priority (<3> error, <4> warn,
+                      <6> info, <7> debug) and has no timestamp, for journald and
+                      syslog collectors; plain: [TIME LEVEL] message. Default: syslog
+                      when JOURNAL_STREAM names our stderr (started by systemd), else
+                      plain
   --check-config      validate the config and rules, print FILE:LINE:COL: errors
   --demo              replay this machine's devices from /sys through the shim into a
                       daemon in a temporary dir (harmless echo rules), show them flow,
@@ -42,6 +49,7 @@ struct Args {
     config: Option<PathBuf>,
     runtime_dir: Option<PathBuf>,
     log_level: Option<String>,
+    log_format: Option<LogFormat>,
     check: bool,
     demo: bool,
     ready_fd: Option<i32>,
@@ -52,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         config: None,
         runtime_dir: None,
         log_level: None,
+        log_format: None,
         check: false,
         demo: false,
         ready_fd: None,
@@ -74,6 +83,14 @@ fn parse_args() -> Result<Args, String> {
             "--runtime-dir" => args.runtime_dir = Some(value("--runtime-dir")?.into()),
             "--log-level" => {
                 args.log_level = Some(value("--log-level")?.to_string_lossy().into_owned())
+            }
+            "--log-format" => {
+                let v = value("--log-format")?;
+                args.log_format = Some(match v.to_string_lossy().as_ref() {
+                    "syslog" => LogFormat::Syslog,
+                    "plain" => LogFormat::Plain,
+                    other => return Err(format!("--log-format: {other:?} is not syslog or plain")),
+                });
             }
             "--check-config" => args.check = true,
             "--demo" => args.demo = true,
@@ -101,9 +118,53 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// `[TIME LEVEL] message`, for a terminal or a plain log file.
+    Plain,
+    /// `<N>message`: journald and syslog collectors take the priority from the prefix and
+    /// stamp the time themselves, so `journalctl -p warning` shows our warnings.
+    Syslog,
+}
+
+/// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM` is `DEV:INODE`
+/// of that stream (systemd.exec(5)), which a child whose stderr was redirected inherits
+/// without being connected to the journal any more; comparing with fstat(2) tells.
+fn stderr_is_journal() -> bool {
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let var = var.to_string_lossy();
+    let Some((dev, ino)) = var.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // MetadataExt gives u64 on every target, whatever width st_dev and st_ino have.
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(stderr).metadata() {
+        Ok(m) => m.dev() == dev && m.ino() == ino,
+        Err(_) => false,
+    }
+}
+
+/// sd-daemon(3)'s levels: LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
 /// env_logger filters nothing itself (unless RUST_LOG asks for per-module filters); the
 /// level lives in `log`'s max level, which `hotplugctl log-level` changes at run time.
-fn init_logging(level: Option<&str>) -> Result<(), String> {
+fn init_logging(level: Option<&str>, format: Option<LogFormat>) -> Result<(), String> {
     let mut level_filter = log::LevelFilter::Info;
     let mut builder = env_logger::Builder::new();
     builder.filter_level(log::LevelFilter::Trace);
@@ -115,6 +176,23 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
         level_filter = level
             .parse()
             .map_err(|_| format!("--log-level: unknown level {level:?}"))?;
+    }
+    let format = format.unwrap_or(if stderr_is_journal() {
+        LogFormat::Syslog
+    } else {
+        LogFormat::Plain
+    });
+    if format == LogFormat::Syslog {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let p = syslog_priority(record.level());
+            // journald reads each line as its own entry: every line carries the prefix.
+            let text = record.args().to_string();
+            for line in text.split('\n') {
+                writeln!(buf, "<{p}>{line}")?;
+            }
+            Ok(())
+        });
     }
     builder.format_target(false).init();
     log::set_max_level(level_filter);
@@ -151,7 +229,9 @@ fn main() -> ExitCode {
     if argv.next().is_some_and(|a| a == HOLDER_ARG) {
         return hold_fifo(argv);
     }
-    let args = match parse_args().and_then(|a| init_logging(a.log_level.as_deref()).map(|_| a)) {
+    let args = match parse_args()
+        .and_then(|a| init_logging(a.log_level.as_deref(), a.log_format).map(|_| a))
+    {
         Ok(a) => a,
         Err(e) => {
             eprintln!("hotplugd: {e}\n{USAGE}");
@@ -174,6 +254,14 @@ fn main() -> ExitCode {
                     .path
                     .as_ref()
                     .map_or("the embedded default".into(), |p| p.display().to_string());
+                // Which files made the rules, so an override or a mask is never a guess.
+                for f in &c.rule_files {
+                    let state = if f.masked { "masked" } else { "read" };
+                    println!("{state} {}", f.path.display());
+                    for o in &f.overridden {
+                        println!("overridden {} (by {})", o.display(), f.path.display());
+                    }
+                }
                 println!("{from}: ok, {} rules", c.rules.len());
                 ExitCode::SUCCESS
             }
