@@ -9,8 +9,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::rules::schema::{Diag, Node, Value};
 use crate::rules::{RuleSet, RuleSetBuilder};
+use crate::spanned::{Diag, Node, Value};
+// Their home is `spanned`, below `rules`; these paths stay for every caller.
+pub use crate::spanned::{parse_duration, ConfigError};
 
 /// Where the daemon looks when not told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/hotplugd/hotplugd.toml";
@@ -153,39 +155,6 @@ pub struct RuleFile {
     /// Same-named files in directories of lower priority, not read.
     pub overridden: Vec<PathBuf>,
 }
-
-/// One problem in one file. `line == 0` means the file as a whole (it could not be read).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub col: usize,
-    pub message: String,
-}
-
-impl ConfigError {
-    fn io(file: &Path, e: &io::Error) -> ConfigError {
-        ConfigError {
-            file: file.to_path_buf(),
-            line: 0,
-            col: 0,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            let (file, line, col) = (self.file.display(), self.line, self.col);
-            write!(f, "{file}:{line}:{col}: {}", self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Every error found, in file order; never empty when returned as an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -481,51 +450,6 @@ fn rule_files(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     files
-}
-
-/// `"500ms"`, `"2s"`, `"1m"`, `"1h"`, combinations like `"1m30s"`, or bare digits meaning
-/// seconds. Zero is an error: a zero timeout would kill every handler at once.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("invalid duration {s:?} (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)")
-    };
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = s.parse().map_err(|_| bad())?;
-        return nonzero(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        let part = u32::try_from(n)
-            .ok()
-            .and_then(|n| unit.checked_mul(n))
-            .ok_or_else(bad)?;
-        total = total.checked_add(part).ok_or_else(bad)?;
-    }
-    nonzero(total)
-}
-
-fn nonzero(d: Duration) -> Result<Duration, String> {
-    if d.is_zero() {
-        Err("a duration must be greater than zero".to_owned())
-    } else {
-        Ok(d)
-    }
 }
 
 #[cfg(test)]

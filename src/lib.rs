@@ -22,6 +22,7 @@ pub mod rules;
 pub mod runner;
 pub mod runtime;
 pub mod sources;
+mod spanned;
 pub mod spawn;
 pub mod spool;
 pub mod status;

@@ -13,7 +13,7 @@
 
 mod expand;
 mod glob;
-pub(crate) mod schema;
+mod schema;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -26,7 +26,7 @@ pub use expand::{ExpandError, Template};
 pub use glob::{glob_match, GlobError, Pattern};
 
 use crate::event::Event;
-use schema::{Diag, Node, Value};
+use crate::spanned::{Diag, Node, Value};
 
 /// One handler run the daemon should make for an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
