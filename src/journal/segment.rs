@@ -4,8 +4,13 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
+use std::ptr::NonNull;
+
+use nix::sys::mman::{self, MapFlags, MmapAdvise, ProtFlags};
+use nix::unistd::{sysconf, SysconfVar};
 
 use super::{create_segment, open_existing, segment_path, FifoJournal};
 
@@ -23,7 +28,7 @@ use super::{create_segment, open_existing, segment_path, FifoJournal};
 pub struct FifoSegment {
     pub number: u32,
     file: File,
-    map: std::ptr::NonNull<u8>,
+    map: NonNull<u8>,
     /// Size of the mapping and of the file: the segment size plus one pipe's worth.
     room: usize,
     /// Past this many bytes the segment is full ([`SEGMENT_SIZE`](super::SEGMENT_SIZE)).
@@ -38,9 +43,15 @@ pub struct FifoSegment {
     page: usize,
 }
 
-/// Linux 5.14's MADV_POPULATE_READ (not in the libc crate yet): fault a range in now, in
-/// one call, failing instead of raising SIGBUS where the file system has no page for it.
-const MADV_POPULATE_READ: libc::c_int = 22;
+/// What [`FifoSegment::advise`] can ask of the kernel.
+#[derive(Clone, Copy)]
+enum Advice {
+    /// Linux 5.14's MADV_POPULATE_READ: fault a range in now, in one call, failing instead
+    /// of raising SIGBUS where the file system has no page for it.
+    PopulateRead,
+    /// Drop the range from our page tables; in a shared file mapping the file keeps it.
+    DontNeed,
+}
 
 // SAFETY: the mapping belongs to this value alone; moving it between threads is fine.
 unsafe impl Send for FifoSegment {}
@@ -91,8 +102,11 @@ impl FifoSegment {
         let size = room - pipe_size;
         file.set_len(room as u64)?;
         let map = map_shared(&file, room)?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let page = sysconf(SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096)
+            .max(4096) as usize;
         Ok(FifoSegment {
             number,
             file,
@@ -122,7 +136,9 @@ impl FifoSegment {
     /// left.
     pub fn fill_from(&mut self, fifo: BorrowedFd) -> io::Result<usize> {
         self.populate();
-        // SAFETY: map[len..room] is ours and writable; read() writes at most that.
+        // SAFETY: map[len..room] is ours and writable; read() writes at most that. libc's
+        // read rather than nix's, which wants a `&mut [u8]` made over the mapping, as
+        // unsafe and one more step on the hot path.
         let n = unsafe {
             libc::read(
                 fifo.as_raw_fd(),
@@ -159,24 +175,46 @@ impl FifoSegment {
         let start = self.populated.max(self.len / self.page * self.page);
         let end = (self.len + self.pipe_size).div_ceil(self.page) * self.page;
         let end = end.min(self.room);
-        self.populated = match self.advise(start, end, MADV_POPULATE_READ) {
+        self.populated = match self.advise(start, end, Advice::PopulateRead) {
             Ok(()) => end,
             Err(_) => self.room,
         };
     }
 
     /// madvise(2) on map[start..end] (page-aligned start).
-    fn advise(&self, start: usize, end: usize, advice: libc::c_int) -> io::Result<()> {
+    fn advise(&self, start: usize, end: usize, advice: Advice) -> io::Result<()> {
         if end <= start {
             return Ok(());
         }
-        // SAFETY: a range inside our mapping; none of the advice used here discards data
-        // (for a shared file mapping MADV_DONTNEED only unmaps, the file keeps the pages).
-        let r = unsafe { libc::madvise(self.map.as_ptr().add(start).cast(), end - start, advice) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+        match advice {
+            Advice::PopulateRead => {
+                // SAFETY: map[start..end] lies inside our mapping (end <= room); populating
+                // only faults pages in, it changes no byte. libc's madvise, as nix's
+                // `MmapAdvise` has no MADV_POPULATE_READ.
+                let r = unsafe {
+                    libc::madvise(
+                        self.map.as_ptr().add(start).cast(),
+                        end - start,
+                        libc::MADV_POPULATE_READ,
+                    )
+                };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
+            // SAFETY: map[start..end] lies inside our mapping (end <= room), and for a
+            // shared file mapping MADV_DONTNEED only unmaps: the file keeps the pages, so
+            // `bytes` reads the same data after it faults them back in.
+            Advice::DontNeed => unsafe {
+                mman::madvise(
+                    self.map.add(start).cast(),
+                    end - start,
+                    MmapAdvise::MADV_DONTNEED,
+                )
+            }
+            .map_err(io::Error::from),
         }
-        Ok(())
     }
 
     /// Append `bytes` (the start of a message carried over from the last segment).
@@ -202,7 +240,7 @@ impl FifoSegment {
     pub fn release_below(&mut self, offset: usize) {
         let end = offset.min(self.len) / self.page * self.page;
         if end > self.released {
-            let _ = self.advise(self.released, end, libc::MADV_DONTNEED);
+            let _ = self.advise(self.released, end, Advice::DontNeed);
             self.released = end;
         }
     }
@@ -218,29 +256,29 @@ impl FifoSegment {
 
 impl Drop for FifoSegment {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `create`, unmapped once.
-        unsafe { libc::munmap(self.map.as_ptr().cast(), self.room) };
+        // SAFETY: the mapping made in `map`, `room` bytes long, unmapped once; no slice
+        // from `bytes` outlives `self`.
+        let _ = unsafe { mman::munmap(self.map.cast(), self.room) };
     }
 }
 
 /// A read-write shared mapping of the first `len` bytes of `file` (which stays valid after
 /// `file` is closed, until munmap).
-fn map_shared(file: &File, len: usize) -> io::Result<std::ptr::NonNull<u8>> {
-    // SAFETY: a fresh mapping at an address the kernel picks; nothing else is touched.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
+fn map_shared(file: &File, len: usize) -> io::Result<NonNull<u8>> {
+    let len = NonZeroUsize::new(len).ok_or_else(|| io::Error::other("an empty mapping"))?;
+    // SAFETY: a fresh mapping at an address the kernel picks (no hint, no MAP_FIXED), so
+    // no memory of ours is replaced.
+    let map = unsafe {
+        mman::mmap(
+            None,
             len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            file,
             0,
         )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(std::ptr::NonNull::new(p.cast::<u8>()).expect("mmap never returns NULL here"))
+    }?;
+    Ok(map.cast())
 }
 
 #[cfg(test)]
