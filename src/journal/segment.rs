@@ -137,8 +137,7 @@ impl FifoSegment {
     pub fn fill_from(&mut self, fifo: BorrowedFd) -> io::Result<usize> {
         self.populate();
         // SAFETY: map[len..room] is ours and writable; read() writes at most that. libc's
-        // read rather than nix's, which wants a `&mut [u8]` made over the mapping, as
-        // unsafe and one more step on the hot path.
+        // read: nix's wants a `&mut [u8]` over the mapping, which takes this same promise.
         let n = unsafe {
             libc::read(
                 fifo.as_raw_fd(),
