@@ -8,9 +8,10 @@
 //! claims (a FIFO; a listening Unix stream socket) before it is used.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::sys::stat::{fstat, SFlag};
 
@@ -51,8 +52,7 @@ pub fn take_listen_fds() -> io::Result<Activated> {
         let name = names.get(i as usize).copied().unwrap_or("");
         // SAFETY: systemd passes these fds to us to own; each is taken once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: fcntl on an fd we own.
-        unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+        let _ = fcntl(raw, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         let st = fstat(raw).map_err(io::Error::from)?;
         let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
         if kind == SFlag::S_IFIFO {
@@ -105,11 +105,11 @@ impl Notifier {
             n.socket = Some((UnixDatagram::unbound()?, addr));
         }
         if let Some(fd) = ready_fd {
-            // SAFETY: the supervisor gave us this fd to write one line and close.
-            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            if fcntl(fd, FcntlArg::F_GETFD).is_err() {
                 return Err(io::Error::other(format!("--ready-fd {fd}: not an open fd")));
             }
-            // SAFETY: checked open just above; owned from here on.
+            // SAFETY: checked open just above, and the supervisor gave it to us to write one
+            // line and close: owned from here on.
             n.ready_fd = Some(unsafe { OwnedFd::from_raw_fd(fd) });
         }
         Ok(n)
@@ -137,8 +137,7 @@ impl Notifier {
     pub fn ready(&mut self, status: &str) {
         self.notify(&format!("READY=1\nSTATUS={status}"));
         if let Some(fd) = self.ready_fd.take() {
-            // SAFETY: writing a valid buffer to an fd we own.
-            let _ = unsafe { libc::write(fd.as_raw_fd(), b"\n".as_ptr().cast(), 1) };
+            let _ = nix::unistd::write(&fd, b"\n");
         }
     }
 }

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crate::control::{self, Client, End};
 use crate::sysfs;
 use crate::timeline::{self, Span};
@@ -57,8 +60,7 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(mut d) = self.daemon.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGTERM);
             let _ = d.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -446,8 +446,7 @@ INTERFACE=d0\0IFINDEX=3\0SEQNUM=812\0HOME=/\0PATH=/sbin:/bin:/usr/sbin:/usr/bin\
     #[test]
     fn an_event_read_but_not_taken_is_recovered_from_the_journal() {
         let trigger = "/sys/class/net/lo/uevent";
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new(trigger).exists() {
+        if !nix::unistd::geteuid().is_root() || !std::path::Path::new(trigger).exists() {
             eprintln!("SKIPPED: needs root and {trigger}");
             return;
         }

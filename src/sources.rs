@@ -29,6 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
@@ -132,7 +133,8 @@ pub fn block_wake_signal() -> std::io::Result<()> {
 }
 
 fn wake_mask(how: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: a local sigset_t, filled by sigemptyset before use.
+    // SAFETY: a local sigset_t, filled by sigemptyset before use. libc, not nix: nix's
+    // `SigSet` takes a `Signal`, which has no real-time signals.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -160,6 +162,8 @@ impl FifoStop {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         // SAFETY: the thread is not joined (see `thread`), so its pthread_t is valid.
+        // libc, not nix: nix's `pthread_kill` takes a `Signal`, which has no real-time
+        // signals.
         unsafe { libc::pthread_kill(self.thread.as_pthread_t(), wake_signal()) };
     }
 }
@@ -175,7 +179,8 @@ pub fn spawn_fifo_reader(
     tx: Sender<Input>,
 ) -> std::io::Result<FifoStop> {
     // No SA_RESTART: the read() the signal lands in must return EINTR.
-    // SAFETY: installs a handler that does nothing, so it is async-signal-safe.
+    // SAFETY: installs a handler that does nothing, so it is async-signal-safe. libc, not
+    // nix: nix's `sigaction` takes a `Signal`, which has no real-time signals.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_wake as *const () as libc::sighandler_t;
@@ -184,9 +189,8 @@ pub fn spawn_fifo_reader(
             return Err(std::io::Error::last_os_error());
         }
     }
-    // SAFETY: F_GETPIPE_SZ takes no argument and returns the size.
-    let pipe_size = match unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_GETPIPE_SZ) } {
-        n if n > 0 => n as usize,
+    let pipe_size = match fcntl(fifo.as_raw_fd(), FcntlArg::F_GETPIPE_SZ) {
+        Ok(n) if n > 0 => n as usize,
         _ => 1 << 20,
     };
     let mut reader = FifoReader::new(journal, pipe_size, tx)?;
@@ -241,8 +245,10 @@ impl FifoReader {
     }
 
     fn run(&mut self, fifo: BorrowedFd, stop: &AtomicBool, drain_on_stop: bool) {
-        // SAFETY: F_GETFL on a valid fd.
-        let flags = unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_GETFL) };
+        // All the bits kept, known to nix or not: F_SETFL puts them back as they were.
+        let flags = fcntl(fifo.as_raw_fd(), FcntlArg::F_GETFL)
+            .ok()
+            .map(OFlag::from_bits_retain);
         while !stop.load(Ordering::SeqCst) {
             if self.pending() > 0 {
                 self.await_rest(fifo, stop);
@@ -271,18 +277,16 @@ impl FifoReader {
 
     /// Sleep in a blocking read() until the pipe has bytes, and take them, as
     /// [`Self::read`] does; None also when a signal came first. The fd is blocking only
-    /// for this read: `flags` are its usual ones, O_NONBLOCK among them.
-    fn wait(&mut self, fifo: BorrowedFd, flags: libc::c_int) -> Option<usize> {
-        // SAFETY: F_SETFL on a valid fd, with flags it had.
-        let set =
-            |flags: libc::c_int| unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_SETFL, flags) };
-        if flags < 0 || set(flags & !libc::O_NONBLOCK) < 0 {
+    /// for this read: `flags` are its usual ones, O_NONBLOCK among them (None: unknown).
+    fn wait(&mut self, fifo: BorrowedFd, flags: Option<OFlag>) -> Option<usize> {
+        let set = |flags: OFlag| fcntl(fifo.as_raw_fd(), FcntlArg::F_SETFL(flags));
+        let Some(flags) = flags.filter(|&f| set(f - OFlag::O_NONBLOCK).is_ok()) else {
             // Cannot block in read(): look every STALE_CHECK instead.
             thread::sleep(STALE_CHECK);
             return self.read(fifo);
-        }
+        };
         let got = self.read(fifo);
-        set(flags);
+        let _ = set(flags);
         got
     }
 
@@ -521,7 +525,8 @@ enum Drain<'a> {
 /// Bytes in the pipe now (FIONREAD); all of it as far as the caller can tell if unknown.
 fn pipe_holds(fifo: BorrowedFd) -> usize {
     let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
+    // SAFETY: FIONREAD writes one int, into `n`. libc: nix has no safe FIONREAD, only
+    // the unsafe functions its ioctl macros make.
     if unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
         return usize::MAX;
     }

@@ -36,6 +36,9 @@ use std::ptr;
 use std::sync::atomic::{AtomicI32, Ordering as AtomicOrdering};
 
 use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
 
 use crate::event::{find_byte, Event};
 
@@ -137,10 +140,13 @@ impl Spawner {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
-            // SAFETY: a query only, into a local.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            let ok = unsafe { libc::sigaction(sig, ptr::null(), &mut old) } == 0;
-            if ok && old.sa_sigaction != libc::SIG_DFL {
+            // SAFETY: a query only (no new action), into a local that all-zero bytes make
+            // valid. libc, not nix: nix's `sigaction` always sets an action.
+            let old = unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                (libc::sigaction(sig, ptr::null(), &mut old) == 0).then_some(old)
+            };
+            if old.is_some_and(|old| old.sa_sigaction != libc::SIG_DFL) {
                 reset.push(sig);
             }
         }
@@ -206,37 +212,33 @@ impl Spawner {
             err: AtomicI32::new(0),
         };
         let stack_top = self.stack.as_mut_ptr_range().end.cast::<libc::c_void>();
-        // SAFETY: all signals are blocked around the clone (and restored after it) so
-        // that no daemon signal handler runs in the child before it reset them. The child
-        // runs `child` on our stack buffer (16-byte aligned, unused by anyone else while
-        // we are suspended), with `args` alive and unmoved until clone returns: with
-        // CLONE_VFORK it returns only once the child has exec'd or exited.
+        // All signals blocked around the clone (and restored after it), so that no
+        // daemon signal handler runs in the child before it reset them. The old mask comes
+        // back whole, real-time signals too: nix keeps the raw sigset_t.
+        let unblock = SigSet::all().thread_swap_mask(SigmaskHow::SIG_SETMASK);
+        // SAFETY: signals are blocked (above). The child runs `child` on our stack buffer
+        // (16-byte aligned, unused by anyone else while we are suspended), with `args`
+        // alive and unmoved until clone returns: with CLONE_VFORK it returns only once
+        // the child has exec'd or exited.
         let pid = unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            let pid = libc::clone(
+            libc::clone(
                 child,
                 stack_top,
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
                 ptr::from_ref(&args).cast_mut().cast(),
-            );
-            let clone_errno = Errno::last();
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
-            if pid < 0 {
-                return Err(SpawnError::Exec(shown(), clone_errno.desc()));
-            }
-            pid
+            )
         };
+        let clone_errno = Errno::last();
+        if let Ok(old) = unblock {
+            let _ = old.thread_set_mask();
+        }
+        if pid < 0 {
+            return Err(SpawnError::Exec(shown(), clone_errno.desc()));
+        }
         let err = args.err.load(AtomicOrdering::Relaxed);
         if err != 0 {
             // The child is gone: collect it now, it never ran the handler.
-            let mut status = 0;
-            // SAFETY: our own child, a local int.
-            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && Errno::last() == Errno::EINTR
-            {
-            }
+            while waitpid(Pid::from_raw(pid), None) == Err(Errno::EINTR) {}
             return Err(SpawnError::Exec(shown(), Errno::from_raw(err).desc()));
         }
         Ok(Child { pid })
