@@ -40,7 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo 0 >"$D/seqnum"
-printf '[daemon]\nseqnum_file = "%s"\ngap_timeout = "600s"\n' "$D/seqnum" >"$D/hotplugd.toml"
+printf '[daemon]\nseqnum_file = "%s"\ngap_timeout = "600s"\nsources = ["fifo"]\n' "$D/seqnum" >"$D/hotplugd.toml"
 if [ "$WHAT" = dispatch ]; then
     printf '[[rule]]\nname = "true"\nrun = ["/bin/true"]\n' >>"$D/hotplugd.toml"
 fi

@@ -164,10 +164,11 @@ wait_field() { # DIR FIELD VALUE TIMEOUT_S
     die "timed out waiting for $2 >= $3 (have ${v:-?})"
 }
 # daemon_header DIR GAP: the [daemon] table of a bench config (stdout). The daemon reads
-# the "kernel's" SEQNUM 0 from DIR/seqnum, so events numbered from 1 are in order.
+# the "kernel's" SEQNUM 0 from DIR/seqnum, so events numbered from 1 are in order. The
+# FIFO only: the benches feed it, and the host's own netlink events must not mix in.
 daemon_header() {
     echo 0 >"$1/seqnum"
-    printf '[daemon]\nseqnum_file = "%s"\ngap_timeout = "%s"\n' "$1/seqnum" "$2"
+    printf '[daemon]\nseqnum_file = "%s"\ngap_timeout = "%s"\nsources = ["fifo"]\n' "$1/seqnum" "$2"
 }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 

@@ -25,6 +25,7 @@ hotplugd)
 [daemon]
 seqnum_file = "$w/seqnum"
 gap_timeout = "2s"
+sources = ["fifo"]
 
 [[rule]]
 name = "record"
