@@ -409,3 +409,411 @@ fn tell_overrun(id: u64, tx: &Sender<Reply>) {
         "overrun: more than {MONITOR_MAX_LAG} events behind"
     ))));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Push, RUNNER};
+    use crate::status::Status;
+    use crossbeam_channel::{unbounded, Receiver};
+
+    const GAP: Duration = Duration::from_secs(60);
+
+    fn ev(seq: u64, action: &str, subsystem: &str, tag: Option<&str>) -> Event {
+        let s = seq.to_string();
+        let devpath = format!("/devices/{subsystem}");
+        let mut vars: Vec<(&[u8], &[u8])> = vec![
+            (b"ACTION", action.as_bytes()),
+            (b"DEVPATH", devpath.as_bytes()),
+            (b"SUBSYSTEM", subsystem.as_bytes()),
+            (b"SEQNUM", s.as_bytes()),
+        ];
+        if let Some(t) = tag {
+            vars.push((b"SYNTH_UUID", t.as_bytes()));
+        }
+        Event::from_vars(subsystem.as_bytes(), vars).unwrap()
+    }
+
+    /// A queue that starts at SEQNUM 1 and holds `seqs`.
+    fn queue_with(seqs: impl IntoIterator<Item = u64>) -> Queue {
+        let mut q = Queue::new(GAP, true);
+        q.start_at(1);
+        for s in seqs {
+            q.push(ev(s, "change", "usb", None), Instant::now());
+        }
+        q
+    }
+
+    /// Everything a connection has been sent so far.
+    fn replies(rx: &Receiver<Reply>) -> Vec<Reply> {
+        rx.try_iter().collect()
+    }
+
+    fn ended_ok(replies: &[Reply]) -> Option<&str> {
+        replies.iter().find_map(|r| match r {
+            Reply::End(End::Ok(text)) => Some(text.as_str()),
+            _ => None,
+        })
+    }
+
+    fn lines(replies: Vec<Reply>) -> Vec<String> {
+        replies
+            .into_iter()
+            .flat_map(|r| match r {
+                Reply::Lines(l) => l,
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    fn status(c: &Clients, q: &Queue) -> Status {
+        let lines = c.status_lines(&OwnerStatus {
+            queue: q,
+            stats: &Stats::default(),
+            paused: false,
+            running: None,
+            keeper: &Keeper::NoFifo,
+            sources: Sources {
+                fifo: true,
+                netlink: false,
+            },
+        });
+        Status::parse(&lines).unwrap()
+    }
+
+    #[test]
+    fn a_settle_is_answered_once_the_queue_has_drained_through_its_seqnum() {
+        let mut q = queue_with([1, 2]);
+        let mut c = Clients::new(Instant::now());
+        let (tx, rx) = unbounded();
+        c.settle(Some(3), tx);
+        c.check_waiters(&q, false);
+        let first = replies(&rx);
+        assert_eq!(lines(first), ["pending 2"], "progress is reported at once");
+
+        // Drained, but SEQNUM 3 has not been through the queue yet.
+        while q.next(RUNNER).is_some() {}
+        c.check_waiters(&q, false);
+        assert_eq!(ended_ok(&replies(&rx)), None);
+
+        // 3 is taken by the runner: pending while it runs, settled once it is done.
+        q.push(ev(3, "change", "usb", None), Instant::now());
+        assert!(q.next(RUNNER).is_some());
+        c.check_waiters(&q, true);
+        assert_eq!(ended_ok(&replies(&rx)), None);
+        c.check_waiters(&q, false);
+        assert_eq!(ended_ok(&replies(&rx)), Some(""));
+        assert!(c.settles.is_empty());
+    }
+
+    #[test]
+    fn a_settle_without_a_seqnum_waits_for_an_empty_queue_and_an_idle_runner() {
+        let mut q = queue_with([1]);
+        let mut c = Clients::new(Instant::now());
+        let (tx, rx) = unbounded();
+        c.settle(None, tx);
+        c.check_waiters(&q, false);
+        assert_eq!(lines(replies(&rx)), ["pending 1"]);
+        // Same count again: no second progress line.
+        c.check_waiters(&q, false);
+        assert!(replies(&rx).is_empty());
+        q.next(RUNNER);
+        c.check_waiters(&q, true);
+        assert_eq!(ended_ok(&replies(&rx)), None);
+        c.check_waiters(&q, false);
+        assert_eq!(ended_ok(&replies(&rx)), Some(""));
+    }
+
+    #[test]
+    fn a_settle_whose_client_left_is_forgotten() {
+        let q = queue_with([1]);
+        let mut c = Clients::new(Instant::now());
+        let (tx, rx) = unbounded();
+        c.settle(None, tx);
+        drop(rx);
+        c.check_waiters(&q, false);
+        assert!(c.settles.is_empty());
+    }
+
+    #[test]
+    fn a_tag_wait_is_answered_when_enough_events_of_its_tag_are_done() {
+        let q = queue_with([]);
+        let mut c = Clients::new(Instant::now());
+        let (tx, rx) = unbounded();
+        c.wait_tag("t1".into(), 2, tx);
+        c.count_tag(&ev(1, "add", "usb", Some("t1")));
+        c.count_tag(&ev(2, "add", "usb", Some("other")));
+        c.count_tag(&ev(3, "add", "usb", None));
+        c.check_waiters(&q, false);
+        assert!(replies(&rx).is_empty(), "one of two so far");
+        c.count_tag(&ev(4, "add", "usb", Some("t1")));
+        c.check_waiters(&q, false);
+        assert_eq!(ended_ok(&replies(&rx)), Some("2 handled"));
+
+        // Counts are remembered: a late wait is answered at once.
+        let (tx, rx) = unbounded();
+        c.wait_tag("t1".into(), 1, tx);
+        c.check_waiters(&q, false);
+        assert_eq!(ended_ok(&replies(&rx)), Some("2 handled"));
+    }
+
+    #[test]
+    fn events_that_never_run_count_for_their_tag_too() {
+        // What the owner hands over when a remove meets its queued add, and on a recall:
+        // neither event runs, and a `trigger --settle` must not wait for them.
+        let mut q = Queue::new(GAP, true);
+        q.start_at(1);
+        let now = Instant::now();
+        q.push(ev(1, "add", "usb", Some("t")), now);
+        q.push(ev(2, "add", "block", Some("t")), now);
+        let Push::Coalesced { add, remove, .. } = q.push(ev(3, "remove", "usb", Some("t")), now)
+        else {
+            panic!("the remove should coalesce with its queued add");
+        };
+        let recalled = q.recall(2).unwrap();
+        let mut c = Clients::new(now);
+        let (tx, rx) = unbounded();
+        c.wait_tag("t".into(), 3, tx);
+        for done in [&add, &remove, &recalled] {
+            c.count_tag(done);
+        }
+        c.check_waiters(&q, false);
+        assert_eq!(ended_ok(&replies(&rx)), Some("3 handled"));
+    }
+
+    #[test]
+    fn only_the_latest_tags_are_remembered() {
+        let q = queue_with([]);
+        let mut c = Clients::new(Instant::now());
+        c.count_tag(&ev(1, "add", "usb", Some("first")));
+        for i in 0..MAX_TAGS {
+            c.count_tag(&ev(2 + i as u64, "add", "usb", Some(&format!("tag{i}"))));
+        }
+        assert_eq!(c.tags_done.len(), MAX_TAGS);
+        let (tx, rx) = unbounded();
+        c.wait_tag("first".into(), 1, tx);
+        c.check_waiters(&q, false);
+        assert!(replies(&rx).is_empty(), "the oldest tag was forgotten");
+    }
+
+    #[test]
+    fn a_monitor_gets_its_subsystems_one_batch_at_a_time() {
+        let mut q = Queue::new(GAP, true);
+        q.start_at(1);
+        let mut c = Clients::new(Instant::now());
+        let (tx, rx) = unbounded();
+        let opts = MonitorOpts {
+            env: false,
+            handled: false,
+            subsystems: vec!["block".into()],
+        };
+        c.attach_monitor(opts, tx, &mut q);
+        assert!(matches!(replies(&rx)[..], [Reply::Monitor(0)]));
+        let now = Instant::now();
+        q.push(ev(1, "add", "usb", None), now);
+        q.push(ev(2, "add", "block", None), now);
+        c.feed_monitors(&mut q);
+        assert_eq!(lines(replies(&rx)), ["2 add /devices/block (block)"]);
+
+        // Not ready until its connection wrote that batch.
+        q.push(ev(3, "change", "block", None), now);
+        c.feed_monitors(&mut q);
+        assert!(replies(&rx).is_empty());
+        c.monitor_ready(0);
+        c.feed_monitors(&mut q);
+        assert_eq!(lines(replies(&rx)), ["3 change /devices/block (block)"]);
+    }
+
+    #[test]
+    fn a_monitor_with_env_gets_each_variable_and_a_blank_line() {
+        let mut q = Queue::new(GAP, true);
+        q.start_at(1);
+        let mut c = Clients::new(Instant::now());
+        let (tx, rx) = unbounded();
+        let opts = MonitorOpts {
+            env: true,
+            handled: false,
+            subsystems: vec![],
+        };
+        c.attach_monitor(opts, tx, &mut q);
+        q.push(ev(1, "add", "usb", None), Instant::now());
+        c.feed_monitors(&mut q);
+        let got = lines(replies(&rx));
+        assert_eq!(
+            got.first().map(String::as_str),
+            Some("1 add /devices/usb (usb)")
+        );
+        assert!(got.contains(&"SUBSYSTEM=usb".to_owned()), "{got:?}");
+        assert_eq!(got.last().map(String::as_str), Some(""));
+    }
+
+    #[test]
+    fn a_monitor_past_the_lag_limit_is_dropped_with_an_overrun() {
+        let mut q = Queue::new(GAP, true);
+        q.start_at(1);
+        let mut c = Clients::new(Instant::now());
+        let (tx, rx) = unbounded();
+        c.attach_monitor(MonitorOpts::default(), tx, &mut q);
+        let now = Instant::now();
+        q.push(ev(1, "add", "usb", None), now);
+        c.feed_monitors(&mut q);
+        assert_eq!(replies(&rx).len(), 2, "its id, then one batch");
+        // Its connection never says it wrote that batch; the runner goes on.
+        for s in 2..=MONITOR_MAX_LAG + 1 {
+            q.push(ev(s, "add", "usb", None), now);
+        }
+        while q.next(RUNNER).is_some() {}
+        c.feed_monitors(&mut q);
+        assert!(replies(&rx).is_empty(), "exactly at the limit: kept");
+        assert!(q.bytes() > 0, "its cursor holds what it has not read");
+
+        q.push(ev(MONITOR_MAX_LAG + 2, "add", "usb", None), now);
+        q.next(RUNNER);
+        c.feed_monitors(&mut q);
+        match &replies(&rx)[..] {
+            [Reply::End(End::Error(e))] => assert!(e.starts_with("overrun"), "{e}"),
+            other => panic!("expected an overrun, got {other:?}"),
+        }
+        assert_eq!(q.bytes(), 0, "its cursor is gone, and what only it held");
+        let s = status(&c, &q);
+        assert_eq!((s.monitors, s.monitor_overruns), (0, 1));
+    }
+
+    fn report(outcome: Outcome, started: Instant, ms: u64) -> Report {
+        Report {
+            outcome,
+            started,
+            duration: Duration::from_millis(ms),
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn a_handled_monitor_gets_a_line_per_run_and_is_dropped_when_it_lags() {
+        let mut q = Queue::new(GAP, true);
+        let mut c = Clients::new(Instant::now());
+        let (tx, rx) = unbounded();
+        let opts = MonitorOpts {
+            handled: true,
+            ..MonitorOpts::default()
+        };
+        c.attach_monitor(opts, tx, &mut q);
+        assert!(matches!(replies(&rx)[..], [Reply::Monitor(0)]));
+        let now = Instant::now();
+        c.ran(Some(7), "my rule", &report(Outcome::Exited(1), now, 12));
+        assert_eq!(lines(replies(&rx)), ["7 my\\x20rule exit_1 12.0ms"]);
+
+        // Never read: one line past the limit and it is gone.
+        for _ in 0..=MONITOR_MAX_LAG {
+            c.ran(None, "r", &report(Outcome::Exited(0), now, 1));
+        }
+        assert_eq!(rx.len() as u64, MONITOR_MAX_LAG + 1);
+        c.ran(None, "r", &report(Outcome::Exited(0), now, 1));
+        let last = rx.try_iter().last();
+        assert!(
+            matches!(&last, Some(Reply::End(End::Error(e))) if e.starts_with("overrun")),
+            "{last:?}"
+        );
+        let s = status(&c, &q);
+        assert_eq!((s.monitors, s.monitor_overruns), (0, 1));
+        // Its hang-up, arriving after, finds nothing to drop.
+        c.drop_monitor(0, &mut q);
+    }
+
+    #[test]
+    fn a_monitor_that_hangs_up_frees_its_cursor() {
+        let mut q = Queue::new(GAP, true);
+        q.start_at(1);
+        let mut c = Clients::new(Instant::now());
+        let (tx, _rx) = unbounded();
+        c.attach_monitor(MonitorOpts::default(), tx, &mut q);
+        q.push(ev(1, "add", "usb", None), Instant::now());
+        q.next(RUNNER);
+        assert!(q.bytes() > 0);
+        assert_eq!(status(&c, &q).monitors, 1);
+        c.drop_monitor(0, &mut q);
+        assert_eq!(q.bytes(), 0);
+        assert_eq!(status(&c, &q).monitors, 0);
+    }
+
+    #[test]
+    fn the_timeline_draws_runs_and_gap_waits_in_seconds_since_the_start() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = Clients::new(t0);
+        c.ran(
+            Some(5),
+            "my rule",
+            &report(Outcome::TimedOut { killed: true }, t0 + s(1), 250),
+        );
+        c.gap_skipped(3..=4, t0 + s(2), t0 + Duration::from_millis(3500));
+        c.ran(None, "r", &report(Outcome::Exited(0), t0 + s(4), 1));
+        assert_eq!(
+            c.timeline_lines(),
+            [
+                "run 1.000000 1.250000 5 my\\x20rule timed_out,_killed_by_SIGKILL",
+                "wait 2.000000 3.500000 3 4",
+                "run 4.000000 4.001000 - r exit_0",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_timeline_keeps_only_the_latest_marks() {
+        let t0 = Instant::now();
+        let mut c = Clients::new(t0);
+        for i in 0..TIMELINE_LEN as u64 + 1 {
+            c.ran(Some(i), "r", &report(Outcome::Exited(0), t0, 1));
+        }
+        let lines = c.timeline_lines();
+        assert_eq!(lines.len(), TIMELINE_LEN);
+        assert!(lines[0].contains(" 1 r "), "{}", lines[0]);
+    }
+
+    #[test]
+    fn status_lines_carry_the_owners_state_and_the_clients_counts() {
+        let q = queue_with([1, 2]);
+        let mut c = Clients::new(Instant::now() - Duration::from_secs(3));
+        let (tx, _rx) = unbounded();
+        let mut q2 = Queue::new(GAP, true);
+        c.attach_monitor(MonitorOpts::default(), tx, &mut q2);
+        let stats = Stats {
+            received: 9,
+            handled: 5,
+            late: 1,
+            last_handled: Some(6),
+            ..Stats::default()
+        };
+        let since = Instant::now() - Duration::from_millis(50);
+        let lines = c.status_lines(&OwnerStatus {
+            queue: &q,
+            stats: &stats,
+            paused: true,
+            running: Some(("a rule", Some(7), since)),
+            keeper: &Keeper::Supervisor,
+            sources: Sources {
+                fifo: true,
+                netlink: true,
+            },
+        });
+        let s = Status::parse(&lines).unwrap();
+        assert_eq!(s.pid, std::process::id());
+        assert!(s.uptime_s >= 3.0, "{}", s.uptime_s);
+        assert_eq!(s.holder.as_deref(), Some("supervisor"));
+        assert_eq!((s.queued, s.next_expected), (2, Some(3)));
+        assert!(s.paused);
+        assert_eq!(s.running_rule.as_deref(), Some("a rule"));
+        assert_eq!(s.running_seqnum, Some(7));
+        assert!(s.running_for_ms.is_some_and(|ms| ms >= 50.0));
+        assert_eq!((s.received, s.handled, s.late), (9, 5, 1));
+        assert_eq!(s.last_handled, Some(6));
+        assert_eq!(s.monitors, 1);
+        assert_eq!(s.sources, "fifo,netlink");
+
+        // Idle, no FIFO: no holder, nothing running.
+        let s = status(&c, &q);
+        assert_eq!(s.holder, None);
+        assert_eq!(s.running_rule, None);
+        assert_eq!(s.running_for_ms, None);
+    }
+}
