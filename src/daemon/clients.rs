@@ -699,6 +699,7 @@ mod tests {
         };
         c.attach_monitor(opts, tx, &mut q);
         assert!(matches!(replies(&rx)[..], [Reply::Monitor(0)]));
+        assert_eq!(status(&c, &q).monitors, 1);
         let now = Instant::now();
         c.ran(Some(7), "my rule", &report(Outcome::Exited(1), now, 12));
         assert_eq!(lines(replies(&rx)), ["7 my\\x20rule exit_1 12.0ms"]);
