@@ -19,11 +19,11 @@
 //! still run strictly one at a time, in the queue's order.
 //!
 //! The rooms, top to bottom (each calls only the ones below it):
-//! - here, the wiring: start-up, threads, channels, signals, [`serve`] and [`finish`];
-//! - [`owner`]: the [`Owner`], intake, push, dispatch, the runner's results, gap expiry,
+//! - `mod.rs`, the wiring: start-up, threads, channels, signals, `serve` and `finish`;
+//! - `owner.rs`: the `Owner`, intake, push, dispatch, the runner's results, gap expiry,
 //!   control requests, reload and the hand-over to the spool;
-//! - [`clients`]: monitors, settles, tag waits, and the `status` and `timeline` replies;
-//! - [`book`]: the journal and the counters, what is on record about each event.
+//! - `clients.rs`: monitors, settles, tag waits, and the `status` and `timeline` replies;
+//! - `book.rs`: the journal and the counters, what is on record about each event.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
