@@ -1,0 +1,628 @@
+//! The owner of the queue, and every decision about it: intake, push, dispatch to the
+//! runner, the runner's results, gap expiry, control requests, reload, and the hand-over
+//! to the spool at a stop. Threads reach it only under its lock (see the module docs of
+//! [`super`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::book::Book;
+use super::clients::{Clients, OwnerStatus};
+use super::Options;
+use crate::activation::Notifier;
+use crate::config::{Config, Sources};
+use crate::control::{End, Reply, Request, ToOwner};
+use crate::event::Event;
+use crate::holder::Keeper;
+use crate::journal::{Journal, Recovered};
+use crate::queue::{Expired, Push, Queue, RUNNER};
+use crate::rules::Job;
+use crate::runner::{Outcome, Report};
+use crate::runtime::Runtime;
+use crate::sources::{self, Input};
+
+/// One event for the runner: its handlers, in order. Shared with the owner's [`Running`]
+/// so status and logs can name it without a copy.
+pub(super) struct Dispatch {
+    pub event: Event,
+    pub jobs: Vec<Job>,
+    /// Taken from the config at dispatch, so a reload applies to the next event.
+    pub max_output: usize,
+}
+
+pub(super) type Work = Arc<Dispatch>;
+
+/// The event the runner has now; `job` indexes the handler running.
+pub(super) struct Running {
+    work: Work,
+    job: usize,
+    since: Instant,
+}
+
+impl Running {
+    fn rule(&self) -> &str {
+        self.work
+            .jobs
+            .get(self.job)
+            .map_or("-", |j| j.rule.as_str())
+    }
+    fn seqnum(&self) -> Option<u64> {
+        self.work.event.seqnum()
+    }
+}
+
+/// The queue's owner and everything only it touches, in parts:
+///
+/// - what it was started with: `config`, `opts`, `runtime`, `sources`, `keeper`,
+///   `notifier`;
+/// - the queue and the runner's state: `queue`, `running`, `paused`, `stopping`;
+/// - `book`: what is on record, the journal and the counters;
+/// - `clients`: the connections that wait on the queue (monitors, settles, tag waits) and
+///   the timeline.
+///
+/// A method of one part borrows only that part, so the owner records an event still
+/// borrowed from the queue (`self.book.finished(ev)`, `self.clients.count_tag(ev)`)
+/// without copying it. Data flows down: the owner calls into `book` and `clients`, lending
+/// them the queue where they read it; neither calls back.
+pub(super) struct Owner {
+    pub config: Config,
+    pub runtime: Runtime,
+    opts: Options,
+    /// The sources opened at start-up (a reload does not change them).
+    sources: Sources,
+    /// Who keeps the FIFO open if we die, for `status`.
+    pub keeper: Keeper,
+    pub notifier: Notifier,
+    last_status: Instant,
+    started: Instant,
+
+    queue: Queue,
+    pub running: Option<Running>,
+    paused: bool,
+    pub stopping: bool,
+
+    book: Book,
+    clients: Clients,
+}
+
+impl Owner {
+    pub fn new(
+        config: Config,
+        runtime: Runtime,
+        opts: Options,
+        journal: Journal,
+        notifier: Notifier,
+        sources: Sources,
+    ) -> Owner {
+        let mut queue = Queue::new(config.daemon.gap_timeout, config.daemon.coalesce);
+        // Past max_queue_memory, released events stay in the journal until needed.
+        let mut reader = crate::journal::Reader::new(journal.dir());
+        queue.set_spill(
+            config.daemon.max_queue_memory,
+            Box::new(move |id| reader.load(id)),
+        );
+        let started = Instant::now();
+        Owner {
+            config,
+            runtime,
+            opts,
+            sources,
+            keeper: Keeper::default(),
+            notifier,
+            last_status: Instant::now(),
+            started,
+            queue,
+            running: None,
+            paused: false,
+            stopping: false,
+            book: Book::new(journal),
+            clients: Clients::new(started),
+        }
+    }
+
+    /// Queue what the journal kept from a run that did not stop cleanly, and start SEQNUM
+    /// ordering after the last SEQNUM that run was done with (else after the kernel's).
+    pub fn recover(&mut self, rec: Recovered) {
+        self.queue.set_done_before(rec.done_seqs);
+        match rec.max_done {
+            Some(m) if !rec.stopped_cleanly => self.queue.start_at_kernel(m),
+            _ => self.start_position(),
+        }
+        if !rec.events.is_empty() {
+            log::warn!(
+                "the last run did not stop cleanly: {} events from the journal queued again",
+                rec.events.len()
+            );
+        }
+        let now = Instant::now();
+        for ev in rec.events {
+            self.book.stats.recovered += 1;
+            self.push(ev, now);
+        }
+        self.book.journal.drop_idle();
+    }
+
+    /// One line for `STATUS=`.
+    pub fn status_text(&self) -> String {
+        format!(
+            "{} queued, {} handled{}",
+            self.queue.pending(),
+            self.book.stats.handled,
+            if self.paused { ", paused" } else { "" }
+        )
+    }
+
+    pub fn config_name(&self) -> String {
+        match &self.config.path {
+            Some(p) => p.display().to_string(),
+            None => "the embedded default".into(),
+        }
+    }
+
+    /// When the oldest gap wait runs out, if the queue waits on one.
+    pub fn gap_deadline(&self) -> Option<Instant> {
+        self.queue.deadline()
+    }
+
+    /// Where SEQNUM ordering starts: right after the kernel's current SEQNUM, read from
+    /// `seqnum_file`. Events below it (spooled before we started, or in flight now) are
+    /// each taken once as "late", so nothing from before our start waits on a gap. Without
+    /// the file, the first numbered event sets the start.
+    fn start_position(&mut self) {
+        let Some(path) = &self.config.daemon.seqnum_file else {
+            return;
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => match text.trim().parse::<u64>() {
+                Ok(n) => {
+                    log::debug!("{}: kernel SEQNUM is {n}", path.display());
+                    self.queue.start_at_kernel(n);
+                }
+                Err(_) => log::warn!(
+                    "{}: {:?} is not a SEQNUM; the first event sets the start",
+                    path.display(),
+                    text.trim()
+                ),
+            },
+            Err(e) => log::warn!("{}: {e}; the first event sets the start", path.display()),
+        }
+    }
+
+    /// Queue what shims spooled while no daemon ran, in SEQNUM order, before any FIFO event.
+    pub fn ingest_spool_at_start(&mut self) {
+        let entries = match self.runtime.spool.entries() {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("{}: {e}", self.runtime.spool.dir().display());
+                return;
+            }
+        };
+        let batch: Vec<(Event, PathBuf)> = entries
+            .into_iter()
+            .filter_map(|p| sources::read_spooled(&self.runtime.spool, &p).map(|ev| (ev, p)))
+            .collect();
+        if !batch.is_empty() {
+            log::info!("{} events from the spool", batch.len());
+        }
+        self.on_input(Input::Spooled(batch));
+    }
+
+    /// What follows every change, whoever made it: the done records on file, the next
+    /// event to an idle runner, monitors and settles served, the supervisor's STATUS.
+    pub fn after_change(&mut self, work: &Sender<Work>) {
+        self.book.flush();
+        self.dispatch(work);
+        self.clients.feed_monitors(&mut self.queue);
+        self.clients
+            .check_waiters(&self.queue, self.running.is_some());
+        if self.last_status.elapsed() >= Duration::from_secs(1) {
+            self.last_status = Instant::now();
+            self.notifier
+                .notify(&format!("STATUS={}", self.status_text()));
+        }
+    }
+
+    pub fn on_input(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Fifo(events) => {
+                let spilled = self.queue.spilled();
+                for ev in events {
+                    self.book.stats.received += 1;
+                    self.push(ev, now);
+                }
+                if self.queue.spilled() >= spilled + 4096 {
+                    // Spilled events were freed all over the heap: hand the pages back.
+                    // SAFETY: malloc_trim only returns free memory to the kernel.
+                    unsafe { libc::malloc_trim(0) };
+                }
+            }
+            Input::Spooled(batch) => {
+                for (mut ev, path) in batch {
+                    self.book.stats.received += 1;
+                    self.book.stats.spooled_in += 1;
+                    // Journaled before the spool file goes, so a kill in between re-reads
+                    // it (a duplicate the queue drops) rather than losing it. Not
+                    // journaled, the file is its only durable copy: it stays, and the
+                    // next start reads it again (a duplicate if it was handled by then).
+                    let durable = self.book.append(&mut ev);
+                    self.push(ev, now);
+                    if !durable {
+                        log::warn!(
+                            "{}: kept until the next start, as the journal failed",
+                            path.display()
+                        );
+                    } else if let Err(e) = std::fs::remove_file(&path) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            log::warn!("{}: {e}", path.display());
+                        }
+                    }
+                }
+            }
+            Input::Netlink(events) => {
+                // Journaled by the netlink reader as it read them.
+                for ev in events {
+                    self.book.stats.received += 1;
+                    self.book.stats.netlink_in += 1;
+                    self.push(ev, now);
+                }
+            }
+            Input::Bad(n) => self.book.stats.bad_messages += n,
+            Input::Sealed(n) => self.book.journal.sealed(n),
+            Input::FifoClosed => {}
+        }
+    }
+
+    fn push(&mut self, ev: Event, now: Instant) {
+        // The hot path formats nothing: a summary only when a debug line will show it.
+        let debug = log::log_enabled!(log::Level::Debug).then(|| ev.summary().to_string());
+        let id = ev.id();
+        match self.queue.push(ev, now) {
+            Push::Queued | Push::Waiting => {
+                self.book.queued(id);
+                if let Some(summary) = debug {
+                    log::debug!("queued {summary}")
+                }
+            }
+            Push::Late => {
+                self.book.late(id);
+                let summary = self
+                    .queue
+                    .newest()
+                    .map_or(String::from("-"), |e| e.summary().to_string());
+                log::info!(
+                    "late {summary}: its SEQNUM was skipped or predates this start; queued now"
+                );
+            }
+            Push::Duplicate(ev) => {
+                self.book.duplicate(&ev);
+                log::info!(
+                    "duplicate {}: already queued or handled; ignoring it",
+                    ev.summary()
+                );
+            }
+            Push::Coalesced {
+                add,
+                remove,
+                add_was_queued,
+            } => {
+                self.book.coalesced(&add, &remove, add_was_queued);
+                let how = if add_was_queued {
+                    " still queued"
+                } else {
+                    ", which arrived after it"
+                };
+                log::info!(
+                    "coalesced {} with its add (SEQNUM {}){how}: neither runs",
+                    remove.summary(),
+                    add.seqnum().map_or("-".into(), |s| s.to_string())
+                );
+                // Neither will be handled: a `trigger --settle` waiting for either one's
+                // tag must count it as settled, or it waits out its timeout.
+                self.clients.count_tag(&add);
+                self.clients.count_tag(&remove);
+            }
+        }
+    }
+
+    /// Skip every gap whose wait has run out: each range is logged, counted and drawn
+    /// once, with the time its wait really began.
+    pub fn expire_gaps(&mut self) {
+        let now = Instant::now();
+        for Expired { range, since } in self.queue.expire_gaps(now) {
+            self.book.stats.gaps_skipped += range.end() - range.start() + 1;
+            log::warn!(
+                "SEQNUM {}..={} did not arrive within {:?}; going on without them",
+                range.start(),
+                range.end(),
+                self.config.daemon.gap_timeout
+            );
+            self.clients.gap_skipped(range, since, now);
+        }
+    }
+
+    /// Give the runner the next event with handlers, if it is idle.
+    fn dispatch(&mut self, work_tx: &Sender<Work>) {
+        if self.running.is_some() || self.stopping || self.paused {
+            return;
+        }
+        while let Some(ev) = self.queue.next(RUNNER) {
+            let jobs = self.config.rules.plan(ev);
+            if jobs.is_empty() {
+                log::info!("{}: no rule matched", ev.summary());
+                self.book.finished(ev);
+                self.clients.count_tag(ev);
+                continue;
+            }
+            let jobs: Vec<Job> = jobs
+                .into_iter()
+                .map(|mut j| {
+                    j.timeout.get_or_insert(self.config.daemon.handler_timeout);
+                    j
+                })
+                .collect();
+            // Every event done so far is on record before a handler starts: after a kill
+            // only the one running now can run again.
+            self.book.flush();
+            let work = Arc::new(Dispatch {
+                event: ev.clone(),
+                jobs,
+                max_output: self.config.daemon.max_output_bytes,
+            });
+            self.running = Some(Running {
+                work: Arc::clone(&work),
+                job: 0,
+                since: Instant::now(),
+            });
+            let _ = work_tx.send(work);
+            return;
+        }
+    }
+
+    /// A handler run ended; `last` if it was its event's last.
+    pub fn on_runner(&mut self, report: &Report, last: bool) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        self.on_finished(&running, report);
+        if last {
+            let event = &running.work.event;
+            self.book.finished(event);
+            self.clients.count_tag(event);
+        } else {
+            // The runner goes straight on to the event's next handler.
+            self.running = Some(Running {
+                job: running.job + 1,
+                since: Instant::now(),
+                ..running
+            })
+        }
+    }
+
+    fn on_finished(&mut self, running: &Running, report: &Report) {
+        let rule = running.rule();
+        let level = match &report.outcome {
+            o if o.success() => log::Level::Info,
+            Outcome::TimedOut { .. } => {
+                self.book.stats.timed_out += 1;
+                log::Level::Warn
+            }
+            _ => {
+                self.book.stats.failed += 1;
+                log::Level::Warn
+            }
+        };
+        if log::log_enabled!(level) {
+            log::log!(
+                level,
+                "{}: rule {rule}: {} in {:.1} ms",
+                running.work.event.summary(),
+                report.outcome,
+                report.duration.as_secs_f64() * 1e3
+            );
+        }
+        self.clients.ran(running.seqnum(), rule, report);
+    }
+
+    pub fn on_control(&mut self, msg: ToOwner) {
+        match msg {
+            ToOwner::MonitorReady(id) => self.clients.monitor_ready(id),
+            ToOwner::MonitorGone(id) => self.clients.drop_monitor(id, &mut self.queue),
+            ToOwner::Request(req, tx) => self.on_request(req, tx),
+        }
+    }
+
+    fn on_request(&mut self, req: Request, tx: Sender<Reply>) {
+        let ok = |tx: &Sender<Reply>, text: &str| {
+            let _ = tx.send(Reply::End(End::Ok(text.into())));
+        };
+        match req {
+            Request::Status => {
+                let running = self.running.as_ref();
+                let lines = self.clients.status_lines(&OwnerStatus {
+                    queue: &self.queue,
+                    stats: &self.book.stats,
+                    paused: self.paused,
+                    running: running.map(|r| (r.rule(), r.seqnum(), r.since)),
+                    keeper: &self.keeper,
+                    sources: self.sources,
+                });
+                let _ = tx.send(Reply::Lines(lines));
+                ok(&tx, "");
+            }
+            Request::Pending { json } => {
+                use crate::status::{Pending, PendingEvent, PendingState};
+                let running = self
+                    .running
+                    .as_ref()
+                    .map(|r| PendingEvent::of(PendingState::Running, &r.work.event));
+                let pending = Pending {
+                    events: running
+                        .into_iter()
+                        .chain(self.queue.pending_events())
+                        .collect(),
+                    waiting_for: self.queue.waiting_for(),
+                };
+                let lines = if json {
+                    vec![serde_json::to_string(&pending).expect("plain data serializes")]
+                } else {
+                    pending.lines()
+                };
+                let _ = tx.send(Reply::Lines(lines));
+                ok(&tx, "");
+            }
+            Request::Monitor(opts) => self.clients.attach_monitor(opts, tx, &mut self.queue),
+            Request::Settle(upto) => {
+                if let Some(seq) = upto {
+                    self.queue.expect(seq, Instant::now());
+                    // Nothing numbered seen yet and no SEQNUM file: `seq` may be on its
+                    // way, so the settle waits for the first event; the client says why.
+                    if self.queue.next_expected().is_none() {
+                        let _ = tx.send(Reply::Lines(vec!["start-unknown".into()]));
+                    }
+                }
+                self.clients.settle(upto, tx);
+            }
+            Request::Reload => match self.reload() {
+                Ok(n) => ok(&tx, &format!("{n} rules")),
+                Err(errors) => {
+                    let _ = tx.send(Reply::Lines(errors));
+                    let _ = tx.send(Reply::End(End::Error(
+                        "config errors; keeping the old rules".into(),
+                    )));
+                }
+            },
+            Request::Recall(seq) => match self.queue.recall(seq) {
+                Ok(ev) => {
+                    self.book.recalled(&ev);
+                    // Recalled is settled, as far as a `trigger --settle` is concerned.
+                    self.clients.count_tag(&ev);
+                    log::info!("recalled SEQNUM {seq}");
+                    ok(&tx, "");
+                }
+                Err(e) => {
+                    let _ = tx.send(Reply::End(End::Error(e.to_string())));
+                }
+            },
+            Request::Pause => {
+                self.paused = true;
+                log::info!("paused: handlers will not start until resume");
+                ok(&tx, "");
+            }
+            Request::Resume => {
+                self.paused = false;
+                log::info!("resumed");
+                ok(&tx, "");
+            }
+            Request::LogLevel(level) => {
+                log::set_max_level(level);
+                log::info!("log level now {level}");
+                ok(&tx, "");
+            }
+            Request::Inject(mut ev) => {
+                // "queued" promises the event survives a crash: without the journal only
+                // the client holds it, so it is told to try again.
+                if let Err(e) = self.book.journal.append(&mut ev) {
+                    log::error!(
+                        "journal {}: {e}; refusing injected {}",
+                        self.book.journal.dir().display(),
+                        ev.summary()
+                    );
+                    let _ = tx.send(Reply::End(End::Error(format!(
+                        "not queued: the journal cannot take it ({e})"
+                    ))));
+                    return;
+                }
+                self.book.stats.received += 1;
+                self.push(ev, Instant::now());
+                ok(&tx, "queued");
+            }
+            Request::WaitTag { tag, count } => self.clients.wait_tag(tag, count, tx),
+            Request::Timeline => {
+                let _ = tx.send(Reply::Lines(self.clients.timeline_lines()));
+                ok(&tx, "");
+            }
+        }
+    }
+
+    /// Load the config again; on success swap it in. Errors as lines for the caller.
+    pub fn reload(&mut self) -> Result<usize, Vec<String>> {
+        self.notifier.reloading();
+        let result = self.load_config();
+        self.notifier
+            .notify(&format!("READY=1\nSTATUS={}", self.status_text()));
+        result
+    }
+
+    fn load_config(&mut self) -> Result<usize, Vec<String>> {
+        match Config::load(self.opts.config.as_deref()) {
+            Ok(config) => {
+                self.queue
+                    .set_gap_timeout(config.daemon.gap_timeout, config.daemon.coalesce);
+                self.queue.set_limit(config.daemon.max_queue_memory);
+                if config.daemon.sources != self.config.daemon.sources {
+                    log::warn!("reload: a change of sources takes effect at the next start");
+                }
+                let n = config.rules.len();
+                self.config = config;
+                log::info!("reloaded {}: {n} rules", self.config_name());
+                Ok(n)
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    log::error!("reload: {e}");
+                }
+                log::error!("reload failed; keeping the old rules");
+                Err(errors.0.iter().map(|e| e.to_string()).collect())
+            }
+        }
+    }
+
+    /// Hand every queued event to the spool and empty the journal (a clean stop), unless
+    /// the FIFO reader may still be filling a segment (`sources_done` false: it did not
+    /// finish in time), or some event could not be spooled.
+    pub fn hand_over(&mut self, sources_done: bool) {
+        let rest = self.queue.drain_pending();
+        let mut kept = 0;
+        for ev in &rest {
+            match self.runtime.spool.write(ev) {
+                Ok(_) => {
+                    kept += 1;
+                    // Should the journal stay, the next start takes it from the spool.
+                    self.book.journal.handed_over(ev);
+                }
+                Err(e) => log::error!("{}: cannot spool it: {e}", ev.summary()),
+            }
+        }
+        self.book.flush();
+        let journal = &mut self.book.journal;
+        if !sources_done {
+            // Its events of the segment are in no spool file: recovery finds them there.
+            log::warn!(
+                "journal {}: kept for the next start, as the FIFO reader may still be \
+                 filling it",
+                journal.dir().display()
+            );
+        } else if kept == rest.len() {
+            // Everything queued is in the spool now: the journal has nothing left to keep.
+            if let Err(e) = journal.clear() {
+                log::warn!("journal {}: {e}", journal.dir().display());
+            }
+        } else {
+            log::error!(
+                "{} events could not be spooled; the journal keeps them for the next start",
+                rest.len() - kept
+            );
+        }
+        log::info!(
+            "stopped after {:.1} s: {} handled, {} queued events handed to {}",
+            self.started.elapsed().as_secs_f64(),
+            self.book.stats.handled,
+            kept,
+            self.runtime.spool.dir().display()
+        );
+    }
+}
