@@ -3,7 +3,7 @@
 use super::*;
 
 #[test]
-pub(crate) fn burst_is_handled_once_in_order() {
+fn burst_is_handled_once_in_order() {
     let Some(pre) = prerequisites() else { return };
     scenario(&pre, Scenario::Main, |run| {
         expect_event(run, "dummy net device add", |e| {
@@ -106,7 +106,7 @@ pub(crate) fn burst_is_handled_once_in_order() {
 }
 
 #[test]
-pub(crate) fn early_events_spool_until_the_daemon_starts() {
+fn early_events_spool_until_the_daemon_starts() {
     let Some(pre) = prerequisites() else { return };
     scenario(&pre, Scenario::Early, |run| {
         let spooled_to = read_num(&run.results, "spooled_to")?;
@@ -128,7 +128,7 @@ pub(crate) fn early_events_spool_until_the_daemon_starts() {
 }
 
 #[test]
-pub(crate) fn sigkill_mid_burst_loses_nothing() {
+fn sigkill_mid_burst_loses_nothing() {
     let Some(pre) = prerequisites() else { return };
     scenario(&pre, Scenario::Kill, |run| {
         let kill_at = run
@@ -209,7 +209,7 @@ pub(crate) fn sigkill_mid_burst_loses_nothing() {
 }
 
 #[test]
-pub(crate) fn netlink_source_without_a_helper() {
+fn netlink_source_without_a_helper() {
     let Some(pre) = prerequisites() else { return };
     scenario(&pre, Scenario::Netlink, |run| {
         if daemon_log_lines(&run.results, "events from netlink)").is_empty() {
@@ -240,7 +240,7 @@ pub(crate) fn netlink_source_without_a_helper() {
 }
 
 #[test]
-pub(crate) fn both_sources_run_each_event_once() {
+fn both_sources_run_each_event_once() {
     let Some(pre) = prerequisites() else { return };
     scenario(&pre, Scenario::Both, |run| {
         check_once_in_order(run, &BTreeSet::new())?;
@@ -262,7 +262,7 @@ pub(crate) fn both_sources_run_each_event_once() {
 }
 
 #[test]
-pub(crate) fn remove_coalesces_with_its_queued_add() {
+fn remove_coalesces_with_its_queued_add() {
     let Some(pre) = prerequisites() else { return };
     scenario(&pre, Scenario::Coalesce, |run| {
         let dropped = coalesced(&run.results)?;
@@ -300,7 +300,7 @@ pub(crate) fn remove_coalesces_with_its_queued_add() {
 }
 
 #[test]
-pub(crate) fn netlink_overflow_is_counted_and_rescanned() {
+fn netlink_overflow_is_counted_and_rescanned() {
     let Some(pre) = prerequisites() else { return };
     scenario(&pre, Scenario::Overflow, |run| {
         if daemon_log_lines(&run.results, "receive buffer overflowed (ENOBUFS)").is_empty() {

@@ -10,7 +10,7 @@ use super::*;
 /// the other kernel tests need. Not a check: ignored unless asked for.
 #[test]
 #[ignore]
-pub(crate) fn storm_bench() {
+fn storm_bench() {
     let Some(pre) = prerequisites() else { return };
     let handler = PathBuf::from(
         std::env::var("HOTPLUGD_BENCH_HANDLER")
