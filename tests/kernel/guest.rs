@@ -70,7 +70,7 @@ last = true
 /// `storm`: the benchmark's one rule, the static C handler of benches/c/handler.c.
 /// No real gaps here, and UML starts a helper seconds late under a storm: a long gap
 /// timeout keeps the order strict.
-pub(crate) const STORM_CONFIG: &str = r#"# Written by tests/kernel.rs (storm benchmark).
+pub(crate) const STORM_CONFIG: &str = r#"# Written by tests/kernel/ (storm benchmark).
 [daemon]
 seqnum_file = "/sys/kernel/uevent_seqnum"
 gap_timeout = "60s"
@@ -90,7 +90,7 @@ pub(crate) fn daemon_config(scenario: Scenario) -> String {
         return STORM_CONFIG.to_owned();
     }
     format!(
-        r#"# Written by tests/kernel.rs.
+        r#"# Written by tests/kernel/.
 [daemon]
 seqnum_file = "/sys/kernel/uevent_seqnum"
 coalesce = {}
