@@ -10,7 +10,7 @@
 #     only checks that the commands exist.
 #   - hotplugctl's bash, zsh and fish completions (from the debug build): `SHELL -n`
 #     with each shell that is installed (bash always is).
-# tests/contrib.rs covers the rest (handlers against fake events, make install).
+# tests/contrib/ covers the rest (handlers against fake events, make install).
 #
 # A missing tool skips its check with the reason, except under CI=true, where it fails.
 # scripts/install-test-deps.sh installs them all (shellcheck, mandoc, groff-base, systemd).

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Installs the Debian packages the real-kernel test (tests/kernel.rs) needs:
+# Installs the Debian packages the real-kernel test (tests/kernel/) needs:
 #   user-mode-linux  a Linux kernel that runs as an ordinary process (linux.uml + modules)
 #   uml-utilities    uml_mconsole, to hot-add/remove a block device from the host
 #   busybox-static   a libc-free userland for the guest's hostfs root
@@ -10,7 +10,7 @@
 # and the package of the same name for the shellcheck of the scripts, and
 #   chromium         headless, renders the SVG of hotplugctl timeline (tests/ctl.rs)
 # Idempotent: does nothing when all are present. Not root and something missing:
-# says why and exits 0 (tests/kernel.rs and scripts/check-contrib.sh then
+# says why and exits 0 (tests/kernel/ and scripts/check-contrib.sh then
 # skip, or fail under CI=true).
 set -eu
 

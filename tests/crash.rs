@@ -7,7 +7,7 @@ mod common;
 
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -20,17 +20,10 @@ use common::*;
 /// Acts as systemd would with `ListenFIFO=` and `ListenStream=`: holds the FIFO and the
 /// control socket, and passes them to each daemon it starts as fds 3 and 4.
 struct Supervisor {
-    fifo: OwnedFd,
-    listener: OwnedFd,
+    _fifo: fs::File,
+    _listener: UnixListener,
+    cmd: DaemonCmd,
     log: std::path::PathBuf,
-    config: std::path::PathBuf,
-    runtime: std::path::PathBuf,
-}
-
-/// Duplicate `fd` high, away from 0-4, so the child's dup2 onto 3 and 4 cannot clobber.
-fn high(fd: RawFd) -> OwnedFd {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new fd we own.
-    unsafe { OwnedFd::from_raw_fd(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100)) }
 }
 
 impl Supervisor {
@@ -44,57 +37,27 @@ impl Supervisor {
         .unwrap();
         let fifo_path = runtime.join("events");
         nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let f = fs::OpenOptions::new()
+        let fifo = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&fifo_path)
             .unwrap();
         let listener = UnixListener::bind(runtime.join("control")).unwrap();
+        let log = env.path("daemon.log");
+        let cmd = env.daemon(&config).log(log.clone()).listen(&[
+            (fifo.as_raw_fd(), "events"),
+            (listener.as_raw_fd(), "control"),
+        ]);
         Supervisor {
-            fifo: high(f.as_raw_fd()),
-            listener: high(listener.as_raw_fd()),
-            log: env.path("daemon.log"),
-            config,
-            runtime,
+            _fifo: fifo,
+            _listener: listener,
+            cmd,
+            log,
         }
     }
 
-    fn start(&self) -> Child {
-        let readies = self.log_text().matches(" ready on ").count();
-        let (fifo, sock) = (self.fifo.as_raw_fd(), self.listener.as_raw_fd());
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(r#"LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=events:control exec "$0" "$@""#)
-            .arg(DAEMON)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--runtime-dir")
-            .arg(&self.runtime)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        // SAFETY: only dup2, which is async-signal-safe, between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fifo, 3) < 0 || libc::dup2(sock, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().unwrap();
-        wait_for("the restarted daemon to be ready", || {
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!("daemon exited ({st}):\n{}", self.log_text());
-            }
-            self.log_text().matches(" ready on ").count() > readies
-        });
-        child
+    fn start(&self) -> Daemon {
+        self.cmd.start()
     }
 
     fn log_text(&self) -> String {
@@ -111,32 +74,19 @@ fn repeated(times: &std::collections::BTreeMap<u64, u64>) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn kill9(child: &mut Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 #[test]
 fn sigkill_during_a_storm_loses_nothing_and_repeats_only_the_running_handler() {
     let env = Env::new();
     let out = env.path("handled");
-    let config = env.path("storm.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"[daemon]
-seqnum_file = "{}"
-gap_timeout = "30s"
-sources = ["fifo"]
-[[rule]]
+    let config = env.bare_config(
+        "gap_timeout = \"30s\"",
+        &format!(
+            r#"[[rule]]
 name = "append"
-run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
-"#,
-            env.path("seqnum").display(),
+run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]"#,
             out.display()
         ),
-    )
-    .unwrap();
+    );
     let sup = Supervisor::new(&env, config);
     let mut daemon = sup.start();
 
@@ -183,7 +133,7 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
     while !done.load(Ordering::SeqCst) || kills < 4 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         std::thread::sleep(Duration::from_millis(150 + (seed >> 33) % 600));
-        kill9(&mut daemon);
+        daemon.kill9();
         kills += 1;
         daemon = sup.start();
         assert!(started.elapsed() < DEADLINE * 3, "storm took too long");
@@ -204,7 +154,7 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
         String::from_utf8_lossy(&settle.stderr),
         sup.log_text()
     );
-    kill9(&mut daemon);
+    daemon.kill9();
 
     let text = fs::read_to_string(&out).unwrap();
     let seqs: Vec<u64> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
@@ -345,28 +295,13 @@ fn socket_activation_refuses_fds_that_are_not_what_they_claim() {
     let env = Env::new();
     let config = env.config("", "");
     let file = fs::File::create(env.path("not-a-fifo")).unwrap();
-    let fd = high(file.as_raw_fd());
-    let raw = fd.as_raw_fd();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#)
-        .arg(DAEMON)
-        .arg("--config")
-        .arg(&config)
-        .arg("--runtime-dir")
-        .arg(env.runtime());
-    // SAFETY: dup2 only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut d = env
+        .daemon(&config)
+        .listen(&[(file.as_raw_fd(), "")])
+        .spawn();
+    let status = d.child.wait().unwrap();
+    let err = d.log_text();
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("fd 3"), "{err}");
     assert!(err.contains("neither a FIFO nor a socket"), "{err}");
 }
@@ -389,7 +324,7 @@ fn backlog_payload(seq: u64) -> Vec<u8> {
 /// run appends to one log at info level.
 struct Backlog<'a> {
     env: &'a Env,
-    config: std::path::PathBuf,
+    cmd: DaemonCmd,
     log: std::path::PathBuf,
     /// SIGKILLs so far, and those that may have cut a handler short (after "ready").
     kills: u64,
@@ -398,28 +333,21 @@ struct Backlog<'a> {
 
 impl<'a> Backlog<'a> {
     fn new(env: &'a Env) -> Backlog<'a> {
-        let config = env.path("backlog.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"[daemon]
-seqnum_file = "{}"
-gap_timeout = "30s"
-sources = ["fifo"]
-[[rule]]
+        let config = env.bare_config(
+            "gap_timeout = \"30s\"",
+            &format!(
+                r#"[[rule]]
 name = "append"
 match = {{ SUBSYSTEM = "run" }}
-run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
-"#,
-                env.path("seqnum").display(),
+run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]"#,
                 env.path("handled").display()
             ),
-        )
-        .unwrap();
+        );
+        let log = env.path("backlog.log");
         Backlog {
             env,
-            config,
-            log: env.path("backlog.log"),
+            cmd: env.daemon(&config).level("info").log(log.clone()),
+            log,
             kills: 0,
             kills_while_running: 0,
         }
@@ -429,45 +357,18 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn readies(&self) -> usize {
-        self.log_text().matches(" ready on ").count()
+    fn spawn(&self) -> Daemon {
+        self.cmd.spawn()
     }
 
-    fn spawn(&self) -> Child {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        Command::new(DAEMON)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--runtime-dir")
-            .arg(self.env.runtime())
-            .args(["--log-level", "info"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+    fn start(&self) -> Daemon {
+        self.cmd.start()
     }
 
-    fn start(&self) -> Child {
-        let before = self.readies();
-        let mut child = self.spawn();
-        wait_for("the daemon to be ready", || {
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!("daemon exited ({st}):\n{}", self.log_text());
-            }
-            self.readies() > before
-        });
-        child
-    }
-
-    fn kill(&mut self, child: &mut Child, readies_before: usize) {
-        kill9(child);
+    fn kill(&mut self, daemon: &mut Daemon) {
+        daemon.kill9();
         self.kills += 1;
-        if self.readies() > readies_before {
+        if daemon.was_ready() {
             self.kills_while_running += 1;
         }
     }
@@ -475,15 +376,14 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
     /// Start a daemon and SIGKILL it `delay` after the spawn. Whether the kill came
     /// before it was ready.
     fn kill_while_starting(&mut self, delay: Duration) -> bool {
-        let before = self.readies();
-        let mut child = self.spawn();
+        let mut daemon = self.spawn();
         std::thread::sleep(delay);
-        self.kill(&mut child, before);
-        self.readies() == before
+        self.kill(&mut daemon);
+        !daemon.was_ready()
     }
 
     /// Queue `n` events with handlers paused: all of them wait in the journal.
-    fn queue_paused(&self, n: u64) -> Child {
+    fn queue_paused(&self, n: u64) -> Daemon {
         let daemon = self.start();
         self.env.ctl_ok(&["pause"]);
         let mut batch = Vec::new();
@@ -508,7 +408,6 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
     /// handler, or as matching no rule), and each handler run again named by SEQNUM and
     /// covered by a kill that may have cut it short.
     fn finish(mut self, n: u64) {
-        let before = self.readies();
         let mut daemon = self.start();
         let out = self
             .env
@@ -519,7 +418,7 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
             String::from_utf8_lossy(&out.stderr),
             self.log_text()
         );
-        self.kill(&mut daemon, before);
+        self.kill(&mut daemon);
         let runs = fs::read_to_string(self.env.path("handled")).unwrap_or_default();
         let mut times = std::collections::BTreeMap::<u64, u64>::new();
         for l in runs.lines() {
@@ -564,15 +463,14 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
 /// (the intake under test has begun), the others spread over the time that took.
 fn kill_before_ready(b: &mut Backlog, marker: &str, kills: u32) {
     let marks = b.log_text().matches(marker).count();
-    let before = b.readies();
-    let mut child = b.spawn();
+    let mut daemon = b.spawn();
     let spawned = Instant::now();
     wait_for(&format!("{marker:?} in the log"), || {
         b.log_text().matches(marker).count() > marks
     });
     let until_mark = spawned.elapsed();
-    b.kill(&mut child, before);
-    let mut early = u32::from(b.readies() == before);
+    b.kill(&mut daemon);
+    let mut early = u32::from(!daemon.was_ready());
     for k in 1..kills {
         early += u32::from(b.kill_while_starting(until_mark * k / kills));
     }
@@ -588,10 +486,8 @@ fn sigkill_during_journal_recovery_loses_nothing() {
     const N: u64 = 40_000;
     let mut daemon = b.queue_paused(N);
     // Paused: nothing is running, and the journal holds the whole backlog.
-    let before = b.readies();
-    kill9(&mut daemon);
+    daemon.kill9();
     b.kills += 1;
-    assert_eq!(b.readies(), before);
     // Each start reads the journal back and queues it again before "ready".
     kill_before_ready(&mut b, "events from the journal queued again", 6);
     b.finish(N);
@@ -628,11 +524,9 @@ fn sigkill_during_a_clean_stop_loses_nothing() {
     const N: u64 = 20_000;
     let mut daemon = b.queue_paused(N);
     // SIGTERM hands the backlog to the spool, one file per event: kill it halfway.
-    let before = b.readies();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.signal(libc::SIGTERM);
     wait_for("the hand-over to begin", || env.spool_files().len() > 10);
-    b.kill(&mut daemon, before);
+    b.kill(&mut daemon);
     let log = b.log_text();
     assert!(
         !log.contains("stopped after"),
@@ -641,13 +535,11 @@ fn sigkill_during_a_clean_stop_loses_nothing() {
     // Then with handlers running: SIGTERM while one runs (the stop waits for it), and
     // SIGKILL during the wait or the hand-over that follows.
     for k in 0..4u64 {
-        let before = b.readies();
         let mut daemon = b.start();
         std::thread::sleep(Duration::from_millis(30));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+        daemon.signal(libc::SIGTERM);
         std::thread::sleep(Duration::from_millis(5 * k));
-        b.kill(&mut daemon, before);
+        b.kill(&mut daemon);
     }
     b.finish(N);
 }

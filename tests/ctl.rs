@@ -175,15 +175,7 @@ fn monitors_see_every_event_in_order_with_env_and_outcomes() {
 fn a_monitor_that_stops_reading_is_dropped_and_handlers_keep_their_pace() {
     let env = Env::new();
     // No rule matches, so the runner takes events as fast as they come.
-    let config = env.path("none.toml");
-    fs::write(
-        &config,
-        format!(
-            "[daemon]\nseqnum_file = \"{}\"\nsources = [\"fifo\"]\n",
-            env.path("seqnum").display()
-        ),
-    )
-    .unwrap();
+    let config = env.bare_config("", "");
     let _d = env.start(&config);
     let mut stuck = UnixStream::connect(env.runtime().join("control")).unwrap();
     stuck.write_all(b"monitor env\n").unwrap();
@@ -435,7 +427,7 @@ fn errors_name_the_socket_and_other_uids_are_refused() {
 
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping the other-uid check: it needs root to run a client as nobody");
+        skip_or_fail("the other-uid check needs root to run a client as nobody");
         return;
     }
     let d = env.start(&env.config("", ""));
@@ -566,10 +558,7 @@ last = true
             assert_eq!(dom.matches("<rect class=\"wait\"").count(), 1, "{dom}");
             assert!(dom.contains("3 record"), "{dom}");
         }
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("chromium is missing in CI: scripts/install-test-deps.sh installs it")
-        }
-        None => eprintln!("skipping the browser check: chromium is not installed"),
+        None => skip_or_fail("the browser check: chromium is not installed"),
     }
 }
 
@@ -745,7 +734,7 @@ fn ctl_with_read_only(
     match cmd.output() {
         Ok(out) => Some(out),
         Err(e) => {
-            eprintln!("skipped: no read-only bind mount for root here: {e}");
+            skip_or_fail(&format!("no read-only bind mount for root here: {e}"));
             None
         }
     }

@@ -83,22 +83,15 @@ fn a_hundred_gaps_expire_together_not_one_after_another() {
     // last event; gaps expiring one by one took 99 s.
     let env = Env::new();
     let out = env.path("handled");
-    let config = env.path("gaps.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"[daemon]
-seqnum_file = ""
-gap_timeout = "1s"
-sources = ["fifo"]
-[[rule]]
+    let config = env.bare_config(
+        "seqnum_file = \"\"\ngap_timeout = \"1s\"",
+        &format!(
+            r#"[[rule]]
 name = "append"
-run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
-"#,
+run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]"#,
             out.display()
         ),
-    )
-    .unwrap();
+    );
     let daemon = env.start(&config);
     let sent: Vec<u64> = (1..=300).filter(|s| s % 3 != 0).collect();
     for &seq in &sent {
@@ -488,7 +481,7 @@ fn the_shim_refuses_to_loop_and_survives_closed_std_fds() {
 #[test]
 fn the_demo_replays_this_machines_devices_and_cleans_up() {
     if !std::path::Path::new("/sys/devices").is_dir() {
-        eprintln!("skipping the demo: no /sys/devices here");
+        skip_or_fail("the demo: no /sys/devices here");
         return;
     }
     let out = Command::new(DAEMON).arg("--demo").output().unwrap();
@@ -519,7 +512,7 @@ fn the_demo_replays_this_machines_devices_and_cleans_up() {
 #[test]
 fn the_demo_piped_into_head_still_cleans_up() {
     if !std::path::Path::new("/sys/devices").is_dir() {
-        eprintln!("skipping the demo: no /sys/devices here");
+        skip_or_fail("the demo: no /sys/devices here");
         return;
     }
     // `hotplugd --demo | head -1`: stdout closes after the first line.

@@ -4,7 +4,7 @@
 //! output, leave daemons behind, ignore SIGTERM).
 //!
 //! The filesystem and ownership tests need root (mount, chown); without it they print why
-//! they skip and pass.
+//! they skip and pass, unless `CI=true`.
 
 mod common;
 
@@ -47,7 +47,7 @@ fn cannot_mount() -> Option<String> {
 macro_rules! skip_unless {
     ($why:expr) => {
         if let Some(why) = $why {
-            eprintln!("SKIP: {why}");
+            skip_or_fail(&why);
             return;
         }
     };
@@ -57,6 +57,30 @@ macro_rules! skip_unless {
 /// `$1` inside the private namespace `unshare` made.
 fn mount_tmpfs(size: &str) -> String {
     format!("mount -t tmpfs -o size={size},mode=0700 hotplugd-fault \"$1\" || exit 90\n")
+}
+
+/// A daemon with a `size` tmpfs (mode 0700, as the daemon insists) on its runtime dir,
+/// mounted in a private mount namespace of its own, and ready. `unshare` and `sh` exec, so
+/// the child is the daemon itself (and Drop kills it).
+fn start_on_tmpfs(env: &Env, config: &Path, size: &str) -> Daemon {
+    let rt = env.runtime();
+    fs::create_dir(&rt).unwrap();
+    let script = mount_tmpfs(size) + "shift\nexec \"$@\"";
+    env.daemon(config)
+        .level("debug")
+        .log(env.path("daemon-full.log"))
+        .wrapper([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            rt.to_str().unwrap(),
+        ])
+        .start()
 }
 
 /// Run the shim for an event delivered to `runtime`, with exactly the given environment.
@@ -171,37 +195,8 @@ fn a_daemon_whose_runtime_filesystem_fills_keeps_handling_its_events() {
     skip_unless!(cannot_mount());
     let env = Env::new();
     let rt = env.runtime();
-    fs::create_dir(&rt).unwrap();
     let config = env.config("gap_timeout = \"60s\"", "");
-    let log = env.path("daemon-full.log");
-    let script =
-        mount_tmpfs("64k") + r#"exec "$2" --config "$3" --runtime-dir "$1" --log-level debug"#;
-    // unshare and sh exec, so this child is the daemon itself (and Drop kills it).
-    let child = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(&rt)
-        .arg(DAEMON)
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut daemon = Daemon { child, log };
-    wait_for("the daemon to be ready", || {
-        if let Some(st) = daemon.child.try_wait().unwrap() {
-            panic!("daemon exited early ({st}):\n{}", daemon.log_text());
-        }
-        daemon.log_text().contains(" ready on ")
-    });
+    let mut daemon = start_on_tmpfs(&env, &config, "64k");
     // The runtime dir as the daemon sees it, through its mount namespace.
     let view = PathBuf::from(format!("/proc/{}/root{}", daemon.child.id(), rt.display()));
     assert!(view.join("events").exists(), "no FIFO in {view:?}");
@@ -264,7 +259,7 @@ fn a_daemon_whose_runtime_filesystem_fills_keeps_handling_its_events() {
 #[test]
 fn runtime_paths_owned_by_another_uid_are_refused() {
     if !is_root() {
-        eprintln!("SKIP: needs root (chown)");
+        skip_or_fail("needs root (chown)");
         return;
     }
     let env = Env::new();
@@ -451,36 +446,8 @@ fn an_event_the_full_journal_cannot_take_keeps_its_spool_file_or_is_refused() {
     skip_unless!(cannot_mount());
     let env = Env::new();
     let rt = env.runtime();
-    fs::create_dir(&rt).unwrap();
     let config = env.config("", "");
-    let log = env.path("daemon-full.log");
-    let script =
-        mount_tmpfs("16m") + r#"exec "$2" --config "$3" --runtime-dir "$1" --log-level debug"#;
-    let child = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(&rt)
-        .arg(DAEMON)
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut daemon = Daemon { child, log };
-    wait_for("the daemon to be ready", || {
-        if let Some(st) = daemon.child.try_wait().unwrap() {
-            panic!("daemon exited early ({st}):\n{}", daemon.log_text());
-        }
-        daemon.log_text().contains(" ready on ")
-    });
+    let mut daemon = start_on_tmpfs(&env, &config, "16m");
     let view = PathBuf::from(format!("/proc/{}/root{}", daemon.child.id(), rt.display()));
     // A spool file made on the same filesystem while it has room, put in place once it
     // has none (a rename takes no space).

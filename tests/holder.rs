@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,20 +41,29 @@ fn alive(pid: u32) -> bool {
 /// test leaves no process behind.
 struct Plain {
     runtime: PathBuf,
-    config: PathBuf,
+    cmd: DaemonCmd,
     log: PathBuf,
-    child: Option<Child>,
+    daemon: Option<Daemon>,
     /// Every holder pid seen, killed on drop too (one may have gone unadopted).
     holders: Vec<u32>,
 }
 
 impl Plain {
     fn new(env: &Env, config: PathBuf) -> Plain {
+        Plain::with(env, env.daemon(&config))
+    }
+
+    /// The daemon `cmd` starts, logging to one file.
+    fn with(env: &Env, cmd: DaemonCmd) -> Plain {
+        let log = env.path("daemon.log");
         Plain {
             runtime: env.runtime(),
-            config,
-            log: env.path("daemon.log"),
-            child: None,
+            cmd: cmd
+                .log(log.clone())
+                .env_remove("LISTEN_FDS")
+                .env_remove("LISTEN_PID"),
+            log,
+            daemon: None,
             holders: Vec::new(),
         }
     }
@@ -65,43 +74,12 @@ impl Plain {
 
     /// Start the daemon; return without waiting for it to be ready.
     fn spawn(&mut self) {
-        assert!(self.child.is_none());
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(DAEMON)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--runtime-dir")
-            .arg(&self.runtime)
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        assert!(self.daemon.is_none());
+        self.daemon = Some(self.cmd.spawn());
     }
 
-    fn wait_ready(&mut self, readies: usize) {
-        let child = self.child.as_mut().unwrap();
-        let log = self.log.clone();
-        wait_for("the daemon to be ready", || {
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!(
-                    "daemon exited ({st}):\n{}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            fs::read_to_string(&log)
-                .unwrap_or_default()
-                .matches(" ready on ")
-                .count()
-                > readies
-        });
+    fn wait_ready(&mut self) {
+        self.daemon.as_mut().unwrap().wait_ready();
         if let Some(pid) = live_holder(&self.runtime) {
             if !self.holders.contains(&pid) {
                 self.holders.push(pid);
@@ -110,30 +88,17 @@ impl Plain {
     }
 
     fn start(&mut self) {
-        let readies = self.log_text().matches(" ready on ").count();
         self.spawn();
-        self.wait_ready(readies);
+        self.wait_ready();
     }
 
     fn kill9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        self.daemon.take().unwrap().kill9();
     }
 
     /// SIGTERM, and the daemon's exit status.
     fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(start.elapsed() < DEADLINE, "daemon did not stop");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.daemon.take().unwrap().stop()
     }
 
     fn ctl(&self, args: &[&str]) -> std::process::Output {
@@ -149,10 +114,8 @@ impl Plain {
 
 impl Drop for Plain {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // The daemon's own Drop kills it.
+        self.daemon = None;
         let mut pids = self.holders.clone();
         pids.extend(live_holder(&self.runtime));
         for pid in pids {
@@ -171,22 +134,15 @@ impl Drop for Plain {
 fn plain_restarts_during_a_storm_lose_nothing() {
     let env = Env::new();
     let out = env.path("handled");
-    let config = env.path("storm.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"[daemon]
-seqnum_file = "{}"
-gap_timeout = "30s"
-[[rule]]
+    let config = env.bare_config(
+        "gap_timeout = \"30s\"",
+        &format!(
+            r#"[[rule]]
 name = "append"
-run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
-"#,
-            env.path("seqnum").display(),
+run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]"#,
             out.display()
         ),
-    )
-    .unwrap();
+    );
     let mut daemon = Plain::new(&env, config);
     daemon.start();
 
@@ -227,7 +183,6 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
     // Kills spread over the storm: each once another sixth of it has been written.
     let started = Instant::now();
     let mut kills = 0;
-    let mut readies = 1;
     let mut killed_at = Vec::new();
     while kills < KILLS {
         let at = N * (kills + 1) / (KILLS + 1);
@@ -236,9 +191,7 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]
         daemon.kill9();
         kills += 1;
         std::thread::sleep(Duration::from_millis(200));
-        daemon.spawn();
-        daemon.wait_ready(readies);
-        readies += 1;
+        daemon.start();
     }
     for w in writers {
         w.join().unwrap();
@@ -462,35 +415,11 @@ fn no_holder_when_the_supervisor_holds_the_fifo() {
         .write(true)
         .open(&fifo_path)
         .unwrap();
-    // Up high, so the child's dup2 onto 3 cannot clobber it.
-    // SAFETY: F_DUPFD_CLOEXEC returns a new fd, owned below.
-    let high = unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
-    // SAFETY: a new fd nothing else owns.
-    let _high = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
-    let mut d = Plain::new(&env, config.clone());
-    let log = fs::File::create(&d.log).unwrap();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=events exec "$0" "$@""#)
-        .arg(DAEMON)
-        .arg("--config")
-        .arg(&config)
-        .arg("--runtime-dir")
-        .arg(&runtime)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    // SAFETY: only dup2, which is async-signal-safe, between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::dup2(high, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    d.child = Some(cmd.spawn().unwrap());
-    d.wait_ready(0);
+    let mut d = Plain::with(
+        &env,
+        env.daemon(&config).listen(&[(fifo.as_raw_fd(), "events")]),
+    );
+    d.start();
     assert_eq!(status_field(&d, "holder"), "supervisor");
     assert!(!runtime.join("holder").exists());
     assert!(holders_of(&fifo_path).is_empty());

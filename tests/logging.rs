@@ -7,7 +7,6 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -22,24 +21,18 @@ fn run_daemon(
     fs::write(env.path("seqnum"), "garbage\n").unwrap();
     let config = env.config("", "");
     let log = env.path("daemon.log");
-    let stderr = fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(DAEMON);
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--runtime-dir")
-        .arg(env.runtime())
+    // There before the start: JOURNAL_STREAM may name it.
+    fs::File::create(&log).unwrap();
+    let mut cmd = env
+        .daemon(&config)
+        .log(log.clone())
         .args(args)
         .env_remove("JOURNAL_STREAM")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
+        .env_remove("RUST_LOG");
     if let Some(value) = journal_stream {
-        cmd.env("JOURNAL_STREAM", value(&log));
+        cmd = cmd.env("JOURNAL_STREAM", value(&log));
     }
-    let child = cmd.spawn().unwrap();
-    let d = Daemon { child, log };
-    d.wait_log(" ready on ");
+    let d = cmd.start();
     d.wait_log("is not a SEQNUM");
     let text = d.log_text();
     assert!(d.stop().success(), "{text}");

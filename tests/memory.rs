@@ -30,15 +30,7 @@ fn a_million_queued_events_stay_under_the_memory_cap_and_all_run_in_order() {
     const N: u64 = 1_000_000;
     const CAP: u64 = 64 << 20;
     let env = Env::new();
-    let config = env.path("mem.toml");
-    fs::write(
-        &config,
-        format!(
-            "[daemon]\nseqnum_file = \"{}\"\nmax_queue_memory = \"64MiB\"\nsources = [\"fifo\"]\n",
-            env.path("seqnum").display()
-        ),
-    )
-    .unwrap();
+    let config = env.bare_config("max_queue_memory = \"64MiB\"", "");
     let d = env.start_at_level(&config, "warn");
     env.ctl_ok(&["pause"]);
     let idle = status_bytes(d.child.id(), "VmRSS");

@@ -1,11 +1,15 @@
 //! A small harness for running the real binaries in a temp runtime dir: a `Daemon` that is
-//! awaited until ready (never a fixed sleep), shims fired with an event environment, and a
+//! awaited until it says it is ready on its `--ready-fd` (never a fixed sleep, never the
+//! log), a config skeleton that keeps the host's events out, shims fired with an event environment, and a
 //! recording handler whose log tells what ran, in which order, and whether two overlapped.
 #![allow(dead_code)]
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -69,77 +73,71 @@ echo "end $SEQNUM" >> "$0.log"
     }
 
     /// A config with the given `[daemon]` extras and rules; the recording rule catches
-    /// everything not matched by an earlier `last` rule. Events come from the FIFO only
-    /// unless `daemon_extra` sets `sources`: the host's own kernel events on netlink would
-    /// otherwise land among a test's SEQNUMs.
+    /// everything not matched by an earlier `last` rule. As [`Env::bare_config`], with a
+    /// long gap timeout unless `daemon_extra` sets one.
     pub fn config(&self, daemon_extra: &str, rules: &str) -> PathBuf {
-        let text = format!(
-            r#"[daemon]
-seqnum_file = "{seq}"
-{daemon_extra}
-
-{rules}
+        let mut extra = daemon_extra.to_owned();
+        if !extra.contains("gap_timeout") {
+            // Long: on a loaded machine a shim among 1000 can take a second to arrive,
+            // and a gap skipped under load would fail an ordering test.
+            extra.insert_str(0, "gap_timeout = \"20s\"\n");
+        }
+        let rules = format!(
+            r#"{rules}
 
 [[rule]]
 name = "record"
 match = {{ ACTION = "*" }}
 run = ["{record}"]
 "#,
-            seq = self.path("seqnum").display(),
-            daemon_extra = {
-                let mut extra = daemon_extra.to_owned();
-                if !extra.contains("gap_timeout") {
-                    // Long: on a loaded machine a shim among 1000 can take a second to
-                    // arrive, and a gap skipped under load would fail an ordering test.
-                    extra.insert_str(0, "gap_timeout = \"20s\"\n");
-                }
-                if !extra.contains("sources") {
-                    extra.insert_str(0, "sources = [\"fifo\"]\n");
-                }
-                extra
-            },
             record = self.path("record.sh").display(),
         );
+        self.bare_config(&extra, &rules)
+    }
+
+    /// `hotplugd.toml` with the given `[daemon]` extras and rules, and nothing else: this
+    /// env's SEQNUM file and events from the FIFO only, unless `daemon_extra` sets
+    /// `seqnum_file` or `sources`. The host's own kernel events on netlink would otherwise
+    /// land among a test's SEQNUMs.
+    pub fn bare_config(&self, daemon_extra: &str, rules: &str) -> PathBuf {
+        let mut extra = daemon_extra.to_owned();
+        if !extra.contains("sources") {
+            extra.insert_str(0, "sources = [\"fifo\"]\n");
+        }
+        if !extra.contains("seqnum_file") {
+            extra.insert_str(
+                0,
+                &format!("seqnum_file = \"{}\"\n", self.path("seqnum").display()),
+            );
+        }
         let p = self.path("hotplugd.toml");
-        fs::write(&p, text).unwrap();
+        fs::write(&p, format!("[daemon]\n{extra}\n\n{rules}\n")).unwrap();
         p
     }
 
-    /// Start a daemon on this env's runtime dir and wait until it says it is ready.
+    /// Start a daemon on this env's runtime dir at debug level and wait until it is ready.
     pub fn start(&self, config: &Path) -> Daemon {
         self.start_at_level(config, "debug")
     }
 
     pub fn start_at_level(&self, config: &Path, level: &str) -> Daemon {
-        let log = self.path(&format!("daemon-{}.log", nanos()));
-        let child = Command::new(DAEMON)
-            .arg("--config")
-            .arg(config)
-            .arg("--runtime-dir")
-            .arg(self.runtime())
-            .arg("--log-level")
-            .arg(level)
-            .env(HELPER_FILE_ENV, self.helper_file())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut d = Daemon { child, log };
-        wait_for("the daemon to be ready", || {
-            if let Some(st) = d.child.try_wait().unwrap() {
-                panic!("daemon exited early ({st}):\n{}", d.log_text());
-            }
-            let log = fs::read_to_string(&d.log).unwrap_or_default();
-            // Below info the ready line is not logged: then the control socket answering
-            // is the sign (it is bound after the FIFO is open).
-            log.contains(" ready on ")
-                || (level != "debug"
-                    && level != "info"
-                    && std::os::unix::net::UnixStream::connect(self.runtime().join("control"))
-                        .is_ok())
-        });
-        d
+        self.daemon(config).level(level).start()
+    }
+
+    /// The command that starts a daemon on this env's runtime dir, with its helper file,
+    /// for a test to add to before `start` or `spawn`.
+    pub fn daemon(&self, config: &Path) -> DaemonCmd {
+        DaemonCmd {
+            dir: self.dir.path().to_owned(),
+            runtime: self.runtime(),
+            config: Some(config.to_owned()),
+            level: None,
+            args: Vec::new(),
+            envs: vec![(HELPER_FILE_ENV.into(), Some(self.helper_file().into()))],
+            log: None,
+            listen: Vec::new(),
+            wrapper: Vec::new(),
+        }
     }
 
     /// Run one shim for an event and wait for it to exit.
@@ -274,14 +272,228 @@ impl Record {
     }
 }
 
+/// How a test daemon is started: `hotplugd --config C --runtime-dir R --ready-fd N` and
+/// whatever a test adds. Reusable, for tests that restart the same daemon.
+pub struct DaemonCmd {
+    dir: PathBuf,
+    runtime: PathBuf,
+    config: Option<PathBuf>,
+    level: Option<String>,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, Option<OsString>)>,
+    log: Option<PathBuf>,
+    listen: Vec<(RawFd, String)>,
+    wrapper: Vec<OsString>,
+}
+
+impl DaemonCmd {
+    /// No `--config`: the daemon reads its default.
+    pub fn no_config(mut self) -> Self {
+        self.config = None;
+        self
+    }
+
+    pub fn level(mut self, level: &str) -> Self {
+        self.level = Some(level.to_owned());
+        self
+    }
+
+    pub fn args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.envs.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// One log that every start appends to, rather than a new file each.
+    pub fn log(mut self, path: PathBuf) -> Self {
+        self.log = Some(path);
+        self
+    }
+
+    /// Socket activation, as systemd does it: `fds` become 3, 4, ... in the daemon,
+    /// named in `LISTEN_FDNAMES`, with `LISTEN_PID` its own pid. The caller keeps them open.
+    pub fn listen(mut self, fds: &[(RawFd, &str)]) -> Self {
+        self.listen = fds.iter().map(|&(fd, n)| (fd, n.to_owned())).collect();
+        self
+    }
+
+    /// A command that ends by exec'ing its arguments, run with the daemon's command line
+    /// appended (an `unshare`, say), so the child is still the daemon.
+    pub fn wrapper<S: AsRef<OsStr>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
+        self.wrapper = argv.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// Start a daemon and wait until it is ready.
+    pub fn start(&self) -> Daemon {
+        let mut d = self.spawn();
+        d.wait_ready();
+        d
+    }
+
+    /// Start a daemon without waiting for it.
+    pub fn spawn(&self) -> Daemon {
+        let (ready, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        // The fds the daemon gets, each first duplicated high, so no dup2 onto 3, 4, ...
+        // in the child overwrites one still to be moved.
+        let ready_fd = 3 + self.listen.len() as RawFd;
+        let mut moves: Vec<(OwnedFd, RawFd)> = (self.listen.iter().map(|(fd, _)| *fd))
+            .chain([w.as_raw_fd()])
+            .enumerate()
+            .map(|(i, fd)| (high(fd), 3 + i as RawFd))
+            .collect();
+        drop(w);
+        let mut argv: Vec<OsString> = self.wrapper.clone();
+        if !self.listen.is_empty() {
+            let names: Vec<&str> = self.listen.iter().map(|(_, n)| n.as_str()).collect();
+            argv.extend(["/bin/sh".into(), "-c".into()]);
+            argv.push(
+                format!(
+                    r#"LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={} exec "$0" "$@""#,
+                    names.len(),
+                    names.join(":")
+                )
+                .into(),
+            );
+        }
+        argv.push(DAEMON.into());
+        if let Some(config) = &self.config {
+            argv.extend(["--config".into(), config.into()]);
+        }
+        argv.extend(["--runtime-dir".into(), self.runtime.clone().into()]);
+        if let Some(level) = &self.level {
+            argv.extend(["--log-level".into(), level.into()]);
+        }
+        argv.extend(["--ready-fd".into(), ready_fd.to_string().into()]);
+        argv.extend(self.args.iter().cloned());
+        let log = self
+            .log
+            .clone()
+            .unwrap_or_else(|| self.dir.join(format!("daemon-{}.log", nanos())));
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in &self.envs {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let raw: Vec<(RawFd, RawFd)> = moves.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect();
+        // SAFETY: only dup2, which is async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &(from, to) in &raw {
+                    if libc::dup2(from, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        moves.clear();
+        Daemon {
+            child,
+            log,
+            ready: Some(fs::File::from(ready)),
+            was_ready: false,
+        }
+    }
+}
+
+/// `fd` duplicated at 100 or above, close-on-exec.
+fn high(fd: RawFd) -> OwnedFd {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new fd, owned from here on.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100) };
+    assert!(
+        new >= 0,
+        "F_DUPFD_CLOEXEC {fd}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: just made, and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(new) }
+}
+
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
+    /// The read end of the `--ready-fd` pipe, until the daemon's newline came.
+    ready: Option<fs::File>,
+    was_ready: bool,
 }
 
 impl Daemon {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for the daemon's newline on `--ready-fd`; if it exits first, or the deadline
+    /// passes, panic with its log.
+    pub fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while !self.poll_ready(10) {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited before it was ready ({st}):\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for the daemon to be ready:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    /// Whether the daemon has said it is ready, by now; a daemon killed since still
+    /// counts if it had.
+    pub fn was_ready(&mut self) -> bool {
+        self.poll_ready(0)
+    }
+
+    fn poll_ready(&mut self, timeout_ms: i32) -> bool {
+        let Some(pipe) = &self.ready else {
+            return self.was_ready;
+        };
+        let mut pfd = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own.
+        if unsafe { libc::poll(&mut pfd, 1, timeout_ms) } <= 0 {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        match (&*pipe).read(&mut b) {
+            Ok(1) => self.was_ready = true,
+            // Closed without a newline: the daemon is gone (try_wait tells).
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return false,
+            Err(e) => panic!("reading the ready pipe: {e}"),
+        }
+        self.ready = None;
+        self.was_ready
     }
 
     pub fn signal(&self, sig: i32) {
@@ -295,8 +507,19 @@ impl Daemon {
         });
     }
 
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM and wait for the exit status.
     pub fn stop(mut self) -> ExitStatus {
+        self.terminate()
+    }
+
+    /// SIGTERM and wait for the exit status, keeping the `Daemon` (and its log).
+    pub fn terminate(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         let start = Instant::now();
         loop {
@@ -318,6 +541,22 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// True under `CI=true`, where a missing prerequisite fails a test instead of skipping it.
+pub fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// For a test (or the rest of one) that cannot run here for want of `why`: fails under
+/// `CI=true`; elsewhere says so, and the caller returns. Straight to fd 2: eprintln! is
+/// captured by the test harness, and a passing test's output is never shown.
+pub fn skip_or_fail(why: &str) {
+    assert!(
+        !ci(),
+        "{why} (under CI=true a missing prerequisite fails; scripts/install-test-deps.sh)"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIP: {why}");
 }
 
 /// Poll `cond` until true, panicking at the deadline.

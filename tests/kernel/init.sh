@@ -1,5 +1,5 @@
 #!/bin/sh
-# PID 1 of the User-Mode Linux guest that tests/kernel.rs boots (busybox sh).
+# PID 1 of the User-Mode Linux guest that tests/kernel/ boots (busybox sh).
 #
 # The root is a host directory (hostfs): what we write under /results the host reads
 # live. /test/scenario names what to do:
@@ -300,7 +300,7 @@ overflow)
     finish
     ;;
 storm)
-    # The benchmark (tests/kernel.rs storm_bench): the kernel runs the helper for N
+    # The benchmark (tests/kernel/storm.rs storm_bench): the kernel runs the helper for N
     # synthetic add events (mdev runs its @command on add only); every variant runs
     # /test/handler, which appends "SEQNUM NS".
     variant=$(cat /test/storm-variant)

@@ -1,0 +1,336 @@
+//! The shipped configuration of `config/`: checked, matched against the events it is for,
+//! and run in a real daemon.
+
+use super::*;
+
+// ---- the shipped configuration --------------------------------------------------------
+
+/// The uncommented `[[rule]]` tables of the shipped rule files.
+pub(crate) fn shipped_rule_count() -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(root().join("config/rules.d")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            n += fs::read_to_string(&p)
+                .unwrap()
+                .lines()
+                .filter(|l| l.trim() == "[[rule]]")
+                .count();
+        }
+    }
+    n
+}
+
+#[test]
+fn shipped_configs_pass_check_config() {
+    let out = Command::new(DAEMON)
+        .args(["--check-config", "--config"])
+        .arg(root().join("config/hotplugd.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let n = shipped_rule_count();
+    assert!(n >= 6, "{n}");
+    assert!(
+        text(&out.stdout).ends_with(&format!(": ok, {n} rules\n")),
+        "{}",
+        describe(&out)
+    );
+
+    let out = Command::new(DAEMON)
+        .args(["--check-config", "--config"])
+        .arg(root().join("contrib/initramfs-tools/hotplugd.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).ends_with(": ok, 1 rules\n"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn shipped_rules_name_shipped_handlers() {
+    let prefix = "/usr/local/libexec/hotplugd/";
+    let mut seen = 0;
+    for e in fs::read_dir(root().join("config/rules.d")).unwrap() {
+        let p = e.unwrap().path();
+        let body = fs::read_to_string(&p).unwrap();
+        for line in body.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            for (i, _) in line.match_indices(prefix) {
+                let name: String = line[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                    .collect();
+                let h = handler(&name);
+                let mode = fs::metadata(&h)
+                    .unwrap_or_else(|e| panic!("{}: {prefix}{name}: {e}", p.display()))
+                    .permissions()
+                    .mode();
+                assert!(mode & 0o111 != 0, "{} is not executable", h.display());
+                seen += 1;
+            }
+            if line.contains("/etc/hotplugd/devperms.conf") {
+                assert!(handler("devperms.conf").is_file());
+            }
+        }
+    }
+    assert!(seen >= 4, "{seen} handler references");
+}
+
+/// `hotplugctl test` with the shipped rules: rule name and argv of each match.
+pub(crate) fn plan(vars: &[&str]) -> Vec<String> {
+    let out = Command::new(CTL)
+        .args(["test", "--config"])
+        .arg(root().join("config/hotplugd.toml"))
+        .args(vars)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{vars:?}: {}", describe(&out));
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("rule "))
+        .map(|l| l.rsplit_once(" (timeout ").map_or(l, |(a, _)| a).to_owned())
+        .collect()
+}
+
+#[test]
+fn shipped_rules_match_the_events_they_are_for() {
+    let usb = "/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdb/sdb1";
+    let sata = "/devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/block/sda/sda1";
+    let syslog = |a: &str, d: &str, s: &str, n: &str| {
+        format!("syslog: logger -t hotplugd -p daemon.info -- '{a} {d} ({s}) SEQNUM={n}'")
+    };
+    let modalias = "pci:v00008086d0000A348sv00001028sd0000085Cbc04sc03i00";
+    assert_eq!(
+        plan(&[
+            "ACTION=add",
+            "SUBSYSTEM=pci",
+            "DEVPATH=/devices/pci0000:00/0000:00:1f.3",
+            &format!("MODALIAS={modalias}"),
+            "SEQNUM=7",
+        ]),
+        [
+            format!("modules: modprobe -b -q {modalias}"),
+            syslog("add", "/devices/pci0000:00/0000:00:1f.3", "pci", "7"),
+        ]
+    );
+    for iface in ["eth0", "enp3s0", "wlan0", "usb0"] {
+        let dev = format!("/devices/pci0000:00/0000:00:1c.0/net/{iface}");
+        let vars = |a: &str| {
+            [
+                format!("ACTION={a}"),
+                "SUBSYSTEM=net".into(),
+                format!("DEVPATH={dev}"),
+                format!("INTERFACE={iface}"),
+                "SEQNUM=8".into(),
+            ]
+        };
+        let add = vars("add");
+        assert_eq!(
+            plan(&add.each_ref().map(String::as_str)),
+            [
+                format!("net-up: /usr/local/libexec/hotplugd/netif add {iface}"),
+                syslog("add", &dev, "net", "8"),
+            ]
+        );
+        let remove = vars("remove");
+        assert_eq!(
+            plan(&remove.each_ref().map(String::as_str)),
+            [
+                format!("net-down: /usr/local/libexec/hotplugd/netif remove {iface}"),
+                syslog("remove", &dev, "net", "8"),
+            ]
+        );
+    }
+    // Loopback, bridges, veth and container interfaces are left alone.
+    for iface in ["lo", "br0", "veth1a2b", "docker0"] {
+        let dev = format!("/devices/virtual/net/{iface}");
+        assert_eq!(
+            plan(&[
+                "ACTION=add",
+                "SUBSYSTEM=net",
+                &format!("DEVPATH={dev}"),
+                &format!("INTERFACE={iface}"),
+            ]),
+            [syslog("add", &dev, "net", "")],
+            "{iface}"
+        );
+    }
+    // A partition on a USB disk: its node's permissions, then the mount.
+    assert_eq!(
+        plan(&[
+            "ACTION=add",
+            "SUBSYSTEM=block",
+            &format!("DEVPATH={usb}"),
+            "DEVNAME=sdb1",
+            "DEVTYPE=partition",
+            "SEQNUM=9",
+        ]),
+        [
+            "devperms: /usr/local/libexec/hotplugd/devperms /etc/hotplugd/devperms.conf /dev/sdb1"
+                .to_owned(),
+            "usb-disk: /usr/local/libexec/hotplugd/usb-mount add /dev/sdb1 /media ro,nosuid,nodev,noexec"
+                .to_owned(),
+            syslog("add", usb, "block", "9"),
+        ]
+    );
+    assert_eq!(
+        plan(&[
+            "ACTION=remove",
+            "SUBSYSTEM=block",
+            &format!("DEVPATH={usb}"),
+            "DEVNAME=sdb1",
+            "SEQNUM=10",
+        ]),
+        [
+            "usb-disk: /usr/local/libexec/hotplugd/usb-mount remove /dev/sdb1 /media ro,nosuid,nodev,noexec"
+                .to_owned(),
+            syslog("remove", usb, "block", "10"),
+        ]
+    );
+    // A SATA disk is not mounted.
+    assert_eq!(
+        plan(&[
+            "ACTION=add",
+            "SUBSYSTEM=block",
+            &format!("DEVPATH={sata}"),
+            "DEVNAME=sda1",
+        ]),
+        [
+            "devperms: /usr/local/libexec/hotplugd/devperms /etc/hotplugd/devperms.conf /dev/sda1"
+                .to_owned(),
+            syslog("add", sata, "block", ""),
+        ]
+    );
+    // Values stay one argument each, whatever they hold.
+    assert_eq!(
+        plan(&[
+            "ACTION=add",
+            "SUBSYSTEM=net",
+            "DEVPATH=/devices/x/net/eth0",
+            "INTERFACE=eth0; rm -rf /",
+        ]),
+        [
+            "net-up: /usr/local/libexec/hotplugd/netif add 'eth0; rm -rf /'".to_owned(),
+            syslog("add", "/devices/x/net/eth0", "net", ""),
+        ]
+    );
+    // Batteries send `change` every few seconds: nothing runs.
+    assert!(plan(&[
+        "ACTION=change",
+        "SUBSYSTEM=power_supply",
+        "DEVPATH=/devices/LNXSYSTM:00/PNP0C0A:00/power_supply/BAT0",
+    ])
+    .is_empty());
+}
+
+// ---- the shipped rules in a real daemon -----------------------------------------------
+
+#[test]
+fn shipped_rules_run_their_handlers_in_a_real_daemon() {
+    let env = Env::new();
+    let f = Fakes::new();
+    f.fake("modprobe", "exit 0");
+    f.fake("logger", "exit 0");
+    f.fake("ip", "exit 0");
+    // The shipped rules, with the handlers taken from the source tree.
+    let rules = env.path("rules.d");
+    fs::create_dir(&rules).unwrap();
+    let handlers = format!("{}/", root().join("contrib/handlers").display());
+    for e in fs::read_dir(root().join("config/rules.d")).unwrap() {
+        let p = e.unwrap().path();
+        let body = fs::read_to_string(&p)
+            .unwrap()
+            .replace("/usr/local/libexec/hotplugd/", &handlers)
+            .replace(
+                "/etc/hotplugd/devperms.conf",
+                handler("devperms.conf").to_str().unwrap(),
+            );
+        fs::write(rules.join(p.file_name().unwrap()), body).unwrap();
+    }
+    let config = env.bare_config("gap_timeout = \"20s\"\nrules_dir = \"rules.d\"", "");
+    let daemon = env.start(&config);
+
+    let path = f.bin();
+    let path = path.to_str().unwrap();
+    let alias = "pci:v00008086d0000A348sv00001028sd0000085Cbc04sc03i00";
+    let pci = "/devices/pci0000:00/0000:00:1f.3";
+    let eth0 = "/devices/pci0000:00/0000:00:1c.0/0000:02:00.0/net/eth0";
+    let eth1 = "/devices/pci0000:00/0000:00:1c.1/0000:03:00.0/net/eth1";
+    let usb = "/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdz/sdz9";
+    let bat = "/devices/LNXSYSTM:00/PNP0C0A:00/power_supply/BAT0";
+    let events: [&[(&str, &str)]; 5] = [
+        &[
+            ("ACTION", "add"),
+            ("DEVPATH", pci),
+            ("SUBSYSTEM", "pci"),
+            ("MODALIAS", alias),
+        ],
+        &[
+            ("ACTION", "add"),
+            ("DEVPATH", eth0),
+            ("SUBSYSTEM", "net"),
+            ("INTERFACE", "eth0"),
+        ],
+        &[
+            ("ACTION", "remove"),
+            ("DEVPATH", eth1),
+            ("SUBSYSTEM", "net"),
+            ("INTERFACE", "eth1"),
+        ],
+        // No /dev/sdz9 here: devperms and usb-mount find no node and do nothing.
+        &[
+            ("ACTION", "add"),
+            ("DEVPATH", usb),
+            ("SUBSYSTEM", "block"),
+            ("DEVNAME", "sdz9"),
+        ],
+        &[
+            ("ACTION", "change"),
+            ("DEVPATH", bat),
+            ("SUBSYSTEM", "power_supply"),
+        ],
+    ];
+    for (i, vars) in events.iter().enumerate() {
+        let seq = (i + 1).to_string();
+        let mut vars = vars.to_vec();
+        vars.extend([("SEQNUM", seq.as_str()), ("PATH", path)]);
+        assert!(env.shim(&vars).success());
+    }
+    env.ctl_ok(&["settle", "--seq", "5", "--timeout", "60"]);
+
+    let logger = |a: &str, d: &str, s: &str, n: u32| {
+        format!("logger [-t] [hotplugd] [-p] [daemon.info] [--] [{a} {d} ({s}) SEQNUM={n}]")
+    };
+    assert_eq!(
+        f.take(),
+        [
+            format!("modprobe [-b] [-q] [{alias}]"),
+            logger("add", pci, "pci", 1),
+            "ip [link] [set] [dev] [eth0] [up]".to_owned(),
+            logger("add", eth0, "net", 2),
+            logger("remove", eth1, "net", 3),
+            logger("add", usb, "block", 4),
+        ],
+        "daemon log:\n{}",
+        daemon.log_text()
+    );
+    let status = env.ctl_ok(&["status"]);
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_owned()
+    };
+    assert_eq!(
+        (field("handled"), field("failed"), field("timed out")),
+        ("5".into(), "0".into(), "0".into()),
+        "{status}\n{}",
+        daemon.log_text()
+    );
+    assert!(daemon.stop().success());
+}
