@@ -35,6 +35,9 @@ const DAEMON_FIELDS: &[&str] = &[
     "max_queue_memory",
     "sources",
     "netlink_buffer",
+    // Firmware (issue 16).
+    "firmware_dirs",
+    "sysfs_dir",
 ];
 
 /// Where events come from.
@@ -113,6 +116,13 @@ pub struct DaemonConfig {
     pub sources: SourcesSetting,
     /// The netlink socket's receive buffer, bytes.
     pub netlink_buffer: usize,
+
+    // Firmware (issue 16).
+    /// Where the built-in loader looks for requested firmware, in order; empty: no
+    /// built-in loader, rules answer firmware requests.
+    pub firmware_dirs: Vec<PathBuf>,
+    /// The sysfs mount: firmware requests' `loading` and `data` are below it.
+    pub sysfs_dir: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -129,6 +139,10 @@ impl Default for DaemonConfig {
             max_queue_memory: 64 << 20,
             sources: SourcesSetting::Auto,
             netlink_buffer: crate::netlink::RCVBUF,
+
+            // Firmware (issue 16).
+            firmware_dirs: crate::firmware::default_dirs(),
+            sysfs_dir: PathBuf::from("/sys"),
         }
     }
 }
@@ -288,6 +302,10 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             "max_queue_memory" => set(&mut cfg.max_queue_memory, d.bytes(&v)),
             "sources" => set(&mut cfg.sources, sources(d, &v)),
             "netlink_buffer" => set(&mut cfg.netlink_buffer, d.bytes(&v)),
+
+            // Firmware (issue 16).
+            "firmware_dirs" => set(&mut cfg.firmware_dirs, paths(d, &v)),
+            "sysfs_dir" => set(&mut cfg.sysfs_dir, dir_path(d, &v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -356,6 +374,17 @@ fn path(d: &mut Diag, v: &Value) -> Option<Option<PathBuf>> {
     }
     d.invalid_type(v, "a path string");
     None
+}
+
+/// A path that cannot be switched off.
+fn dir_path(d: &mut Diag, v: &Value) -> Option<PathBuf> {
+    match path(d, v)? {
+        Some(p) => Some(p),
+        None => {
+            d.error(&v.span, "an empty path: this one cannot be switched off");
+            None
+        }
+    }
 }
 
 /// `rules_dirs = ["/usr/lib/…", "/etc/…"]`: a list of path strings (empty ones skipped).
@@ -629,7 +658,7 @@ mod tests {
             one_err("[daemon]\nbogus = 1\n"),
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, \
-             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`"
+             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -724,7 +753,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",
@@ -854,6 +883,24 @@ run = ["/x"]
         assert_eq!(
             ConfigErrors(vec![e, whole]).to_string(),
             "a.toml:3:7: boom\na.toml: boom"
+        );
+    }
+
+    #[test]
+    fn firmware_settings() {
+        let c = Config::parse(
+            "[daemon]\nfirmware_dirs = [\"/a\", \"\", \"/b\"]\nsysfs_dir = \"/tmp/sys\"\n",
+            Path::new("main.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.daemon.firmware_dirs, [Path::new("/a"), Path::new("/b")]);
+        assert_eq!(c.daemon.sysfs_dir, Path::new("/tmp/sys"));
+        let off = Config::parse("[daemon]\nfirmware_dirs = []\n", Path::new("m.toml")).unwrap();
+        assert!(off.daemon.firmware_dirs.is_empty());
+        assert_eq!(DaemonConfig::default().sysfs_dir, Path::new("/sys"));
+        assert_eq!(
+            one_err("[daemon]\nsysfs_dir = \"\"\n"),
+            "main.toml:2:13: an empty path: this one cannot be switched off"
         );
     }
 

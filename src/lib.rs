@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod demo;
 pub mod event;
+pub mod firmware;
 pub mod helper;
 pub mod holder;
 pub mod journal;

@@ -163,6 +163,11 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     };
     let mut owner = Owner::new(config, runtime, opts, journal, notifier, live);
     owner.keeper = keeper.clone();
+    // Before anything is queued: a request from the spool or the journal may still be
+    // waiting in the kernel.
+    owner.firmware = crate::firmware::Intake::spawn().map_err(io("firmware thread"))?;
+    let d = &owner.config.daemon;
+    owner.firmware.configure(&d.firmware_dirs, &d.sysfs_dir);
     owner.recover(recovered);
     owner.ingest_spool_at_start();
 

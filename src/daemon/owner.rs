@@ -86,6 +86,9 @@ pub(super) struct Owner {
 
     book: Book,
     clients: Clients,
+
+    /// Firmware requests, answered at intake (issue 16).
+    pub firmware: crate::firmware::Intake,
 }
 
 impl Owner {
@@ -120,6 +123,7 @@ impl Owner {
             stopping: false,
             book: Book::new(journal),
             clients: Clients::new(started),
+            firmware: Default::default(),
         }
     }
 
@@ -280,7 +284,14 @@ impl Owner {
         // The hot path formats nothing: a summary only when a debug line will show it.
         let debug = log::log_enabled!(log::Level::Debug).then(|| ev.summary().to_string());
         let id = ev.id();
-        match self.queue.push(ev, now) {
+        // A copy for the firmware loader, which takes it only once the queue has: a
+        // duplicate must not be answered again. Requests are rare.
+        let request = crate::firmware::is_request(&ev).then(|| ev.clone());
+        let pushed = self.queue.push(ev, now);
+        if let Some(request) = request.filter(|_| !matches!(pushed, Push::Duplicate(_))) {
+            self.firmware.offer(&request);
+        }
+        match pushed {
             Push::Queued | Push::Waiting => {
                 self.book.queued(id);
                 if let Some(summary) = debug {
@@ -351,6 +362,7 @@ impl Owner {
         }
         while let Some(ev) = self.queue.next(RUNNER) {
             let jobs = self.config.rules.plan(ev);
+            let jobs = self.firmware.without_loaders(ev, &self.config.rules, jobs);
             if jobs.is_empty() {
                 log::info!("{}: no rule matched", ev.summary());
                 self.book.finished(ev);
@@ -567,6 +579,8 @@ impl Owner {
                     log::warn!("reload: a change of sources takes effect at the next start");
                 }
                 let n = config.rules.len();
+                let d = &config.daemon;
+                self.firmware.configure(&d.firmware_dirs, &d.sysfs_dir);
                 self.config = config;
                 log::info!("reloaded {}: {n} rules", self.config_name());
                 Ok(n)
