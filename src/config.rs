@@ -304,8 +304,17 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             "netlink_buffer" => set(&mut cfg.netlink_buffer, d.bytes(&v)),
 
             // Firmware (issue 16).
-            "firmware_dirs" => set(&mut cfg.firmware_dirs, paths(d, &v)),
-            "sysfs_dir" => set(&mut cfg.sysfs_dir, dir_path(d, &v)),
+            "firmware_dirs" => {
+                let dirs = paths(d, &v);
+                set(&mut cfg.firmware_dirs, absolute(d, &v, dirs, Vec::as_slice))
+            }
+            "sysfs_dir" => {
+                let dir = dir_path(d, &v);
+                set(
+                    &mut cfg.sysfs_dir,
+                    absolute(d, &v, dir, std::slice::from_ref),
+                )
+            }
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -374,6 +383,22 @@ fn path(d: &mut Diag, v: &Value) -> Option<Option<PathBuf>> {
     }
     d.invalid_type(v, "a path string");
     None
+}
+
+/// Paths the daemon uses as they are, `None` if one is relative: with the daemon's cwd
+/// at /, a relative one would be a surprise.
+fn absolute<T>(
+    d: &mut Diag,
+    v: &Value,
+    value: Option<T>,
+    paths: fn(&T) -> &[PathBuf],
+) -> Option<T> {
+    let value = value?;
+    if paths(&value).iter().any(|p| p.is_relative()) {
+        d.error(&v.span, "a relative path: give an absolute one");
+        return None;
+    }
+    Some(value)
 }
 
 /// A path that cannot be switched off.
@@ -901,6 +926,14 @@ run = ["/x"]
         assert_eq!(
             one_err("[daemon]\nsysfs_dir = \"\"\n"),
             "main.toml:2:13: an empty path: this one cannot be switched off"
+        );
+        assert_eq!(
+            one_err("[daemon]\nfirmware_dirs = [\"/a\", \"b\"]\n"),
+            "main.toml:2:17: a relative path: give an absolute one"
+        );
+        assert_eq!(
+            one_err("[daemon]\nsysfs_dir = \"sys\"\n"),
+            "main.toml:2:13: a relative path: give an absolute one"
         );
     }
 
