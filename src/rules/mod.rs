@@ -157,8 +157,10 @@ impl RuleSet {
                 a.mode = n.mode.or(a.mode);
                 for t in n.links.iter() {
                     let link = t.expand(|k| lookup(ev, k));
-                    if !a.links.iter().any(|(l, _)| *l == link) {
-                        a.links.push((link, n.link_priority));
+                    // Claimed by two rules: at the higher of their priorities.
+                    match a.links.iter_mut().find(|(l, _)| *l == link) {
+                        Some((_, p)) => *p = (*p).max(n.link_priority),
+                        None => a.links.push((link, n.link_priority)),
                     }
                 }
             }
