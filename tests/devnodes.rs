@@ -147,17 +147,15 @@ fn node_only_rules_and_symlinks_in_dev_dir_are_not_followed() {
     // A symlink where the node should be, and one where a link's directory should be.
     symlink(&victim, dev.join("ttyS0")).unwrap();
     symlink(env.path("."), dev.join("serial")).unwrap();
-    let rules = format!(
-        r#"
+    let rules = r#"
 [[rule]]
 name = "tty"
-match = {{ SUBSYSTEM = "tty" }}
+match = { SUBSYSTEM = "tty" }
 mode = "0666"
 links = ["serial/by-name/$DEVNAME", "ttyS0-link"]
-"#
-    );
+"#;
     // No handler at all: the node actions still happen and the event is done.
-    let config = env.bare_config(&format!("dev_dir = \"{}\"", dev.display()), &rules);
+    let config = env.bare_config(&format!("dev_dir = \"{}\"", dev.display()), rules);
     let d = env.start(&config);
     let st = env.shim(&[
         ("ACTION", "add"),
