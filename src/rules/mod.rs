@@ -156,7 +156,9 @@ impl RuleSet {
                 a.gid = n.gid.or(a.gid);
                 a.mode = n.mode.or(a.mode);
                 for t in n.links.iter() {
-                    let link = t.expand(|k| lookup(ev, k));
+                    let Some(link) = t.expand_all_set(|k| lookup(ev, k)) else {
+                        continue;
+                    };
                     // Claimed by two rules: at the higher of their priorities.
                     match a.links.iter_mut().find(|(l, _)| *l == link) {
                         Some((_, p)) => *p = (*p).max(n.link_priority),
@@ -583,6 +585,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rs.node_actions(&remove), None);
+        // A link naming an unset variable is not made.
+        let no_seq = rs
+            .node_actions(&ev("block", &[("DEVNAME", "sda")]))
+            .unwrap();
+        assert_eq!(no_seq.links, [(b"disk/first".to_vec(), -3)]);
         assert_eq!(rs.node_actions(&ev("usb", &[])), None);
         assert!(!rules(RULES).has_nodes());
     }
