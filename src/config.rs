@@ -38,6 +38,8 @@ const DAEMON_FIELDS: &[&str] = &[
     // Firmware (issue 16).
     "firmware_dirs",
     "sysfs_dir",
+    // Nodes and links.
+    "dev_dir",
 ];
 
 /// Where events come from.
@@ -123,6 +125,8 @@ pub struct DaemonConfig {
     pub firmware_dirs: Vec<PathBuf>,
     /// The sysfs mount: firmware requests' `loading` and `data` are below it.
     pub sysfs_dir: PathBuf,
+    /// Where the rules' node keys act: `dev_dir/$DEVNAME` and the links below it.
+    pub dev_dir: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -143,6 +147,7 @@ impl Default for DaemonConfig {
             // Firmware (issue 16).
             firmware_dirs: crate::firmware::default_dirs(),
             sysfs_dir: PathBuf::from("/sys"),
+            dev_dir: PathBuf::from("/dev"),
         }
     }
 }
@@ -315,6 +320,7 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
                     absolute(d, &v, dir, std::slice::from_ref),
                 )
             }
+            "dev_dir" => set(&mut cfg.dev_dir, dev_dir(d, &v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -323,6 +329,22 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
 fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(v) = value {
         *field = v;
+    }
+}
+
+/// `dev_dir`: an absolute path, as it names where nodes are made whatever the daemon's
+/// working directory.
+fn dev_dir(d: &mut Diag, v: &Value) -> Option<PathBuf> {
+    match &v.node {
+        Node::Str(s) if s.starts_with('/') => Some(PathBuf::from(s)),
+        Node::Str(s) => {
+            d.error(&v.span, format!("dev_dir {s:?} must be an absolute path"));
+            None
+        }
+        _ => {
+            d.invalid_type(v, "an absolute path string");
+            None
+        }
     }
 }
 
@@ -683,7 +705,7 @@ mod tests {
             one_err("[daemon]\nbogus = 1\n"),
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, \
-             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`"
+             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -692,7 +714,7 @@ mod tests {
         assert_eq!(
             one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\n  when = 1\n"),
             "main.toml:4:3: unknown field `when`, expected one of `name`, `match`, `run`, \
-             `timeout`, `last`"
+             `timeout`, `last`, `owner`, `group`, `mode`, `links`, `link_priority`"
         );
         // Bad glob.
         assert_eq!(
@@ -727,7 +749,7 @@ mod tests {
         );
         assert_eq!(
             one_err("[[rule]]\nname = \"a\"\n"),
-            "main.toml:1:1: missing field `run`"
+            "main.toml:1:1: missing field `run` (or a node key: `owner`, `group`, `mode`, `links`)"
         );
         // Bad durations.
         assert_eq!(
@@ -778,7 +800,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",

@@ -963,7 +963,11 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
         out.extend_from_slice(sep);
     }
     out.extend_from_slice(format!("config: {from} ({} rules)\n", config.rules.len()).as_bytes());
-    if jobs.is_empty() {
+    let nodes = config.rules.node_actions(&ev);
+    if let Some(n) = &nodes {
+        out.extend_from_slice(&node_line(n));
+    }
+    if jobs.is_empty() && nodes.is_none() {
         out.extend_from_slice(b"no rule matches\n");
     }
     for job in &jobs {
@@ -979,6 +983,32 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
     std::io::stdout()
         .write_all(&out)
         .map_err(|e| Fail(format!("stdout: {e}"), 1))
+}
+
+/// `node: owner 0 group 6 mode 0660 links a b`: what the node keys would do (text only).
+fn node_line(n: &crate::devnodes::NodeActions) -> Vec<u8> {
+    let mut out = b"node:".to_vec();
+    if let Some(u) = n.uid {
+        out.extend_from_slice(format!(" owner {u}").as_bytes());
+    }
+    if let Some(g) = n.gid {
+        out.extend_from_slice(format!(" group {g}").as_bytes());
+    }
+    if let Some(m) = n.mode {
+        out.extend_from_slice(format!(" mode {m:04o}").as_bytes());
+    }
+    if !n.links.is_empty() {
+        out.extend_from_slice(b" links");
+        for (l, p) in &n.links {
+            out.push(b' ');
+            out.extend_from_slice(&shell_quote(l));
+            if *p != 0 {
+                out.extend_from_slice(format!(" (priority {p})").as_bytes());
+            }
+        }
+    }
+    out.push(b'\n');
+    out
 }
 
 /// Quote for display only (argv never goes through a shell).

@@ -15,6 +15,7 @@ use super::Options;
 use crate::activation::Notifier;
 use crate::config::{Config, Sources};
 use crate::control::{End, Reply, Request, ToOwner};
+use crate::devnodes::DevNodes;
 use crate::event::Event;
 use crate::holder::Keeper;
 use crate::journal::{Journal, Recovered};
@@ -89,6 +90,8 @@ pub(super) struct Owner {
 
     /// Firmware requests, answered at intake (issue 16).
     pub firmware: crate::firmware::Intake,
+    /// Nodes made and links held, for the rules' node keys.
+    devnodes: DevNodes,
 }
 
 impl Owner {
@@ -124,6 +127,7 @@ impl Owner {
             book: Book::new(journal),
             clients: Clients::new(started),
             firmware: Default::default(),
+            devnodes: DevNodes::default(),
         }
     }
 
@@ -361,10 +365,26 @@ impl Owner {
             return;
         }
         while let Some(ev) = self.queue.next(RUNNER) {
+            // Before the handlers, so they find the node with its mode and links. Events
+            // pay one test when no rule has node keys and no device holds anything.
+            let mut nodes_only = false;
+            if self.config.rules.has_nodes() || self.devnodes.active() {
+                let dev_dir = &self.config.daemon.dev_dir;
+                if ev.action() == b"remove" {
+                    self.devnodes.remove(dev_dir, ev);
+                } else if let Some(actions) = self.config.rules.node_actions(ev) {
+                    self.devnodes.apply(dev_dir, ev, &actions);
+                    nodes_only = true;
+                }
+            }
             let jobs = self.config.rules.plan(ev);
             let jobs = self.firmware.without_loaders(ev, &self.config.rules, jobs);
             if jobs.is_empty() {
-                log::info!("{}: no rule matched", ev.summary());
+                if nodes_only {
+                    log::info!("{}: node actions only, no handler", ev.summary());
+                } else {
+                    log::info!("{}: no rule matched", ev.summary());
+                }
                 self.book.finished(ev);
                 self.clients.count_tag(ev);
                 continue;
@@ -577,6 +597,12 @@ impl Owner {
                 self.queue.set_limit(config.daemon.max_queue_memory);
                 if config.daemon.sources != self.config.daemon.sources {
                     log::warn!("reload: a change of sources takes effect at the next start");
+                }
+                if config.daemon.dev_dir != self.config.daemon.dev_dir && self.devnodes.active() {
+                    log::warn!(
+                        "reload: dev_dir changed; links and nodes made under {} stay there",
+                        self.config.daemon.dev_dir.display()
+                    );
                 }
                 let n = config.rules.len();
                 let d = &config.daemon;

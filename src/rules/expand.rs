@@ -106,6 +106,19 @@ impl Template {
         out
     }
 
+    /// As [`Template::expand`], but `None` if a variable it names is unset or empty: a
+    /// link such as `disk/by-id/$ID_SERIAL` is not made at `disk/by-id/`.
+    pub fn expand_all_set<'a>(
+        &self,
+        lookup: impl Fn(&[u8]) -> Option<&'a [u8]>,
+    ) -> Option<Vec<u8>> {
+        let all_set = self.parts.iter().all(|p| match p {
+            Part::Lit(_) => true,
+            Part::Var(name) => lookup(name).is_some_and(|v| !v.is_empty()),
+        });
+        all_set.then(|| self.expand(lookup))
+    }
+
     /// Whether the element expands to the same bytes for every event.
     pub fn is_literal(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Lit(_)))
@@ -187,6 +200,24 @@ mod tests {
             Err(ExpandError::BadName("A-B".into()))
         );
         assert_eq!(ExpandError::Unclosed.to_string(), "unclosed `${`");
+    }
+
+    #[test]
+    fn all_set() {
+        let t = Template::parse(b"disk/by-id/$A-$B").unwrap();
+        let get = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &[u8]| {
+                vars.iter()
+                    .find(|(n, _)| n.as_bytes() == k)
+                    .map(|(_, v)| v.as_bytes())
+            }
+        };
+        assert_eq!(
+            t.expand_all_set(get(&[("A", "a"), ("B", "b")])),
+            Some(b"disk/by-id/a-b".to_vec())
+        );
+        assert_eq!(t.expand_all_set(get(&[("A", "a"), ("B", "")])), None);
+        assert_eq!(t.expand_all_set(get(&[("A", "a")])), None);
     }
 
     #[test]

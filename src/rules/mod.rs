@@ -25,6 +25,7 @@ use std::time::Duration;
 pub use expand::{ExpandError, Template};
 pub use glob::{glob_match, GlobError, Pattern};
 
+use crate::devnodes::NodeActions;
 use crate::event::Event;
 use crate::spanned::{Diag, Node, Value};
 
@@ -55,9 +56,21 @@ impl Matcher {
 pub(crate) struct Rule {
     name: String,
     matchers: Vec<Matcher>,
+    /// Empty for a rule with node keys only.
     run: Box<[Template]>,
     timeout: Option<Duration>,
     last: bool,
+    nodes: Option<NodeSpec>,
+}
+
+/// A rule's node keys, resolved at load (see [`crate::devnodes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NodeSpec {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: Option<u32>,
+    links: Box<[Template]>,
+    link_priority: i32,
 }
 
 impl Rule {
@@ -95,6 +108,7 @@ fn lookup<'e>(ev: &'e Event, key: &[u8]) -> Option<&'e [u8]> {
 pub struct RuleSet {
     rules: Vec<Rule>,
     hotplug_d: Option<PathBuf>,
+    has_nodes: bool,
 }
 
 impl RuleSet {
@@ -105,7 +119,9 @@ impl RuleSet {
         let mut jobs = Vec::new();
         for rule in &self.rules {
             if rule.matches(ev) {
-                jobs.push(rule.job(ev));
+                if !rule.run.is_empty() {
+                    jobs.push(rule.job(ev));
+                }
                 if rule.last {
                     return jobs;
                 }
@@ -115,6 +131,46 @@ impl RuleSet {
             hotplug_d_jobs(dir, ev.subsystem(), &mut jobs);
         }
         jobs
+    }
+
+    /// Whether some rule has node keys: without, events skip [`RuleSet::node_actions`].
+    pub fn has_nodes(&self) -> bool {
+        self.has_nodes
+    }
+
+    /// What the matching rules (up to a `last` one, as [`RuleSet::plan`]) ask of an add or
+    /// change event's node: a later rule's owner, group or mode overrides an earlier's;
+    /// links add up. `None` for other actions, or when no matching rule has node keys.
+    pub fn node_actions(&self, ev: &Event) -> Option<NodeActions> {
+        if !self.has_nodes || !matches!(ev.action(), b"add" | b"change") {
+            return None;
+        }
+        let mut out: Option<NodeActions> = None;
+        for rule in &self.rules {
+            if !rule.matches(ev) {
+                continue;
+            }
+            if let Some(n) = &rule.nodes {
+                let a = out.get_or_insert_with(NodeActions::default);
+                a.uid = n.uid.or(a.uid);
+                a.gid = n.gid.or(a.gid);
+                a.mode = n.mode.or(a.mode);
+                for t in n.links.iter() {
+                    let Some(link) = t.expand_all_set(|k| lookup(ev, k)) else {
+                        continue;
+                    };
+                    // Claimed by two rules: at the higher of their priorities.
+                    match a.links.iter_mut().find(|(l, _)| *l == link) {
+                        Some((_, p)) => *p = (*p).max(n.link_priority),
+                        None => a.links.push((link, n.link_priority)),
+                    }
+                }
+            }
+            if rule.last {
+                break;
+            }
+        }
+        out
     }
 
     /// Number of TOML rules (hotplug.d scripts not counted).
@@ -232,6 +288,7 @@ impl RuleSetBuilder {
 
     pub(crate) fn build(self, hotplug_d: Option<PathBuf>) -> RuleSet {
         RuleSet {
+            has_nodes: self.rules.iter().any(|r| r.nodes.is_some()),
             rules: self.rules,
             hotplug_d,
         }
@@ -485,6 +542,93 @@ mod tests {
         // A missing hotplug.d is fine.
         let text = "[daemon]\nhotplug_d = \"/nonexistent/hotplug.d\"\n";
         assert!(rules(text).plan(&ev("usb", &[])).is_empty());
+    }
+
+    #[test]
+    fn node_keys() {
+        let rs = rules(
+            r#"
+            [[rule]]
+            name = "disk"
+            match = { SUBSYSTEM = "block" }
+            group = "root"
+            mode = "0660"
+            links = ["disk/by-diskseq/$DISKSEQ", "disk/by-diskseq/$DISKSEQ"]
+            [[rule]]
+            name = "owner"
+            match = { DEVNAME = "sda" }
+            owner = 7
+            mode = "640"
+            links = ["disk/first"]
+            link_priority = -3
+            [[rule]]
+            name = "log"
+            run = ["/bin/log"]
+        "#,
+        );
+        assert!(rs.has_nodes());
+        let add = ev("block", &[("DEVNAME", "sda"), ("DISKSEQ", "9")]);
+        // A node-only rule plans no handler.
+        assert_eq!(names(&rs.plan(&add)), ["log"]);
+        let a = rs.node_actions(&add).unwrap();
+        assert_eq!((a.uid, a.gid, a.mode), (Some(7), Some(0), Some(0o640)));
+        assert_eq!(
+            a.links,
+            [
+                (b"disk/by-diskseq/9".to_vec(), 0),
+                (b"disk/first".to_vec(), -3)
+            ]
+        );
+        let remove = Event::from_vars(
+            b"block",
+            [(&b"ACTION"[..], &b"remove"[..]), (b"DEVPATH", b"/x")],
+        )
+        .unwrap();
+        assert_eq!(rs.node_actions(&remove), None);
+        // A link naming an unset variable is not made.
+        let no_seq = rs
+            .node_actions(&ev("block", &[("DEVNAME", "sda")]))
+            .unwrap();
+        assert_eq!(no_seq.links, [(b"disk/first".to_vec(), -3)]);
+        assert_eq!(rs.node_actions(&ev("usb", &[])), None);
+        assert!(!rules(RULES).has_nodes());
+    }
+
+    #[test]
+    fn node_key_errors() {
+        let err = |text: &str| match Config::parse(text, Path::new("r.toml")) {
+            Ok(_) => panic!("no error for {text}"),
+            Err(e) => e.to_string(),
+        };
+        let rule = |body: &str| format!("[[rule]]\nname = \"a\"\n{body}\n");
+        assert_eq!(
+            err(&rule("links = [\"ok\", \"disk/../../etc/passwd\"]")),
+            "r.toml:3:16: bad link \"disk/../../etc/passwd\": a path relative to dev_dir, without `..`"
+        );
+        assert_eq!(
+            err(&rule("links = [\"/abs\"]")),
+            "r.toml:3:10: bad link \"/abs\": a path relative to dev_dir, without `..`"
+        );
+        assert_eq!(
+            err(&rule("group = \"no-such-group-hotplugd\"")),
+            "r.toml:3:9: unknown group \"no-such-group-hotplugd\" (not in /etc/group)"
+        );
+        assert_eq!(
+            err(&rule("owner = \"no-such-user-hotplugd\"")),
+            "r.toml:3:9: unknown user \"no-such-user-hotplugd\" (not in /etc/passwd)"
+        );
+        assert_eq!(
+            err(&rule("mode = \"0998\"")),
+            "r.toml:3:8: bad mode \"0998\": expected 1 to 4 octal digits such as \"0660\""
+        );
+        assert_eq!(
+            err(&rule("mode = 660")),
+            "r.toml:3:8: invalid type: integer `660`, expected an octal string such as \"0660\""
+        );
+        assert_eq!(
+            err(&rule("link_priority = 1")),
+            "r.toml:1:1: missing field `run` (or a node key: `owner`, `group`, `mode`, `links`)"
+        );
     }
 
     #[test]

@@ -2,10 +2,22 @@
 //! read from the spanned tree of [`crate::spanned`] with every mistake reported at its
 //! `file:line:col`, not only the first.
 
-use super::{Matcher, Pattern, Rule, Template};
+use super::{Matcher, NodeSpec, Pattern, Rule, Template};
 use crate::spanned::{Diag, Key, Node, Span, Value};
 
-const RULE_FIELDS: &[&str] = &["name", "match", "run", "timeout", "last"];
+const RULE_FIELDS: &[&str] = &[
+    "name",
+    "match",
+    "run",
+    "timeout",
+    "last",
+    // Nodes and links (see `node_key`).
+    "owner",
+    "group",
+    "mode",
+    "links",
+    "link_priority",
+];
 
 /// What came out of one `[[rule]]` table: the name even when the rest is wrong (so a
 /// duplicate is still caught), the rule only when the table had no error.
@@ -22,11 +34,15 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
     let mut run = None;
     let mut timeout = None;
     let mut last = false;
+    let mut nodes = NodeSpec::default();
     let Some(table) = d.table(v, "a rule table") else {
         return ParsedRule { name, rule: None };
     };
     let (mut has_name, mut has_run) = (false, false);
+    let mut has_node_key = false;
     for (key, value) in table {
+        // (`link_priority` alone sets up nothing.)
+        has_node_key |= ["owner", "group", "mode", "links"].contains(&key.name.as_str());
         match key.name.as_str() {
             "name" => {
                 has_name = true;
@@ -52,14 +68,22 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             }
             "timeout" => timeout = d.duration(&value),
             "last" => last = d.boolean(&value).unwrap_or(false),
+            _ if node_key(d, &key, &value, &mut nodes) => {}
             _ => d.unknown_field(&key, RULE_FIELDS),
         }
     }
-    for (field, present) in [("name", has_name), ("run", has_run)] {
-        if !present {
-            d.error(&table_span, format!("missing field `{field}`"));
-        }
+    // A rule that only sets up nodes and links has nothing to run.
+    let has_nodes = has_node_key;
+    if !has_name {
+        d.error(&table_span, "missing field `name`");
     }
+    if !has_run && !has_nodes {
+        d.error(
+            &table_span,
+            "missing field `run` (or a node key: `owner`, `group`, `mode`, `links`)",
+        );
+    }
+    let run = if has_run { run } else { Some(Box::default()) };
     let rule = match (&name, run) {
         (Some((n, _)), Some(run)) if d.errors.len() == errors_before => Some(Rule {
             name: n.clone(),
@@ -67,6 +91,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             run,
             timeout,
             last,
+            nodes: has_nodes.then_some(nodes),
         }),
         _ => None,
     };
@@ -143,4 +168,105 @@ fn argv(d: &mut Diag, v: &Value) -> Option<Box<[Template]>> {
         }
     }
     ok.then(|| templates.into())
+}
+
+// ---- nodes and links -------------------------------------------------------------------
+
+/// The node keys of a rule: `owner`, `group` (names resolved now, or numbers), `mode` (an
+/// octal string), `links` (`$VAR` templates relative to `dev_dir`, never with `..`) and
+/// `link_priority`. Returns false for any other key.
+fn node_key(d: &mut Diag, key: &Key, v: &Value, nodes: &mut NodeSpec) -> bool {
+    match key.name.as_str() {
+        "owner" => nodes.uid = id(d, v, "user", "/etc/passwd"),
+        "group" => nodes.gid = id(d, v, "group", "/etc/group"),
+        "mode" => nodes.mode = mode(d, v),
+        "links" => nodes.links = links(d, v),
+        "link_priority" => {
+            if let Node::Int(i) = v.node {
+                match i32::try_from(i) {
+                    Ok(p) => nodes.link_priority = p,
+                    Err(_) => d.error(&v.span, format!("link_priority {i} is out of range")),
+                }
+            } else {
+                d.invalid_type(v, "an integer");
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// A number, or a name looked up in `file` itself rather than through NSS: the daemon is
+/// linked statically (glibc's NSS modules cannot load into it) and runs before any
+/// network directory would answer, as mdev does.
+fn id(d: &mut Diag, v: &Value, what: &str, file: &str) -> Option<u32> {
+    let name = match &v.node {
+        Node::Int(i) => {
+            return u32::try_from(*i)
+                .map_err(|_| d.error(&v.span, format!("{what} id {i} is out of range")))
+                .ok();
+        }
+        Node::Str(s) => s.clone(),
+        _ => {
+            d.invalid_type(v, &format!("a {what} name or number"));
+            return None;
+        }
+    };
+    if let Ok(n) = name.parse::<u32>() {
+        return Some(n);
+    }
+    match crate::devnodes::id_from_file(std::path::Path::new(file), &name) {
+        Ok(Some(n)) => Some(n),
+        Ok(None) => {
+            d.error(&v.span, format!("unknown {what} {name:?} (not in {file})"));
+            None
+        }
+        Err(e) => {
+            d.error(
+                &v.span,
+                format!("cannot look up {what} {name:?} in {file}: {e}"),
+            );
+            None
+        }
+    }
+}
+
+fn mode(d: &mut Diag, v: &Value) -> Option<u32> {
+    let Node::Str(s) = &v.node else {
+        d.invalid_type(v, "an octal string such as \"0660\"");
+        return None;
+    };
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if !s.is_empty() && s.len() <= 4 && m <= 0o7777 => Some(m),
+        _ => {
+            d.error(
+                &v.span,
+                format!("bad mode {s:?}: expected 1 to 4 octal digits such as \"0660\""),
+            );
+            None
+        }
+    }
+}
+
+fn links(d: &mut Diag, v: &Value) -> Box<[Template]> {
+    let Node::Array(items) = &v.node else {
+        d.invalid_type(v, "an array of link paths relative to dev_dir");
+        return Box::default();
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(s) = d.string(item) else { continue };
+        if !crate::devnodes::safe_relative(s.as_bytes()) {
+            d.error(
+                &item.span,
+                format!("bad link {s:?}: a path relative to dev_dir, without `..`"),
+            );
+            continue;
+        }
+        match Template::parse(s.as_bytes()) {
+            Ok(t) => out.push(t),
+            Err(e) => d.error(&item.span, format!("in link {s:?}: {e}")),
+        }
+    }
+    out.into()
 }

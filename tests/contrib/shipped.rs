@@ -76,7 +76,7 @@ fn shipped_rules_name_shipped_handlers() {
             }
         }
     }
-    assert!(seen >= 4, "{seen} handler references");
+    assert!(seen >= 3, "{seen} handler references");
 }
 
 /// `hotplugctl test` with the shipped rules: rule name and argv of each match.
@@ -158,7 +158,8 @@ fn shipped_rules_match_the_events_they_are_for() {
             "{iface}"
         );
     }
-    // A partition on a USB disk: its node's permissions, then the mount.
+    // A partition on a USB disk: its node's group and mode (see `shipped_node_rules`),
+    // then the mount.
     assert_eq!(
         plan(&[
             "ACTION=add",
@@ -169,8 +170,6 @@ fn shipped_rules_match_the_events_they_are_for() {
             "SEQNUM=9",
         ]),
         [
-            "devperms: /usr/local/libexec/hotplugd/devperms /etc/hotplugd/devperms.conf /dev/sdb1"
-                .to_owned(),
             "usb-disk: /usr/local/libexec/hotplugd/usb-mount add /dev/sdb1 /media ro,nosuid,nodev,noexec"
                 .to_owned(),
             syslog("add", usb, "block", "9"),
@@ -198,11 +197,7 @@ fn shipped_rules_match_the_events_they_are_for() {
             &format!("DEVPATH={sata}"),
             "DEVNAME=sda1",
         ]),
-        [
-            "devperms: /usr/local/libexec/hotplugd/devperms /etc/hotplugd/devperms.conf /dev/sda1"
-                .to_owned(),
-            syslog("add", sata, "block", ""),
-        ]
+        [syslog("add", sata, "block", ""),]
     );
     // Values stay one argument each, whatever they hold.
     assert_eq!(
@@ -224,6 +219,87 @@ fn shipped_rules_match_the_events_they_are_for() {
         "DEVPATH=/devices/LNXSYSTM:00/PNP0C0A:00/power_supply/BAT0",
     ])
     .is_empty());
+}
+
+/// The `node:` line of `hotplugctl test` with the shipped rules, if any.
+fn node(vars: &[&str]) -> Option<String> {
+    let out = Command::new(CTL)
+        .args(["test", "--config"])
+        .arg(root().join("config/hotplugd.toml"))
+        .args(vars)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{vars:?}: {}", describe(&out));
+    text(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("node: "))
+        .map(str::to_owned)
+}
+
+fn gid(name: &str) -> u32 {
+    let groups = fs::read_to_string("/etc/group").unwrap();
+    groups
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f[0] == name).then(|| f[2].parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no group {name}"))
+}
+
+#[test]
+fn shipped_node_rules_replace_devperms() {
+    let add = |sub: &str, name: &str, extra: &[&str]| {
+        let mut v = vec![
+            "ACTION=add".to_owned(),
+            format!("SUBSYSTEM={sub}"),
+            format!("DEVPATH=/devices/x/{sub}/{name}"),
+            format!("DEVNAME={name}"),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        node(&v.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let g = |n: &str| gid(n);
+    assert_eq!(
+        add("tty", "tty1", &[]),
+        Some(format!("group {} mode 0620", g("tty")))
+    );
+    for t in ["ttyS0", "ttyUSB1", "ttyACM0"] {
+        assert_eq!(
+            add("tty", t, &[]),
+            Some(format!("group {} mode 0660", g("dialout")))
+        );
+    }
+    assert_eq!(
+        add("block", "sda", &["DEVTYPE=disk", "DISKSEQ=7"]),
+        Some(format!(
+            "group {} mode 0660 links disk/by-diskseq/7",
+            g("disk")
+        ))
+    );
+    assert_eq!(
+        add("block", "nvme0n1p2", &["DEVTYPE=partition", "PARTN=2"]),
+        Some(format!("group {} mode 0660", g("disk")))
+    );
+    assert_eq!(
+        add("video4linux", "video0", &[]),
+        Some(format!("group {} mode 0660", g("video")))
+    );
+    assert_eq!(
+        add("sound", "snd/pcmC0D0p", &[]),
+        Some(format!("group {} mode 0660", g("audio")))
+    );
+    // Nodes nothing is said about, and removes, get no node line.
+    assert_eq!(add("mem", "null", &[]), None);
+    assert_eq!(
+        node(&[
+            "ACTION=remove",
+            "SUBSYSTEM=tty",
+            "DEVPATH=/devices/x/tty/ttyS0",
+            "DEVNAME=ttyS0"
+        ]),
+        None
+    );
 }
 
 // ---- the shipped rules in a real daemon -----------------------------------------------
@@ -250,7 +326,15 @@ fn shipped_rules_run_their_handlers_in_a_real_daemon() {
             );
         fs::write(rules.join(p.file_name().unwrap()), body).unwrap();
     }
-    let config = env.bare_config("gap_timeout = \"20s\"\nrules_dir = \"rules.d\"", "");
+    // The node rules act on a private dev_dir, never the host's /dev.
+    fs::create_dir(env.path("dev")).unwrap();
+    let config = env.bare_config(
+        &format!(
+            "gap_timeout = \"20s\"\nrules_dir = \"rules.d\"\ndev_dir = \"{}\"",
+            env.path("dev").display()
+        ),
+        "",
+    );
     let daemon = env.start(&config);
 
     let path = f.bin();
@@ -280,7 +364,7 @@ fn shipped_rules_run_their_handlers_in_a_real_daemon() {
             ("SUBSYSTEM", "net"),
             ("INTERFACE", "eth1"),
         ],
-        // No /dev/sdz9 here: devperms and usb-mount find no node and do nothing.
+        // No /dev/sdz9 here: the node rules and usb-mount find no node and do nothing.
         &[
             ("ACTION", "add"),
             ("DEVPATH", usb),
