@@ -102,6 +102,14 @@ sources = {}
 name = "record"
 match.SEQNUM = "?*"
 run = ["/test/handler.sh"]
+
+# Node keys on a real hot-added disk: its mode, and a link that goes with it.
+[[rule]]
+name = "ubd-node"
+match = {{ SUBSYSTEM = "block", DEVNAME = "ubd[b-z]" }}
+mode = "0640"
+links = ["disk/by-test/$DEVNAME"]
+run = ["/test/node-snapshot.sh"]
 "#,
         scenario == Scenario::Coalesce,
         scenario.gap_timeout(),
@@ -145,6 +153,7 @@ pub(crate) fn build_root(pre: &Prereqs, root: &Path, scenario: Scenario) -> Resu
         "trace-helper.sh",
         "trace-netlink.sh",
         "handler.sh",
+        "node-snapshot.sh",
     ] {
         let to = root.join("test").join(script);
         fs::copy(src.join(script), &to).map_err(|e| io(script, e))?;

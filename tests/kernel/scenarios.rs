@@ -94,6 +94,23 @@ fn burst_is_handled_once_in_order() {
                 run.netns
             ));
         }
+        // The "ubd-node" rule's mode and link, as its handler saw them: made before it
+        // ran at the add, gone again at the remove.
+        let snapshot = |action: &str| {
+            fs::read_to_string(run.results.join(format!("node-at-{action}.txt")))
+                .map_err(|e| format!("node-at-{action}.txt: {e}"))
+        };
+        let (at_add, at_remove) = (snapshot("add")?, snapshot("remove")?);
+        if !at_add.starts_with("brw-r-----") || !at_add.contains("link ../../ubdb\n") {
+            return Err(format!(
+                "ubdb's add: mode 0640 and link disk/by-test/ubdb expected, saw {at_add:?}"
+            ));
+        }
+        if !at_remove.contains("link \n") {
+            return Err(format!(
+                "ubdb's remove: the link should be gone, saw {at_remove:?}"
+            ));
+        }
         let late = declared_late(&run.results);
         check_once_in_order(run, &late)?;
         check_serialized(&run.recs, None)?;
