@@ -35,6 +35,8 @@ const DAEMON_FIELDS: &[&str] = &[
     "max_queue_memory",
     "sources",
     "netlink_buffer",
+    // Background handlers.
+    "max_background",
 ];
 
 /// Where events come from.
@@ -113,6 +115,11 @@ pub struct DaemonConfig {
     pub sources: SourcesSetting,
     /// The netlink socket's receive buffer, bytes.
     pub netlink_buffer: usize,
+
+    // Background handlers.
+    /// Background handlers running at once; past it, the next one waits for a slot.
+    /// 0 runs `background` rules in the foreground.
+    pub max_background: usize,
 }
 
 impl Default for DaemonConfig {
@@ -129,6 +136,8 @@ impl Default for DaemonConfig {
             max_queue_memory: 64 << 20,
             sources: SourcesSetting::Auto,
             netlink_buffer: crate::netlink::RCVBUF,
+            // Background handlers.
+            max_background: 16,
         }
     }
 }
@@ -288,6 +297,8 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             "max_queue_memory" => set(&mut cfg.max_queue_memory, d.bytes(&v)),
             "sources" => set(&mut cfg.sources, sources(d, &v)),
             "netlink_buffer" => set(&mut cfg.netlink_buffer, d.bytes(&v)),
+            // Background handlers.
+            "max_background" => set(&mut cfg.max_background, d.unsigned(&v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -481,6 +492,7 @@ mod tests {
         assert_eq!(d.handler_timeout, Duration::from_secs(30));
         assert!(d.coalesce);
         assert_eq!(d.max_output_bytes, 65536);
+        assert_eq!(d.max_background, 16);
         assert_eq!(
             d.seqnum_file.unwrap(),
             Path::new("/sys/kernel/uevent_seqnum")
@@ -508,6 +520,7 @@ mod tests {
             max_output_bytes = 0
             sources = ["netlink", "fifo"]
             netlink_buffer = "1MiB"
+            max_background = 0
             "#,
             Path::new("/nonexistent/etc/main.toml"),
         )
@@ -529,6 +542,7 @@ mod tests {
             })
         );
         assert_eq!(d.netlink_buffer, 1 << 20);
+        assert_eq!(d.max_background, 0);
     }
 
     #[test]
@@ -629,7 +643,7 @@ mod tests {
             one_err("[daemon]\nbogus = 1\n"),
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, \
-             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`"
+             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `max_background`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -638,7 +652,7 @@ mod tests {
         assert_eq!(
             one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\n  when = 1\n"),
             "main.toml:4:3: unknown field `when`, expected one of `name`, `match`, `run`, \
-             `timeout`, `last`"
+             `timeout`, `last`, `background`"
         );
         // Bad glob.
         assert_eq!(
@@ -699,6 +713,14 @@ mod tests {
             "main.toml:2:20: expected a non-negative integer, got -1"
         );
         assert_eq!(
+            one_err("[daemon]\nmax_background = -1\n"),
+            "main.toml:2:18: expected a non-negative integer, got -1"
+        );
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\nbackground = 1\n"),
+            "main.toml:4:14: invalid type: integer `1`, expected a boolean"
+        );
+        assert_eq!(
             one_err("[rule]\nname = \"a\"\n"),
             "main.toml:1:1: invalid type: table, expected an array of tables (write `[[rule]]`)"
         );
@@ -724,7 +746,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `max_background`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",

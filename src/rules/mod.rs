@@ -36,6 +36,9 @@ pub struct Job {
     pub argv: Vec<OsString>,
     /// The rule's own `timeout`; `None` means the daemon's `handler_timeout`.
     pub timeout: Option<Duration>,
+    /// Started without waiting for its exit (the rule's `background`); see
+    /// `crate::runner::background`.
+    pub background: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +61,7 @@ pub(crate) struct Rule {
     run: Box<[Template]>,
     timeout: Option<Duration>,
     last: bool,
+    background: bool,
 }
 
 impl Rule {
@@ -74,6 +78,7 @@ impl Rule {
                 .map(|t| OsString::from_vec(t.expand(|k| lookup(ev, k))))
                 .collect(),
             timeout: self.timeout,
+            background: self.background,
         }
     }
 }
@@ -164,6 +169,7 @@ fn hotplug_d_jobs(dir: &Path, subsystem: &[u8], jobs: &mut Vec<Job>) {
                     OsString::from_vec(subsystem.to_vec()),
                 ],
                 timeout: None,
+                background: false,
             });
         }
     }
@@ -325,6 +331,25 @@ mod tests {
 
         let jobs = rs.plan(&ev("block", &[("DEVTYPE", "disk"), ("ID_BUS", "ata")]));
         assert_eq!(names(&jobs), ["log-all", "not-net"]);
+    }
+
+    #[test]
+    fn background_is_carried_to_the_job() {
+        let rs = rules(
+            r#"
+            [[rule]]
+            name = "slow"
+            run = ["/bin/slow"]
+            background = true
+
+            [[rule]]
+            name = "after"
+            run = ["/bin/true"]
+            "#,
+        );
+        let jobs = rs.plan(&ev("net", &[]));
+        assert_eq!(names(&jobs), ["slow", "after"]);
+        assert_eq!((jobs[0].background, jobs[1].background), (true, false));
     }
 
     #[test]

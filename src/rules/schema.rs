@@ -5,7 +5,15 @@
 use super::{Matcher, Pattern, Rule, Template};
 use crate::spanned::{Diag, Key, Node, Span, Value};
 
-const RULE_FIELDS: &[&str] = &["name", "match", "run", "timeout", "last"];
+const RULE_FIELDS: &[&str] = &[
+    "name",
+    "match",
+    "run",
+    "timeout",
+    "last",
+    // Background handlers.
+    "background",
+];
 
 /// What came out of one `[[rule]]` table: the name even when the rest is wrong (so a
 /// duplicate is still caught), the rule only when the table had no error.
@@ -22,6 +30,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
     let mut run = None;
     let mut timeout = None;
     let mut last = false;
+    let mut background = false;
     let Some(table) = d.table(v, "a rule table") else {
         return ParsedRule { name, rule: None };
     };
@@ -52,6 +61,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             }
             "timeout" => timeout = d.duration(&value),
             "last" => last = d.boolean(&value).unwrap_or(false),
+            "background" => background = d.boolean(&value).unwrap_or(false),
             _ => d.unknown_field(&key, RULE_FIELDS),
         }
     }
@@ -67,6 +77,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             run,
             timeout,
             last,
+            background,
         }),
         _ => None,
     };

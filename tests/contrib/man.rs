@@ -57,7 +57,10 @@ fn man_pages_document_every_config_key_and_option() {
     }
     let rules = section("RULES");
     let keys = known_keys("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\nno_such_key = 1\n");
-    assert_eq!(keys, ["name", "match", "run", "timeout", "last"]);
+    assert_eq!(
+        keys,
+        ["name", "match", "run", "timeout", "last", "background"]
+    );
     for key in &keys {
         assert!(
             documented(&rules, key),
