@@ -40,6 +40,8 @@ const DAEMON_FIELDS: &[&str] = &[
     "sysfs_dir",
     // Nodes and links.
     "dev_dir",
+    // Background handlers.
+    "max_background",
 ];
 
 /// Where events come from.
@@ -127,6 +129,10 @@ pub struct DaemonConfig {
     pub sysfs_dir: PathBuf,
     /// Where the rules' node keys act: `dev_dir/$DEVNAME` and the links below it.
     pub dev_dir: PathBuf,
+    // Background handlers.
+    /// Background handlers running at once; past it, the next one waits for a slot.
+    /// 0 runs `background` rules in the foreground.
+    pub max_background: usize,
 }
 
 impl Default for DaemonConfig {
@@ -148,6 +154,8 @@ impl Default for DaemonConfig {
             firmware_dirs: crate::firmware::default_dirs(),
             sysfs_dir: PathBuf::from("/sys"),
             dev_dir: PathBuf::from("/dev"),
+            // Background handlers.
+            max_background: 16,
         }
     }
 }
@@ -321,6 +329,8 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
                 )
             }
             "dev_dir" => set(&mut cfg.dev_dir, dev_dir(d, &v)),
+            // Background handlers.
+            "max_background" => set(&mut cfg.max_background, d.unsigned(&v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -557,6 +567,7 @@ mod tests {
         assert_eq!(d.handler_timeout, Duration::from_secs(30));
         assert!(d.coalesce);
         assert_eq!(d.max_output_bytes, 65536);
+        assert_eq!(d.max_background, 16);
         assert_eq!(
             d.seqnum_file.unwrap(),
             Path::new("/sys/kernel/uevent_seqnum")
@@ -584,6 +595,7 @@ mod tests {
             max_output_bytes = 0
             sources = ["netlink", "fifo"]
             netlink_buffer = "1MiB"
+            max_background = 0
             "#,
             Path::new("/nonexistent/etc/main.toml"),
         )
@@ -605,6 +617,7 @@ mod tests {
             })
         );
         assert_eq!(d.netlink_buffer, 1 << 20);
+        assert_eq!(d.max_background, 0);
     }
 
     #[test]
@@ -705,7 +718,7 @@ mod tests {
             one_err("[daemon]\nbogus = 1\n"),
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, \
-             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`"
+             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -714,7 +727,7 @@ mod tests {
         assert_eq!(
             one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\n  when = 1\n"),
             "main.toml:4:3: unknown field `when`, expected one of `name`, `match`, `run`, \
-             `timeout`, `last`, `owner`, `group`, `mode`, `links`, `link_priority`"
+             `timeout`, `last`, `owner`, `group`, `mode`, `links`, `link_priority`, `background`"
         );
         // Bad glob.
         assert_eq!(
@@ -775,6 +788,14 @@ mod tests {
             "main.toml:2:20: expected a non-negative integer, got -1"
         );
         assert_eq!(
+            one_err("[daemon]\nmax_background = -1\n"),
+            "main.toml:2:18: expected a non-negative integer, got -1"
+        );
+        assert_eq!(
+            one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\nbackground = 1\n"),
+            "main.toml:4:14: invalid type: integer `1`, expected a boolean"
+        );
+        assert_eq!(
             one_err("[rule]\nname = \"a\"\n"),
             "main.toml:1:1: invalid type: table, expected an array of tables (write `[[rule]]`)"
         );
@@ -800,7 +821,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",

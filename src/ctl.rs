@@ -897,6 +897,8 @@ struct TestJob {
     rule: String,
     argv: Vec<String>,
     timeout_s: f64,
+    /// A `background` rule: started, not waited for (when `max_background` allows).
+    background: bool,
 }
 
 fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
@@ -940,6 +942,7 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
                     rule: j.rule.clone(),
                     argv: j.argv.iter().map(|a| esc(a.as_bytes())).collect(),
                     timeout_s: timeout(j.timeout),
+                    background: j.background,
                 })
                 .collect(),
         });
@@ -978,7 +981,8 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
             }
             out.extend_from_slice(&shell_quote(a.as_bytes()));
         }
-        out.extend_from_slice(format!(" (timeout {}s)\n", timeout(job.timeout)).as_bytes());
+        let bg = if job.background { ", background" } else { "" };
+        out.extend_from_slice(format!(" (timeout {}s{bg})\n", timeout(job.timeout)).as_bytes());
     }
     std::io::stdout()
         .write_all(&out)

@@ -132,6 +132,10 @@ status! {
     running_rule: Option<String>,
     running_seqnum: Option<u64>,
     running_for_ms: Option<f64>,
+    /// Background handlers running now (`pending` lists them).
+    background: u64,
+    /// Background handlers that ended since the start.
+    background_ended: u64,
     last_handled: Option<u64>,
     received: u64,
     spooled_in: u64,
@@ -168,6 +172,8 @@ pub enum PendingState {
     Spilled,
     /// Held back behind a gap.
     Waiting,
+    /// Done for the queue; a handler of its runs on in the background.
+    Background,
 }
 
 /// One event not yet handled. Event values are in the protocol's escaped form
@@ -194,23 +200,49 @@ impl PendingEvent {
     }
 }
 
+/// A background handler still running: its event, rule, pid (also its process group)
+/// and how long it has run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingBackground {
+    pub event: PendingEvent,
+    pub rule: String,
+    pub pid: u32,
+    pub running_for_ms: f64,
+}
+
 /// The reply to `pending`, in the order the events will run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
     pub events: Vec<PendingEvent>,
     /// The SEQNUM delivery is stalled on, if it is.
     pub waiting_for: Option<u64>,
+    /// Background handlers running, oldest first; their events are no longer queued.
+    #[serde(default)]
+    pub background: Vec<PendingBackground>,
 }
 
 impl Pending {
-    /// The human lines: `[running ]SEQNUM ACTION DEVPATH (SUBSYSTEM)`, a spilled event as
-    /// `SEQNUM (spilled to the journal)`, and `waiting for SEQNUM N` last.
+    /// The human lines: first each background handler as `background SEQNUM ACTION
+    /// DEVPATH (SUBSYSTEM): rule RULE, pid PID, N.N s`, then `[running ]SEQNUM ACTION
+    /// DEVPATH (SUBSYSTEM)`, a spilled event as `SEQNUM (spilled to the journal)`, and
+    /// `waiting for SEQNUM N` last.
     pub fn lines(&self) -> Vec<String> {
         let seq = |s: Option<u64>| s.map_or("-".to_owned(), |s| s.to_string());
-        let mut lines: Vec<String> = self
-            .events
-            .iter()
-            .map(|e| match e.state {
+        let background = self.background.iter().map(|b| {
+            let e = &b.event;
+            format!(
+                "background {} {} {} ({}): rule {}, pid {}, {:.1} s",
+                seq(e.seqnum),
+                e.action.as_deref().unwrap_or(""),
+                e.devpath.as_deref().unwrap_or(""),
+                e.subsystem.as_deref().unwrap_or(""),
+                escape(b.rule.as_bytes()),
+                b.pid,
+                b.running_for_ms / 1e3
+            )
+        });
+        let mut lines: Vec<String> = background
+            .chain(self.events.iter().map(|e| match e.state {
                 PendingState::Spilled => {
                     format!("{} (spilled to the journal)", seq(e.seqnum))
                 }
@@ -226,7 +258,7 @@ impl Pending {
                     e.devpath.as_deref().unwrap_or(""),
                     e.subsystem.as_deref().unwrap_or("")
                 ),
-            })
+            }))
             .collect();
         if let Some(s) = self.waiting_for {
             lines.push(format!("waiting for SEQNUM {s}"));
@@ -261,5 +293,37 @@ mod tests {
         assert!(Status::parse(&["paused maybe".to_owned()]).is_err());
         // A newer daemon's field is skipped.
         assert!(Status::parse(&["holder 12".to_owned()]).is_ok());
+    }
+
+    #[test]
+    fn pending_lists_background_handlers_first() {
+        let vars: Vec<(&[u8], &[u8])> = vec![
+            (b"ACTION", b"add"),
+            (b"DEVPATH", b"/devices/net/eth0"),
+            (b"SEQNUM", b"8"),
+        ];
+        let ev = Event::from_vars(b"net", vars).unwrap();
+        let p = Pending {
+            events: vec![PendingEvent::of(PendingState::Queued, &ev)],
+            waiting_for: None,
+            background: vec![PendingBackground {
+                event: PendingEvent::of(PendingState::Background, &ev),
+                rule: "net up".into(),
+                pid: 42,
+                running_for_ms: 1500.0,
+            }],
+        };
+        assert_eq!(
+            p.lines(),
+            [
+                "background 8 add /devices/net/eth0 (net): rule net up, pid 42, 1.5 s",
+                "8 add /devices/net/eth0 (net)",
+            ]
+        );
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Pending>(&json).unwrap(), p);
+        // An older daemon's reply, without the list.
+        let old: Pending = serde_json::from_str(r#"{"events":[],"waiting_for":null}"#).unwrap();
+        assert!(old.background.is_empty());
     }
 }

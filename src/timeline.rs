@@ -16,6 +16,8 @@ pub enum Span {
         seqnum: Option<u64>,
         rule: String,
         outcome: String,
+        /// Started by a `background` rule: the queue did not wait for it.
+        background: bool,
     },
     Wait {
         start: f64,
@@ -41,17 +43,21 @@ pub fn parse(lines: &[String]) -> Vec<Span> {
             let w: Vec<&str> = l.split(' ').collect();
             let num = |i: usize| w.get(i)?.parse::<f64>().ok();
             match *w.first()? {
-                "run" if w.len() == 6 => Some(Span::Run {
-                    start: num(1)?,
-                    end: num(2)?,
-                    seqnum: match w[3] {
-                        "-" => None,
-                        s => Some(s.parse().ok()?),
-                    },
-                    rule: crate::control::unescape(w[4])
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())?,
-                    outcome: w[5].replace('_', " "),
-                }),
+                // A 7th word marks a background run.
+                "run" if w.len() == 6 || (w.len() == 7 && w[6] == "background") => {
+                    Some(Span::Run {
+                        start: num(1)?,
+                        end: num(2)?,
+                        seqnum: match w[3] {
+                            "-" => None,
+                            s => Some(s.parse().ok()?),
+                        },
+                        rule: crate::control::unescape(w[4])
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())?,
+                        outcome: w[5].replace('_', " "),
+                        background: w.len() == 7,
+                    })
+                }
                 "wait" if w.len() == 5 => Some(Span::Wait {
                     start: num(1)?,
                     end: num(2)?,
@@ -75,11 +81,13 @@ pub fn table(spans: &[Span]) -> String {
                 seqnum,
                 rule,
                 outcome,
+                background,
             } => writeln!(
                 out,
-                "{start:>10.3}s {:>9.1}ms  {:>8}  {rule}: {outcome}",
+                "{start:>10.3}s {:>9.1}ms  {:>8}  {rule}{}: {outcome}",
                 (end - start) * 1e3,
-                seq(*seqnum)
+                seq(*seqnum),
+                if *background { " (background)" } else { "" }
             ),
             Span::Wait {
                 start,
@@ -141,7 +149,7 @@ pub fn svg(spans: &[Span]) -> String {
     );
     let _ = writeln!(
         out,
-        "<style>.run{{fill:#3b7dd8}}.run.failed{{fill:#d8453b}}.wait{{fill:#f2b134;opacity:0.35}}text{{fill:#222}}</style>"
+        "<style>.run{{fill:#3b7dd8}}.run.failed{{fill:#d8453b}}.run.background{{opacity:0.6}}.wait{{fill:#f2b134;opacity:0.35}}text{{fill:#222}}</style>"
     );
     let _ = writeln!(
         out,
@@ -198,16 +206,23 @@ pub fn svg(spans: &[Span]) -> String {
             seqnum,
             rule,
             outcome,
+            background,
         } = s
         {
             let y = TOP + row * ROW;
             row += 1.0;
-            let class = if outcome == "exit 0" {
-                "run"
-            } else {
-                "run failed"
+            let class = match (outcome == "exit 0", background) {
+                (true, false) => "run",
+                (false, false) => "run failed",
+                (true, true) => "run background",
+                (false, true) => "run failed background",
             };
-            let label = format!("{} {}", seq(*seqnum), esc(rule));
+            let label = format!(
+                "{} {}{}",
+                seq(*seqnum),
+                esc(rule),
+                if *background { " (background)" } else { "" }
+            );
             let _ = writeln!(
                 out,
                 r#"<rect class="{class}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}"><title>SEQNUM {label}: {} in {:.1} ms</title></rect><text x="{:.1}" y="{:.1}">{label}</text>"#,
@@ -236,22 +251,34 @@ mod tests {
             "run 0.100000 0.101500 7 modules exit_0",
             "wait 0.200000 2.200000 8 8",
             "run 2.200000 2.500000 9 a\\x20b exit_3",
+            "run 2.300000 9.500000 10 net-up exit_0 background",
+            "run 2.300000 9.500000 10 net-up exit_0 bogus",
             "garbage",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         let spans = parse(&lines);
-        assert_eq!(spans.len(), 3);
+        assert_eq!(spans.len(), 4);
         assert!(
-            matches!(&spans[2], Span::Run { rule, outcome, .. } if rule == "a b" && outcome == "exit 3")
+            matches!(&spans[2], Span::Run { rule, outcome, background: false, .. } if rule == "a b" && outcome == "exit 3")
         );
+        assert!(matches!(
+            &spans[3],
+            Span::Run {
+                background: true,
+                ..
+            }
+        ));
         let svg = svg(&spans);
-        assert_eq!(svg.matches("<rect class=\"run").count(), 2);
+        assert_eq!(svg.matches("<rect class=\"run").count(), 3);
         assert_eq!(svg.matches("class=\"run failed\"").count(), 1);
+        assert_eq!(svg.matches("class=\"run background\"").count(), 1);
+        assert!(svg.contains("10 net-up (background)"));
         assert_eq!(svg.matches("<rect class=\"wait\"").count(), 1);
         assert!(svg.contains("9 a b"));
         let t = table(&spans);
         assert!(t.contains("waited for SEQNUM 8..=8"), "{t}");
+        assert!(t.contains("net-up (background): exit 0"), "{t}");
     }
 }

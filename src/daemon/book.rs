@@ -27,6 +27,8 @@ pub struct Stats {
     pub gaps_skipped: u64,
     pub recovered: u64,
     pub last_handled: Option<u64>,
+    /// Background handlers reaped (their failures count in `failed` and `timed_out`).
+    pub background_ended: u64,
 }
 
 /// The journal with the limiter on its error lines, and the counters.

@@ -65,6 +65,7 @@ enum Mark {
         seqnum: Option<u64>,
         rule: String,
         outcome: Outcome,
+        background: bool,
     },
     Wait {
         began: Instant,
@@ -80,6 +81,8 @@ pub(super) struct OwnerStatus<'a> {
     pub paused: bool,
     /// The handler running now: its rule, its event's SEQNUM, and since when.
     pub running: Option<(&'a str, Option<u64>, Instant)>,
+    /// Background handlers running now.
+    pub background: usize,
     pub keeper: &'a Keeper,
     /// The sources opened at start-up.
     pub sources: Sources,
@@ -202,13 +205,15 @@ impl Clients {
     }
 
     /// A handler run ended: on the timeline, and a line to each `monitor --handled`.
-    pub fn ran(&mut self, seqnum: Option<u64>, rule: &str, report: &Report) {
+    /// `background`: the queue did not wait for it.
+    pub fn ran(&mut self, seqnum: Option<u64>, rule: &str, report: &Report, background: bool) {
         self.record(Mark::Run {
             started: report.started,
             duration: report.duration,
             seqnum,
             rule: rule.to_owned(),
             outcome: report.outcome.clone(),
+            background,
         });
         if self.handled.is_empty() {
             return;
@@ -321,8 +326,8 @@ impl Clients {
         });
     }
 
-    /// The timeline as the protocol's `run START END SEQNUM RULE OUTCOME` and
-    /// `wait START END FIRST LAST` lines, in seconds since the daemon started.
+    /// The timeline as the protocol's `run START END SEQNUM RULE OUTCOME[ background]`
+    /// and `wait START END FIRST LAST` lines, in seconds since the daemon started.
     pub fn timeline_lines(&self) -> Vec<String> {
         let secs = |t: Instant| t.saturating_duration_since(self.started).as_secs_f64();
         self.timeline
@@ -334,13 +339,15 @@ impl Clients {
                     seqnum,
                     rule,
                     outcome,
+                    background,
                 } => format!(
-                    "run {:.6} {:.6} {} {} {}",
+                    "run {:.6} {:.6} {} {} {}{}",
                     secs(*started),
                     secs(*started) + duration.as_secs_f64(),
                     seqnum.map_or("-".into(), |s| s.to_string()),
                     control::escape_word(rule.as_bytes()),
-                    outcome.to_string().replace(' ', "_")
+                    outcome.to_string().replace(' ', "_"),
+                    if *background { " background" } else { "" }
                 ),
                 Mark::Wait { began, ended, gap } => format!(
                     "wait {:.6} {:.6} {} {}",
@@ -377,6 +384,8 @@ impl Clients {
             running_for_ms: o
                 .running
                 .map(|(_, _, since)| since.elapsed().as_secs_f64() * 1e3),
+            background: o.background as u64,
+            background_ended: s.background_ended,
             last_handled: s.last_handled,
             received: s.received,
             spooled_in: s.spooled_in,
@@ -472,6 +481,7 @@ mod tests {
             stats: &Stats::default(),
             paused: false,
             running: None,
+            background: 0,
             keeper: &Keeper::NoFifo,
             sources: Sources {
                 fifo: true,
@@ -701,15 +711,20 @@ mod tests {
         assert!(matches!(replies(&rx)[..], [Reply::Monitor(0)]));
         assert_eq!(status(&c, &q).monitors, 1);
         let now = Instant::now();
-        c.ran(Some(7), "my rule", &report(Outcome::Exited(1), now, 12));
+        c.ran(
+            Some(7),
+            "my rule",
+            &report(Outcome::Exited(1), now, 12),
+            false,
+        );
         assert_eq!(lines(replies(&rx)), ["7 my\\x20rule exit_1 12.0ms"]);
 
         // Never read: one line past the limit and it is gone.
         for _ in 0..=MONITOR_MAX_LAG {
-            c.ran(None, "r", &report(Outcome::Exited(0), now, 1));
+            c.ran(None, "r", &report(Outcome::Exited(0), now, 1), false);
         }
         assert_eq!(rx.len() as u64, MONITOR_MAX_LAG + 1);
-        c.ran(None, "r", &report(Outcome::Exited(0), now, 1));
+        c.ran(None, "r", &report(Outcome::Exited(0), now, 1), false);
         let last = rx.try_iter().last();
         assert!(
             matches!(&last, Some(Reply::End(End::Error(e))) if e.starts_with("overrun")),
@@ -746,15 +761,23 @@ mod tests {
             Some(5),
             "my rule",
             &report(Outcome::TimedOut { killed: true }, t0 + s(1), 250),
+            false,
         );
         c.gap_skipped(3..=4, t0 + s(2), t0 + Duration::from_millis(3500));
-        c.ran(None, "r", &report(Outcome::Exited(0), t0 + s(4), 1));
+        c.ran(None, "r", &report(Outcome::Exited(0), t0 + s(4), 1), false);
+        c.ran(
+            Some(6),
+            "bg",
+            &report(Outcome::Exited(2), t0 + s(4), 2000),
+            true,
+        );
         assert_eq!(
             c.timeline_lines(),
             [
                 "run 1.000000 1.250000 5 my\\x20rule timed_out,_killed_by_SIGKILL",
                 "wait 2.000000 3.500000 3 4",
                 "run 4.000000 4.001000 - r exit_0",
+                "run 4.000000 6.000000 6 bg exit_2 background",
             ]
         );
     }
@@ -764,7 +787,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Clients::new(t0);
         for i in 0..TIMELINE_LEN as u64 + 1 {
-            c.ran(Some(i), "r", &report(Outcome::Exited(0), t0, 1));
+            c.ran(Some(i), "r", &report(Outcome::Exited(0), t0, 1), false);
         }
         let lines = c.timeline_lines();
         assert_eq!(lines.len(), TIMELINE_LEN);
@@ -783,6 +806,7 @@ mod tests {
             handled: 5,
             late: 1,
             last_handled: Some(6),
+            background_ended: 4,
             ..Stats::default()
         };
         let since = Instant::now() - Duration::from_millis(50);
@@ -791,6 +815,7 @@ mod tests {
             stats: &stats,
             paused: true,
             running: Some(("a rule", Some(7), since)),
+            background: 2,
             keeper: &Keeper::Supervisor,
             sources: Sources {
                 fifo: true,
@@ -810,6 +835,7 @@ mod tests {
         assert_eq!(s.last_handled, Some(6));
         assert_eq!(s.monitors, 1);
         assert_eq!(s.sources, "fifo,netlink");
+        assert_eq!((s.background, s.background_ended), (2, 4));
 
         // Idle, no FIFO: no holder, nothing running.
         let s = status(&c, &q);

@@ -193,7 +193,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     sources::spawn_spool_watcher(owner.runtime.spool.clone(), spool_stop_r, input_tx)
         .map_err(io("spool watcher"))?;
     let shared = Arc::new(Mutex::new(owner));
-    spawn_runner(work_rx, work_tx.clone(), idle_tx, Arc::clone(&shared))?;
+    let background = spawn_runner(work_rx, work_tx.clone(), idle_tx, Arc::clone(&shared))?;
     control::spawn_server(listener, ctl_tx).map_err(io("control thread"))?;
     let mut owner = lock(&shared);
     // Loud, and again in every `status`: a daemon that hears nothing looks just like an
@@ -260,6 +260,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let _ = nix::unistd::write(&netlink_stop_w, b"x");
     let _ = nix::unistd::write(&spool_stop_w, b"x");
     finish(&shared, &chans, fifo_reader.as_ref());
+    finish_background(&shared, &background);
     Ok(())
 }
 
@@ -324,12 +325,24 @@ fn spawn_signals(tx: Sender<i32>) -> Result<(), DaemonError> {
 /// The runner thread: runs each event's handlers, and after each run records it in the
 /// owner itself (see the module docs). Recording the last run of an event hands the next
 /// event to `work` if there is one, so the next `recv` returns at once.
+///
+/// A job of a `background` rule (with `max_background` above 0) is only started, once a
+/// slot is free, and handed to the supervisor; for the queue it is over then. So an event
+/// is done once its foreground handlers have ended and its background ones have started,
+/// and that is what the journal records: after a crash, at-least-once covers starting
+/// them. The returned supervisor is the stop's, to wait for them.
 fn spawn_runner(
     work_rx: Receiver<Work>,
     work_tx: Sender<Work>,
     idle_tx: Sender<()>,
     owner: Arc<Mutex<Owner>>,
-) -> Result<(), DaemonError> {
+) -> Result<runner::Supervisor, DaemonError> {
+    let theirs = Arc::clone(&owner);
+    let supervisor = runner::Supervisor::spawn(move |pid, report| {
+        lock(&theirs).on_background_exit(pid, report);
+    })
+    .map_err(io("background handler thread"))?;
+    let background = supervisor.clone();
     thread::Builder::new()
         .name("runner".into())
         .spawn(move || {
@@ -344,8 +357,25 @@ fn spawn_runner(
                         kill_grace: KILL_GRACE,
                         max_output_bytes: work.max_output,
                     };
-                    let report = handlers.run(&spec);
                     let last = i + 1 == work.jobs.len();
+                    let report = if job.background && work.max_background > 0 {
+                        match start_background(&mut handlers, &background, &spec, &work) {
+                            Ok(handler) => {
+                                let mut owner = lock(&owner);
+                                owner.on_background_started(handler.pid(), handler.started(), last);
+                                owner.after_change(&work_tx);
+                                if owner.running.is_none() {
+                                    let _ = idle_tx.try_send(());
+                                }
+                                drop(owner);
+                                background.watch(handler);
+                                continue;
+                            }
+                            Err(report) => report,
+                        }
+                    } else {
+                        handlers.run(&spec)
+                    };
                     let mut owner = lock(&owner);
                     owner.on_runner(&report, last);
                     owner.after_change(&work_tx);
@@ -357,7 +387,27 @@ fn spawn_runner(
             }
         })
         .map_err(io("runner thread"))?;
-    Ok(())
+    Ok(supervisor)
+}
+
+/// Take a background slot, waiting while `max_background` handlers run (the queue waits
+/// with the runner), and start the handler. A spawn failure gives the slot back and is
+/// reported as a foreground run's would be.
+fn start_background(
+    handlers: &mut runner::Runner,
+    supervisor: &runner::Supervisor,
+    spec: &runner::Spec,
+    work: &owner::Dispatch,
+) -> Result<runner::Detached, runner::Report> {
+    supervisor.acquire(work.max_background, || {
+        log::info!(
+            "{}: rule {}: {} background handlers run (max_background), waiting for one to end",
+            work.event.summary(),
+            spec.rule,
+            work.max_background
+        )
+    });
+    handlers.start(spec).inspect_err(|_| supervisor.release())
 }
 
 /// The main thread's loop: wait for intake, requests, signals or the gap deadline, and
@@ -397,6 +447,23 @@ fn serve(owner: &Mutex<Owner>, ch: &Channels) {
             recv(gap) -> _ => lock(owner).expire_gaps(),
         }
     }
+}
+
+/// At a stop, after the queue went to the spool: background handlers are seen to their
+/// end, as the running foreground one is, each still under its own timeout, so their
+/// exits are logged and counted and none is left unsupervised (their events are done and
+/// will not run again). The timeouts bound the wait, as they bound the foreground one's.
+fn finish_background(owner: &Mutex<Owner>, supervisor: &runner::Supervisor) {
+    if supervisor.running() == 0 {
+        return;
+    }
+    let lines = lock(owner).background_summary();
+    log::info!(
+        "waiting for {} background handlers to end: {}",
+        lines.len(),
+        lines.join("; ")
+    );
+    supervisor.wait_all();
 }
 
 /// After intake stopped: take in what the FIFO still held, let the running handler

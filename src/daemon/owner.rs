@@ -32,6 +32,8 @@ pub(super) struct Dispatch {
     pub jobs: Vec<Job>,
     /// Taken from the config at dispatch, so a reload applies to the next event.
     pub max_output: usize,
+    /// Background handlers: `max_background` at dispatch.
+    pub max_background: usize,
 }
 
 pub(super) type Work = Arc<Dispatch>;
@@ -45,15 +47,94 @@ pub(super) struct Running {
 
 impl Running {
     fn rule(&self) -> &str {
-        self.work
-            .jobs
-            .get(self.job)
-            .map_or("-", |j| j.rule.as_str())
+        rule_of(&self.work, self.job)
     }
     fn seqnum(&self) -> Option<u64> {
         self.work.event.seqnum()
     }
 }
+
+fn rule_of(work: &Dispatch, job: usize) -> &str {
+    work.jobs.get(job).map_or("-", |j| j.rule.as_str())
+}
+
+// ---- Background handlers ---------------------------------------------------------------
+
+/// A background handler that started and has not been reported ended: for `status`,
+/// `pending` and its exit's log line. Its event is done for the queue already.
+pub(super) struct BackgroundRun {
+    work: Work,
+    job: usize,
+    pid: u32,
+    since: Instant,
+}
+
+impl Owner {
+    /// The runner started the running job in the background as `pid`: it goes on as if
+    /// that handler had ended (the event is done once its last job started).
+    pub fn on_background_started(&mut self, pid: u32, since: Instant, last: bool) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        log::info!(
+            "{}: rule {}: started in the background, pid {pid}",
+            running.work.event.summary(),
+            running.rule()
+        );
+        self.background.push(BackgroundRun {
+            work: Arc::clone(&running.work),
+            job: running.job,
+            pid,
+            since,
+        });
+        self.next_job(running, last);
+    }
+
+    /// A background handler was reaped: logged, counted and on the timeline as a
+    /// foreground one is.
+    pub fn on_background_exit(&mut self, pid: u32, report: &Report) {
+        let Some(i) = self.background.iter().position(|b| b.pid == pid) else {
+            return;
+        };
+        let run = self.background.remove(i);
+        self.book.stats.background_ended += 1;
+        self.log_outcome(&run.work, run.job, report, true);
+    }
+
+    /// The running background handlers, oldest first, for `pending`.
+    fn pending_background(&self) -> Vec<crate::status::PendingBackground> {
+        self.background
+            .iter()
+            .map(|b| crate::status::PendingBackground {
+                event: crate::status::PendingEvent::of(
+                    crate::status::PendingState::Background,
+                    &b.work.event,
+                ),
+                rule: rule_of(&b.work, b.job).to_owned(),
+                pid: b.pid,
+                running_for_ms: b.since.elapsed().as_secs_f64() * 1e3,
+            })
+            .collect()
+    }
+
+    /// For the stop: what still runs, one line each.
+    pub fn background_summary(&self) -> Vec<String> {
+        self.background
+            .iter()
+            .map(|b| {
+                format!(
+                    "{}: rule {}, pid {}, running for {:.1} s",
+                    b.work.event.summary(),
+                    rule_of(&b.work, b.job),
+                    b.pid,
+                    b.since.elapsed().as_secs_f64()
+                )
+            })
+            .collect()
+    }
+}
+
+// ---- end of background handlers --------------------------------------------------------
 
 /// The queue's owner and everything only it touches, in parts:
 ///
@@ -82,6 +163,8 @@ pub(super) struct Owner {
 
     queue: Queue,
     pub running: Option<Running>,
+    /// Background handlers running now, oldest first.
+    background: Vec<BackgroundRun>,
     paused: bool,
     pub stopping: bool,
 
@@ -122,6 +205,7 @@ impl Owner {
             started,
             queue,
             running: None,
+            background: Vec::new(),
             paused: false,
             stopping: false,
             book: Book::new(journal),
@@ -403,6 +487,7 @@ impl Owner {
                 event: ev.clone(),
                 jobs,
                 max_output: self.config.daemon.max_output_bytes,
+                max_background: self.config.daemon.max_background,
             });
             self.running = Some(Running {
                 work: Arc::clone(&work),
@@ -419,7 +504,13 @@ impl Owner {
         let Some(running) = self.running.take() else {
             return;
         };
-        self.on_finished(&running, report);
+        self.log_outcome(&running.work, running.job, report, false);
+        self.next_job(running, last);
+    }
+
+    /// The running job is over for the runner: on to the event's next one, or the event
+    /// is done.
+    fn next_job(&mut self, running: Running, last: bool) {
         if last {
             let event = &running.work.event;
             self.book.finished(event);
@@ -434,8 +525,8 @@ impl Owner {
         }
     }
 
-    fn on_finished(&mut self, running: &Running, report: &Report) {
-        let rule = running.rule();
+    fn log_outcome(&mut self, work: &Dispatch, job: usize, report: &Report, background: bool) {
+        let rule = rule_of(work, job);
         let level = match &report.outcome {
             o if o.success() => log::Level::Info,
             Outcome::TimedOut { .. } => {
@@ -450,13 +541,15 @@ impl Owner {
         if log::log_enabled!(level) {
             log::log!(
                 level,
-                "{}: rule {rule}: {} in {:.1} ms",
-                running.work.event.summary(),
+                "{}: rule {rule}{}: {} in {:.1} ms",
+                work.event.summary(),
+                if background { " (background)" } else { "" },
                 report.outcome,
                 report.duration.as_secs_f64() * 1e3
             );
         }
-        self.clients.ran(running.seqnum(), rule, report);
+        self.clients
+            .ran(work.event.seqnum(), rule, report, background);
     }
 
     pub fn on_control(&mut self, msg: ToOwner) {
@@ -479,6 +572,7 @@ impl Owner {
                     stats: &self.book.stats,
                     paused: self.paused,
                     running: running.map(|r| (r.rule(), r.seqnum(), r.since)),
+                    background: self.background.len(),
                     keeper: &self.keeper,
                     sources: self.sources,
                 });
@@ -497,6 +591,7 @@ impl Owner {
                         .chain(self.queue.pending_events())
                         .collect(),
                     waiting_for: self.queue.waiting_for(),
+                    background: self.pending_background(),
                 };
                 let lines = if json {
                     vec![serde_json::to_string(&pending).expect("plain data serializes")]

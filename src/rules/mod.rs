@@ -37,6 +37,9 @@ pub struct Job {
     pub argv: Vec<OsString>,
     /// The rule's own `timeout`; `None` means the daemon's `handler_timeout`.
     pub timeout: Option<Duration>,
+    /// Started without waiting for its exit (the rule's `background`); see
+    /// `crate::runner::background`.
+    pub background: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +64,7 @@ pub(crate) struct Rule {
     timeout: Option<Duration>,
     last: bool,
     nodes: Option<NodeSpec>,
+    background: bool,
 }
 
 /// A rule's node keys, resolved at load (see [`crate::devnodes`]).
@@ -87,6 +91,7 @@ impl Rule {
                 .map(|t| OsString::from_vec(t.expand(|k| lookup(ev, k))))
                 .collect(),
             timeout: self.timeout,
+            background: self.background,
         }
     }
 }
@@ -220,6 +225,7 @@ fn hotplug_d_jobs(dir: &Path, subsystem: &[u8], jobs: &mut Vec<Job>) {
                     OsString::from_vec(subsystem.to_vec()),
                 ],
                 timeout: None,
+                background: false,
             });
         }
     }
@@ -382,6 +388,25 @@ mod tests {
 
         let jobs = rs.plan(&ev("block", &[("DEVTYPE", "disk"), ("ID_BUS", "ata")]));
         assert_eq!(names(&jobs), ["log-all", "not-net"]);
+    }
+
+    #[test]
+    fn background_is_carried_to_the_job() {
+        let rs = rules(
+            r#"
+            [[rule]]
+            name = "slow"
+            run = ["/bin/slow"]
+            background = true
+
+            [[rule]]
+            name = "after"
+            run = ["/bin/true"]
+            "#,
+        );
+        let jobs = rs.plan(&ev("net", &[]));
+        assert_eq!(names(&jobs), ["slow", "after"]);
+        assert_eq!((jobs[0].background, jobs[1].background), (true, false));
     }
 
     #[test]

@@ -17,6 +17,8 @@ const RULE_FIELDS: &[&str] = &[
     "mode",
     "links",
     "link_priority",
+    // Background handlers.
+    "background",
 ];
 
 /// What came out of one `[[rule]]` table: the name even when the rest is wrong (so a
@@ -35,6 +37,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
     let mut timeout = None;
     let mut last = false;
     let mut nodes = NodeSpec::default();
+    let mut background = false;
     let Some(table) = d.table(v, "a rule table") else {
         return ParsedRule { name, rule: None };
     };
@@ -68,6 +71,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             }
             "timeout" => timeout = d.duration(&value),
             "last" => last = d.boolean(&value).unwrap_or(false),
+            "background" => background = d.boolean(&value).unwrap_or(false),
             _ if node_key(d, &key, &value, &mut nodes) => {}
             _ => d.unknown_field(&key, RULE_FIELDS),
         }
@@ -92,6 +96,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             timeout,
             last,
             nodes: has_nodes.then_some(nodes),
+            background,
         }),
         _ => None,
     };

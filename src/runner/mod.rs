@@ -36,9 +36,12 @@
 //!   The process group is signalled only on timeout, never after a normal exit: a handler
 //!   may legitimately start a long-running program.
 
+mod background;
 mod output;
 mod phase;
 mod wait;
+
+pub use background::{Detached, Supervisor};
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -199,6 +202,28 @@ impl Runner {
     pub fn run(&mut self, spec: &Spec) -> Report {
         phase::run_with(self, spec)
     }
+
+    /// Start one handler for a [`Supervisor`] to see to its end, on an output pipe of
+    /// its own (the runner's is for the handlers it waits for). A handler that never
+    /// started is the error, as [`Runner::run`] would have reported it.
+    pub fn start(&mut self, spec: &Spec) -> Result<Detached, Report> {
+        let started = Instant::now();
+        let failed = |why: String| Report {
+            outcome: Outcome::SpawnFailed(why),
+            started,
+            duration: started.elapsed(),
+            pid: None,
+        };
+        let exe = program(spec).map_err(failed)?;
+        let pipe = OutputPipe::new().map_err(failed)?;
+        let child = self
+            .spawner
+            .spawn(&exe, spec.argv, spec.event, spec.rule, pipe.write.as_fd())
+            .map_err(|e| failed(e.to_string()))?;
+        // Our copy of the write end goes now: the read end sees EOF once nothing of the
+        // handler's holds it.
+        Ok(Detached::new(child, pipe.read, started, spec))
+    }
 }
 
 /// Block SIGCHLD in the calling thread (and so in every thread it starts later) and
@@ -215,10 +240,7 @@ pub fn block_sigchld() -> nix::Result<()> {
 /// Start the handler with stdout and stderr on the runner's output pipe (made first if
 /// there is none). The error is the text of [`Outcome::SpawnFailed`].
 fn spawn(runner: &mut Runner, spec: &Spec) -> Result<Child, String> {
-    let Some(program) = spec.argv.first() else {
-        return Err("empty command line".into());
-    };
-    let exe = resolve(program, spec.event)?;
+    let exe = program(spec)?;
     if runner.pipe.is_none() {
         runner.pipe = Some(OutputPipe::new()?);
     }
@@ -227,6 +249,14 @@ fn spawn(runner: &mut Runner, spec: &Spec) -> Result<Child, String> {
         .spawner
         .spawn(&exe, spec.argv, spec.event, spec.rule, out)
         .map_err(|e| e.to_string())
+}
+
+/// The program to execute: `argv[0]`, resolved.
+fn program(spec: &Spec) -> Result<PathBuf, String> {
+    let Some(program) = spec.argv.first() else {
+        return Err("empty command line".into());
+    };
+    resolve(program, spec.event)
 }
 
 /// A program name with a `/` is used as is; a bare name is searched in the event's

@@ -20,15 +20,15 @@ const STUCK_NOTE: Duration = Duration::from_secs(10);
 
 /// Reads per wakeup before going back to check deadlines, so a flooding handler cannot
 /// starve the timeout.
-const READS_PER_WAKEUP: usize = 16;
+pub(super) const READS_PER_WAKEUP: usize = 16;
 
 /// Reads after the handler exited: what it left in the pipe (at most the pipe's
 /// capacity, 1 MiB at the largest default limit), not a straggler's endless stream.
-const READS_AFTER_EXIT: usize = 64;
+pub(super) const READS_AFTER_EXIT: usize = 64;
 
 /// `SEQNUM` or `-`, for log prefixes.
 #[derive(Clone, Copy)]
-struct Seq(Option<u64>);
+pub(super) struct Seq(pub Option<u64>);
 
 impl fmt::Display for Seq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -40,7 +40,7 @@ impl fmt::Display for Seq {
 }
 
 #[derive(Clone, Copy)]
-enum Phase {
+pub(super) enum Phase {
     Running,
     /// SIGTERM sent; SIGKILL due at the instant.
     Termed(Instant),
@@ -65,6 +65,14 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
     };
     let pid = child.pid as u32;
     let pgid = Pid::from_raw(child.pid);
+    let who = Who {
+        rule,
+        seq,
+        pid,
+        started,
+        timeout: spec.timeout,
+        kill_grace: spec.kill_grace,
+    };
     // Readable once the child may have exited: the SIGCHLD signalfd (shared by all runs,
     // so a readable one is only a hint to try the wait), or this child's own pidfd.
     let pidfd = match (&runner.sigchld, runner.use_pidfd) {
@@ -106,32 +114,7 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
             Phase::Termed(at) | Phase::Killed(at) => Some(at),
         };
         if due.is_some_and(|due| now >= due) {
-            phase = match phase {
-                Phase::Running => {
-                    log::warn!(
-                        "[{rule} {seq}] timed out after {:?}, sending SIGTERM",
-                        spec.timeout
-                    );
-                    signal_group(rule, seq, pgid, Signal::SIGTERM);
-                    Phase::Termed(now.checked_add(spec.kill_grace).unwrap_or(now))
-                }
-                Phase::Termed(_) => {
-                    log::warn!(
-                        "[{rule} {seq}] still running {:?} after SIGTERM, sending SIGKILL",
-                        spec.kill_grace
-                    );
-                    signal_group(rule, seq, pgid, Signal::SIGKILL);
-                    Phase::Killed(now + STUCK_NOTE)
-                }
-                Phase::Killed(_) => {
-                    log::error!(
-                        "[{rule} {seq}] pid {pid} has not exited {:?} after SIGKILL \
-                         (uninterruptible sleep?), still waiting",
-                        now.saturating_duration_since(started)
-                    );
-                    Phase::Killed(now + STUCK_NOTE)
-                }
-            };
+            phase = advance(phase, now, &who);
             continue;
         }
 
@@ -191,7 +174,72 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
         runner.pipe = None;
     }
 
-    let outcome = match phase {
+    let outcome = outcome(phase, status, &who);
+    Report {
+        outcome,
+        started,
+        duration,
+        pid: Some(pid),
+    }
+}
+
+/// One run as its phases see it: what the logs name, and its limits.
+pub(super) struct Who<'a> {
+    pub rule: &'a str,
+    pub seq: Seq,
+    /// Also its process group.
+    pub pid: u32,
+    pub started: Instant,
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+}
+
+impl Phase {
+    /// When [`advance`] is due: the timeout, then the SIGKILL, then the next note.
+    pub(super) fn due(self, who: &Who) -> Option<Instant> {
+        match self {
+            Phase::Running => who.started.checked_add(who.timeout),
+            Phase::Termed(at) | Phase::Killed(at) => Some(at),
+        }
+    }
+}
+
+/// The phase's time is up: SIGTERM, SIGKILL after the grace, then a note every
+/// [`STUCK_NOTE`].
+pub(super) fn advance(phase: Phase, now: Instant, who: &Who) -> Phase {
+    let Who { rule, seq, pid, .. } = *who;
+    let pgid = Pid::from_raw(pid as libc::pid_t);
+    match phase {
+        Phase::Running => {
+            log::warn!(
+                "[{rule} {seq}] timed out after {:?}, sending SIGTERM",
+                who.timeout
+            );
+            signal_group(rule, seq, pgid, Signal::SIGTERM);
+            Phase::Termed(now.checked_add(who.kill_grace).unwrap_or(now))
+        }
+        Phase::Termed(_) => {
+            log::warn!(
+                "[{rule} {seq}] still running {:?} after SIGTERM, sending SIGKILL",
+                who.kill_grace
+            );
+            signal_group(rule, seq, pgid, Signal::SIGKILL);
+            Phase::Killed(now + STUCK_NOTE)
+        }
+        Phase::Killed(_) => {
+            log::error!(
+                "[{rule} {seq}] pid {pid} has not exited {:?} after SIGKILL \
+                 (uninterruptible sleep?), still waiting",
+                now.saturating_duration_since(who.started)
+            );
+            Phase::Killed(now + STUCK_NOTE)
+        }
+    }
+}
+
+/// How the run ended, from its last phase and its wait status.
+pub(super) fn outcome(phase: Phase, status: io::Result<libc::c_int>, who: &Who) -> Outcome {
+    match phase {
         Phase::Termed(_) => Outcome::TimedOut { killed: false },
         Phase::Killed(_) => Outcome::TimedOut { killed: true },
         Phase::Running => match status {
@@ -200,18 +248,15 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
             Ok(_) => Outcome::Exited(-1),
             Err(e) => {
                 log::error!(
-                    "[{rule} {seq}] cannot collect the exit status of pid {pid}: {e} \
-                     (is SIGCHLD ignored or reaped elsewhere?)"
+                    "[{} {}] cannot collect the exit status of pid {}: {e} \
+                     (is SIGCHLD ignored or reaped elsewhere?)",
+                    who.rule,
+                    who.seq,
+                    who.pid
                 );
                 Outcome::Exited(-1)
             }
         },
-    };
-    Report {
-        outcome,
-        started,
-        duration,
-        pid: Some(pid),
     }
 }
 

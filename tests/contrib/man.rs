@@ -69,7 +69,8 @@ fn man_pages_document_every_config_key_and_option() {
             "group",
             "mode",
             "links",
-            "link_priority"
+            "link_priority",
+            "background"
         ]
     );
     for key in &keys {
