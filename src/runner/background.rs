@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use nix::fcntl::OFlag;
 
-use super::output::{read_pipe, Drain, Msg, Output};
+use super::output::{log_msg, read_pipe, Drain, Msg, Output};
 use super::phase::{advance, outcome, Phase, Seq, Who, READS_AFTER_EXIT, READS_PER_WAKEUP};
 use super::wait::{pidfd_open, reap, FALLBACK_TICK};
 use super::{Report, Spec};
@@ -200,17 +200,7 @@ impl Watched {
     /// a line without its newline is logged too.
     fn read(&mut self, buf: &mut [u8], reads: usize, last: bool) {
         let (rule, seq) = (&self.d.rule, Seq(self.d.seq));
-        let mut sink = |msg: Msg<'_>| match msg {
-            Msg::Line(line, cut) => log::info!(
-                target: "handler",
-                "[{rule} {seq}] {}{}",
-                String::from_utf8_lossy(line),
-                if cut { "…" } else { "" }
-            ),
-            Msg::Truncated(n) => {
-                log::info!(target: "handler", "[{rule} {seq}] output truncated after {n} bytes")
-            }
-        };
+        let mut sink = |msg: Msg<'_>| log_msg(rule, seq, msg);
         if self.pipe_open {
             let drain = read_pipe(&self.d.pipe, buf, reads, &mut self.out, &mut sink);
             self.pipe_open = drain != Drain::Closed;
@@ -418,6 +408,11 @@ mod tests {
             rx.recv_timeout(GUARD).unwrap(),
             (quick_pid, Outcome::Exited(0))
         );
+        // Its slot comes back just after the report (see `supervise`).
+        let until = std::time::Instant::now() + GUARD;
+        while sup.running() != 1 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(sup.running(), 1);
         std::fs::write(&gate, "").unwrap();
         assert_eq!(

@@ -46,6 +46,21 @@ pub(super) fn read_pipe(
     Drain::More
 }
 
+/// Log what [`Output`] hands over, as the handler's line under its rule and SEQNUM.
+pub(super) fn log_msg(rule: &str, seq: impl std::fmt::Display, msg: Msg<'_>) {
+    match msg {
+        Msg::Line(line, cut) => log::info!(
+            target: "handler",
+            "[{rule} {seq}] {}{}",
+            String::from_utf8_lossy(line),
+            if cut { "…" } else { "" }
+        ),
+        Msg::Truncated(n) => {
+            log::info!(target: "handler", "[{rule} {seq}] output truncated after {n} bytes")
+        }
+    }
+}
+
 /// What [`Output`] wants logged.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Msg<'a> {

@@ -11,7 +11,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use super::output::{read_pipe, Drain, Msg, Output};
+use super::output::{log_msg, read_pipe, Drain, Msg, Output};
 use super::wait::{pidfd_open, poll2, reap, FALLBACK_TICK};
 use super::{spawn, Outcome, Report, Runner, Spec};
 
@@ -87,17 +87,7 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
     let mut sigchld = runner.sigchld.as_mut();
 
     let mut out = Output::new(spec.max_output_bytes);
-    let mut sink = |msg: Msg<'_>| match msg {
-        Msg::Line(line, cut) => log::info!(
-            target: "handler",
-            "[{rule} {seq}] {}{}",
-            String::from_utf8_lossy(line),
-            if cut { "…" } else { "" }
-        ),
-        Msg::Truncated(n) => {
-            log::info!(target: "handler", "[{rule} {seq}] output truncated after {n} bytes")
-        }
-    };
+    let mut sink = |msg: Msg<'_>| log_msg(rule, seq, msg);
     let buf = &mut runner.buf[..];
     let pipe = &runner.pipe.as_ref().expect("spawn made it").read;
     // Cleared on EOF or a read error: that pipe is done for.
