@@ -135,13 +135,12 @@ fn a_background_handler_does_not_hold_up_the_queue_and_its_exit_is_counted() {
 #[test]
 fn a_background_handler_past_its_timeout_has_its_group_terminated() {
     let env = Env::new();
-    // The handler's shell waits for a subshell of its group; the subshell notes the
-    // SIGTERM it gets as a member of the group.
+    // The handler's shell waits for a grandchild in its process group, which only the
+    // group's SIGTERM (or SIGKILL after the grace) ends before its ten minutes are up.
     let hung = env.script(
         "hung.sh",
         &format!(
-            "#!/bin/sh\n( trap 'echo termed > {}/termed; exit 0' TERM; \
-             i=0; while [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done ) &\nwait\n",
+            "#!/bin/sh\nsleep 600 &\necho $! > {}/grandchild\nwait\n",
             env.path("").display()
         ),
     );
@@ -154,7 +153,13 @@ fn a_background_handler_past_its_timeout_has_its_group_terminated() {
     let d = env.start(&env.bare_config("", &rules));
     env.event(1, "add", "/devices/hung");
     d.wait_log("rule hung (background): timed out, killed by SIGTERM");
-    wait_for("the grandchild's note", || env.path("termed").exists());
+    wait_for("the grandchild's pid", || env.path("grandchild").exists());
+    let pid: u32 = fs::read_to_string(env.path("grandchild"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("the grandchild to die with its group", || !pid_alive(pid));
     wait_for("timed_out 1", || status(&env)["timed_out"] == 1);
     assert_eq!(status(&env)["background_ended"], 1);
 }

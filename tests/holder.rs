@@ -28,12 +28,7 @@ fn live_holder(runtime: &Path) -> Option<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    // A zombie has exited: /proc still lists it, with state Z.
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
+    pid_alive(pid)
 }
 
 /// A daemon started by a plain command, as sysvinit, OpenRC, runit or s6 would, and

@@ -585,3 +585,13 @@ pub fn shuffle<T>(v: &mut [T], mut seed: u64) {
         v.swap(i, j);
     }
 }
+
+/// Whether `pid` still runs. A zombie has exited: /proc still lists it, with state Z
+/// (an orphan's zombie lingers where pid 1 is slow to reap).
+pub fn pid_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
