@@ -35,6 +35,8 @@ const DAEMON_FIELDS: &[&str] = &[
     "max_queue_memory",
     "sources",
     "netlink_buffer",
+    // Attribute matching.
+    "sysfs_dir",
 ];
 
 /// Where events come from.
@@ -113,6 +115,9 @@ pub struct DaemonConfig {
     pub sources: SourcesSetting,
     /// The netlink socket's receive buffer, bytes.
     pub netlink_buffer: usize,
+    /// Attribute matching: where rules' `ATTR{..}`, `ATTRS{..}` and `DRIVER(S)` keys read
+    /// devices (DEVPATH is relative to it).
+    pub sysfs_dir: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -129,6 +134,7 @@ impl Default for DaemonConfig {
             max_queue_memory: 64 << 20,
             sources: SourcesSetting::Auto,
             netlink_buffer: crate::netlink::RCVBUF,
+            sysfs_dir: PathBuf::from("/sys"),
         }
     }
 }
@@ -245,7 +251,9 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
         Ok(Config {
-            rules: rules.build(daemon.hotplug_d.clone()),
+            rules: rules
+                .build(daemon.hotplug_d.clone())
+                .with_sysfs_dir(&daemon.sysfs_dir),
             daemon,
             path: Some(file.to_path_buf()),
             rule_files,
@@ -288,6 +296,7 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             "max_queue_memory" => set(&mut cfg.max_queue_memory, d.bytes(&v)),
             "sources" => set(&mut cfg.sources, sources(d, &v)),
             "netlink_buffer" => set(&mut cfg.netlink_buffer, d.bytes(&v)),
+            "sysfs_dir" => set(&mut cfg.sysfs_dir, sysfs_dir(d, &v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -356,6 +365,22 @@ fn path(d: &mut Diag, v: &Value) -> Option<Option<PathBuf>> {
     }
     d.invalid_type(v, "a path string");
     None
+}
+
+/// Attribute matching's `sysfs_dir`: an absolute directory, never switched off (a rule
+/// with sysfs keys would then silently see every attribute missing).
+fn sysfs_dir(d: &mut Diag, v: &Value) -> Option<PathBuf> {
+    let p = path(d, v)?;
+    match p {
+        Some(p) if p.is_absolute() => Some(p),
+        _ => {
+            d.error(
+                &v.span,
+                "sysfs_dir must be an absolute path, such as \"/sys\"",
+            );
+            None
+        }
+    }
 }
 
 /// `rules_dirs = ["/usr/lib/…", "/etc/…"]`: a list of path strings (empty ones skipped).
@@ -629,7 +654,7 @@ mod tests {
             one_err("[daemon]\nbogus = 1\n"),
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, \
-             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`"
+             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `sysfs_dir`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -724,7 +749,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `sysfs_dir`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",

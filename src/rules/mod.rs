@@ -9,8 +9,12 @@
 //! array of patterns that matches if *any* element matches (so `["!a", "!b"]` matches
 //! everything: list the positives, or use one negated glob like `"![ab]"`). A variable
 //! missing from the event matches only a negated pattern. `SUBSYSTEM` falls back to the
-//! shim's argv[1] like the old `/sbin/hotplug` contract; other keys are event variables.
+//! shim's argv[1] like the old `/sbin/hotplug` contract; `KERNEL` is DEVPATH's last
+//! component; other keys are event variables. Keys that read sysfs (`ATTR{name}`,
+//! `ATTRS{name}`, `DRIVER`, `DRIVERS`, `KERNELS`, `SUBSYSTEMS`) live in [`attrs`] and are
+//! checked only once a rule's event keys all matched.
 
+mod attrs;
 mod expand;
 mod glob;
 mod schema;
@@ -58,11 +62,14 @@ pub(crate) struct Rule {
     run: Box<[Template]>,
     timeout: Option<Duration>,
     last: bool,
+    /// Keys read from sysfs; `None` for most rules, which then never touch it.
+    sysfs: Option<Box<attrs::SysMatch>>,
 }
 
 impl Rule {
-    fn matches(&self, ev: &Event) -> bool {
+    fn matches<'e>(&'e self, ev: &Event, dev: &mut attrs::Device<'e>) -> bool {
         self.matchers.iter().all(|m| m.matches(ev))
+            && self.sysfs.as_ref().is_none_or(|s| s.matches(dev))
     }
 
     fn job(&self, ev: &Event) -> Job {
@@ -87,6 +94,9 @@ fn lookup<'e>(ev: &'e Event, key: &[u8]) -> Option<&'e [u8]> {
             return Some(s);
         }
     }
+    if key == b"KERNEL" {
+        return Some(attrs::kernel_name(ev.devpath()));
+    }
     ev.get(key)
 }
 
@@ -95,6 +105,8 @@ fn lookup<'e>(ev: &'e Event, key: &[u8]) -> Option<&'e [u8]> {
 pub struct RuleSet {
     rules: Vec<Rule>,
     hotplug_d: Option<PathBuf>,
+    /// `sysfs_dir`; `None` is [`attrs::DEFAULT_SYSFS_DIR`].
+    sysfs_dir: Option<PathBuf>,
 }
 
 impl RuleSet {
@@ -103,8 +115,13 @@ impl RuleSet {
     /// take effect without a reload.
     pub fn plan(&self, ev: &Event) -> Vec<Job> {
         let mut jobs = Vec::new();
+        let root = self
+            .sysfs_dir
+            .as_deref()
+            .unwrap_or(Path::new(attrs::DEFAULT_SYSFS_DIR));
+        let mut dev = attrs::Device::new(root, ev);
         for rule in &self.rules {
-            if rule.matches(ev) {
+            if rule.matches(ev, &mut dev) {
                 jobs.push(rule.job(ev));
                 if rule.last {
                     return jobs;
@@ -133,6 +150,12 @@ impl RuleSet {
 
     pub fn hotplug_d(&self) -> Option<&Path> {
         self.hotplug_d.as_deref()
+    }
+
+    /// Where sysfs keys read devices: the config's `sysfs_dir`.
+    pub(crate) fn with_sysfs_dir(mut self, dir: &Path) -> RuleSet {
+        self.sysfs_dir = Some(dir.to_owned());
+        self
     }
 }
 
@@ -234,6 +257,7 @@ impl RuleSetBuilder {
         RuleSet {
             rules: self.rules,
             hotplug_d,
+            sysfs_dir: None,
         }
     }
 }
