@@ -316,3 +316,163 @@ fn check_config_names_malformed_keys() {
         );
     }
 }
+
+/// µs per event for `n` plans of `ev` (median of 7 rounds).
+fn per_event(rules: &hotplugd::rules::RuleSet, ev: &hotplugd::event::Event, n: u32) -> f64 {
+    let mut rounds: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(rules.plan(std::hint::black_box(ev)));
+            }
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[3]
+}
+
+fn bench_rules(sysfs: &Path, m: &str) -> hotplugd::rules::RuleSet {
+    let text = format!(
+        "[daemon]\nsysfs_dir = {}\n[[rule]]\nname = \"r\"\nmatch = {{ {m} }}\nrun = [\"/bin/true\"]\n",
+        q(sysfs.to_str().unwrap())
+    );
+    hotplugd::config::Config::parse(&text, Path::new("bench.toml"))
+        .unwrap()
+        .rules
+}
+
+/// A benchmark, not a check (ignored by default; BENCHMARKS.md has the numbers): what
+/// choosing an event's handlers costs when a rule looks up `ATTRS` a 4-deep parent
+/// chain, on a tree of its own and on this machine's /sys, next to rules that read no
+/// sysfs. Each plan starts from nothing: the cache lives for one event only.
+///
+/// `scripts/cargo-static test --release --test attrs attrs_bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn attrs_bench() {
+    let n: u32 = std::env::var("HOTPLUGD_ATTRS_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let ev = |devpath: &str, sub: &str| {
+        let vars = [
+            (&b"ACTION"[..], &b"add"[..]),
+            (b"DEVPATH", devpath.as_bytes()),
+            (b"SUBSYSTEM", sub.as_bytes()),
+            (b"SEQNUM", b"1"),
+        ];
+        hotplugd::event::Event::from_vars(sub.as_bytes(), vars).unwrap()
+    };
+    println!("| matching (N = {n} per round, median of 7) | µs/event |");
+    println!("| --- | --- |");
+    let row = |what: &str, us: f64| println!("| {what} | {us:.2} |");
+
+    // The device and four parents above it, each a device (`uevent`), the vendor and
+    // product on the topmost, as a USB tty's are.
+    let t = tempfile::tempdir().unwrap();
+    let chain = "devices/pci0000:00/usb1/1-1/1-1:1.0/ttyUSB0";
+    let mut dir = t.path().to_owned();
+    for part in chain.split('/') {
+        dir.push(part);
+        fs::create_dir_all(&dir).unwrap();
+        if part != "devices" {
+            fs::write(dir.join("uevent"), "").unwrap();
+        }
+    }
+    let top = t.path().join("devices/pci0000:00");
+    fs::write(top.join("idVendor"), "0403\n").unwrap();
+    fs::write(top.join("idProduct"), "6001\n").unwrap();
+    let fake = ev(&format!("/{chain}"), "tty");
+    let tree = t.path();
+    for (what, m) in [
+        (
+            "fake tree: no sysfs keys",
+            r#"SUBSYSTEM = "tty", KERNEL = "ttyUSB*""#,
+        ),
+        (
+            "fake tree: event keys miss, ATTRS never read",
+            r#"SUBSYSTEM = "net", "ATTRS{idVendor}" = "0403""#,
+        ),
+        (
+            "fake tree: ATTRS{idVendor} + ATTRS{idProduct} match 4 parents up",
+            r#"SUBSYSTEM = "tty", "ATTRS{idVendor}" = "0403", "ATTRS{idProduct}" = "6001""#,
+        ),
+        (
+            "fake tree: ATTRS{idVendor} misses on all 5 devices",
+            r#"SUBSYSTEM = "tty", "ATTRS{idVendor}" = "ffff""#,
+        ),
+    ] {
+        row(what, per_event(&bench_rules(tree, m), &fake, n));
+    }
+
+    // This machine: the device with the most parent devices, an attribute of the topmost
+    // one that none below has, and rules that match it there or miss on every level.
+    let top = Path::new("/sys/devices");
+    let mut deepest: Option<(usize, PathBuf)> = None;
+    let mut stack = vec![top.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+        if is_device(&d) {
+            let parents = d
+                .ancestors()
+                .skip(1)
+                .take_while(|p| *p != top)
+                .filter(|p| is_device(p))
+                .count();
+            if deepest.as_ref().is_none_or(|(n, _)| parents > *n) {
+                deepest = Some((parents, d));
+            }
+        }
+    }
+    let Some((parents, d)) = deepest else {
+        skip_or_fail("no device in /sys/devices");
+        return;
+    };
+    let devpath = format!("/{}", d.strip_prefix("/sys").unwrap().display());
+    let real = ev(&devpath, "test");
+    let sys = Path::new("/sys");
+    let below: Vec<&Path> = d.ancestors().take_while(|p| *p != top).collect();
+    let topmost = *below.iter().rev().find(|p| is_device(p)).unwrap();
+    let unique = fs::read_dir(topmost).unwrap().flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let value = attr(topmost, &name)?;
+        let elsewhere = below[..below.len() - 1]
+            .iter()
+            .any(|p| p.join(&name).exists());
+        (!elsewhere && !name.contains(['{', '}'])).then_some((name, value))
+    });
+    if let Some((name, value)) = unique {
+        row(
+            &format!(
+                "/sys {devpath} ({parents} parents): ATTRS{{{name}}} matches on {}",
+                topmost.file_name().unwrap().to_string_lossy()
+            ),
+            per_event(
+                &bench_rules(
+                    sys,
+                    &format!("\"ATTRS{{{name}}}\" = {}", q(&literal(&value))),
+                ),
+                &real,
+                n,
+            ),
+        );
+    }
+    row(
+        &format!("/sys {devpath}: ATTRS{{no_such_attribute}} misses on all"),
+        per_event(
+            &bench_rules(sys, r#""ATTRS{no_such_attribute}" = "x""#),
+            &real,
+            n,
+        ),
+    );
+    row(
+        &format!("/sys {devpath}: no sysfs keys"),
+        per_event(&bench_rules(sys, r#"KERNEL = "*""#), &real, n),
+    );
+}

@@ -13,14 +13,17 @@
 //! O_NOFOLLOW, so a read never leaves `sysfs_dir + DEVPATH`; only the links `driver` and
 //! `subsystem` are read, as links (their target's last component is the name).
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 
-use nix::fcntl::{openat, readlinkat, OFlag};
-use nix::sys::stat::{fstatat, Mode, SFlag};
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, readlinkat, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
 
 use super::Pattern;
 use crate::event::Event;
@@ -170,9 +173,10 @@ impl SysMatch {
         }
         // The device first, then up DEVPATH to the top directory (`/devices`, never
         // matched), skipping directories that are not devices, as udev does.
+        // Whether a parent is a device costs a lookup: asked only where the keys hold.
         std::iter::once(me).chain((1..me).rev()).any(|level| {
-            (level == me || dev.is_device(level))
-                && self.parent.iter().all(|k| dev.key_matches(level, k))
+            self.parent.iter().all(|k| dev.key_matches(level, k))
+                && (level == me || dev.is_device(level))
         })
     }
 }
@@ -189,16 +193,16 @@ pub(crate) struct Device<'e> {
     root: &'e Path,
     ev: &'e Event,
     opened: bool,
-    /// DEVPATH's components as byte ranges; level `i` is the directory of the first `i+1`.
-    comps: Vec<(usize, usize)>,
-    /// The opened directories, level by level; shorter when a component is missing.
-    dirs: Vec<OwnedFd>,
+    /// Where each DEVPATH component ends; level `i` is the directory of the first `i+1`.
+    ends: Vec<usize>,
     /// Whether each level has a `uevent` file, once looked at.
     is_dev: Vec<Option<bool>>,
     cache: Vec<Cached<'e>>,
     cached_bytes: usize,
     /// A value read past the cache's cap, lent out until the next read.
     spare: Option<Box<[u8]>>,
+    /// The path of the file being read, `sysfs_dir` first, reused.
+    path: Vec<u8>,
 }
 
 impl<'e> Device<'e> {
@@ -208,12 +212,12 @@ impl<'e> Device<'e> {
             root,
             ev,
             opened: false,
-            comps: Vec::new(),
-            dirs: Vec::new(),
+            ends: Vec::new(),
             is_dev: Vec::new(),
             cache: Vec::new(),
             cached_bytes: 0,
             spare: None,
+            path: Vec::new(),
         }
     }
 
@@ -225,60 +229,52 @@ impl<'e> Device<'e> {
         let Some(rest) = devpath.strip_prefix(b"/") else {
             return;
         };
-        let mut start = 1;
-        for part in rest.split(|&b| b == b'/') {
-            self.comps.push((start, start + part.len()));
-            start += part.len() + 1;
-        }
-        self.is_dev = vec![None; self.comps.len()];
         // A DEVPATH the kernel would not send reads nothing at all.
-        let clean = self
-            .comps
-            .iter()
-            .all(|&(a, b)| !matches!(&devpath[a..b], b"" | b"." | b".."));
-        if !clean {
-            self.comps.clear();
-            return;
-        }
-        let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let root = match openat(None, self.root, dir_flags, Mode::empty()) {
-            // SAFETY: openat returned a new fd that nothing else owns.
-            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
-            Err(e) => {
-                log::warn!("sysfs_dir {}: {e}", self.root.display());
+        let mut end = 0;
+        for part in rest.split(|&b| b == b'/') {
+            if matches!(part, b"" | b"." | b"..") {
+                self.ends.clear();
                 return;
             }
-        };
-        let mut at = root.as_raw_fd();
-        for &(a, b) in &self.comps {
-            let part = std::ffi::OsStr::from_bytes(&devpath[a..b]);
-            match openat(Some(at), part, dir_flags | OFlag::O_NOFOLLOW, Mode::empty()) {
-                Ok(fd) => {
-                    // SAFETY: as above.
-                    self.dirs.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                    at = fd;
-                }
-                // The device is gone (a remove, or a late event); its parents may not be.
-                Err(_) => break,
-            }
+            end += 1 + part.len();
+            self.ends.push(end);
         }
+        self.is_dev = vec![None; self.ends.len()];
     }
 
     fn device_level(&self) -> Option<usize> {
-        self.comps.len().checked_sub(1)
+        self.ends.len().checked_sub(1)
+    }
+
+    /// `file` in the directory of `level`: `sysfs_dir/DEVPATH-prefix/file`.
+    fn set_path(&mut self, level: usize, file: &[u8]) {
+        self.path.clear();
+        self.path
+            .extend_from_slice(self.root.as_os_str().as_bytes());
+        self.path
+            .extend_from_slice(&self.ev.devpath()[..self.ends[level]]);
+        self.path.push(b'/');
+        self.path.extend_from_slice(file);
+    }
+
+    /// The current path as [`open_below`] takes it.
+    fn below(&self) -> Below<'_> {
+        Below {
+            path: &self.path,
+            root_len: self.root.as_os_str().len(),
+        }
     }
 
     fn is_device(&mut self, level: usize) -> bool {
         if let Some(known) = self.is_dev[level] {
             return known;
         }
-        let known = self.dirs.get(level).is_some_and(|dir| {
-            fstatat(
-                Some(dir.as_raw_fd()),
-                "uevent",
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG)
+        self.set_path(level, b"uevent");
+        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let known = open_below(self.below(), flags).is_ok_and(|fd| {
+            fstat(fd.as_raw_fd()).is_ok_and(|st| {
+                SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+            })
         });
         self.is_dev[level] = Some(known);
         known
@@ -292,21 +288,19 @@ impl<'e> Device<'e> {
     fn value(&mut self, level: usize, what: &'e What) -> Option<&[u8]> {
         let ev = self.ev;
         let me = Some(level) == self.device_level();
-        match what {
+        let file: &[u8] = match what {
             What::Kernel => {
-                let (a, b) = self.comps[level];
-                return Some(&ev.devpath()[a..b]);
+                let start = level.checked_sub(1).map_or(1, |l| self.ends[l] + 1);
+                return Some(&ev.devpath()[start..self.ends[level]]);
             }
             // The event's own word first: it is what the kernel said when it sent it,
             // and on a remove the directory is gone.
-            What::Driver if me => {
-                if let Some(v) = ev.get(b"DRIVER") {
-                    return Some(v);
-                }
-            }
+            What::Driver if me && ev.get(b"DRIVER").is_some() => return ev.get(b"DRIVER"),
             What::Subsystem if me && !ev.subsystem().is_empty() => return Some(ev.subsystem()),
-            _ => {}
-        }
+            What::Attr(name) => name,
+            What::Driver => b"driver",
+            What::Subsystem => b"subsystem",
+        };
         if let Some(i) = self
             .cache
             .iter()
@@ -314,7 +308,11 @@ impl<'e> Device<'e> {
         {
             return self.cache[i].value.as_deref();
         }
-        let value = self.dirs.get(level).and_then(|dir| read(dir, what));
+        self.set_path(level, file);
+        let value = match what {
+            What::Attr(_) => read_attr(self.below()),
+            _ => read_link(self.below()),
+        };
         let cost = value.as_ref().map_or(0, |v| v.len()) + std::mem::size_of::<Cached>();
         if self.cached_bytes + cost > CACHE_MAX {
             self.spare = value;
@@ -326,70 +324,109 @@ impl<'e> Device<'e> {
     }
 }
 
-/// Read one value below `dir`; anything that fails is a missing value.
-fn read(dir: &OwnedFd, what: &What) -> Option<Box<[u8]>> {
-    let link = match what {
-        What::Attr(name) => return read_attr(dir, name),
-        What::Driver => "driver",
-        What::Subsystem => "subsystem",
-        What::Kernel => return None,
-    };
-    let target = readlinkat(Some(dir.as_raw_fd()), link).ok()?;
+/// Whether this kernel has `openat2` (Linux 5.6): 0 not known yet, 1 yes, 2 no.
+static OPENAT2: AtomicU8 = AtomicU8::new(0);
+
+/// A file's absolute path, `sysfs_dir` (its first `root_len` bytes, symlinks resolved
+/// when the config was read) then a relative part without `.`, `..` or empty components.
+#[derive(Clone, Copy)]
+struct Below<'p> {
+    path: &'p [u8],
+    root_len: usize,
+}
+
+/// Open a file below `sysfs_dir` without following a symlink anywhere past it; a symlink
+/// at the end is opened itself with `O_PATH | O_NOFOLLOW`, else refused. One `openat2`
+/// with RESOLVE_NO_SYMLINKS where the kernel has it (Linux 5.6), else `sysfs_dir` and a
+/// walk of `openat`s, each with O_NOFOLLOW. (No fd for `sysfs_dir` is kept: a file
+/// system mounted there later must be seen, as a path would see it.)
+fn open_below(at: Below<'_>, flags: OFlag) -> nix::Result<OwnedFd> {
+    if OPENAT2.load(Ordering::Relaxed) != 2 {
+        let how = OpenHow::new()
+            .flags(flags)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+        match openat2(libc::AT_FDCWD, at.path, how) {
+            // SAFETY: openat2 returned a new fd that nothing else owns.
+            Ok(fd) => {
+                OPENAT2.store(1, Ordering::Relaxed);
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            // Old kernels, and seccomp filters that do not know it.
+            Err(Errno::ENOSYS | Errno::EPERM) if OPENAT2.load(Ordering::Relaxed) == 0 => {
+                OPENAT2.store(2, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    open_walk(at, flags)
+}
+
+fn open_walk(at: Below<'_>, flags: OFlag) -> nix::Result<OwnedFd> {
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let root = OsStr::from_bytes(&at.path[..at.root_len]);
+    // SAFETY: openat returned a new fd that nothing else owns (here and below).
+    let mut dir = unsafe { OwnedFd::from_raw_fd(openat(None, root, dir_flags, Mode::empty())?) };
+    let rel = &at.path[at.root_len..];
+    let rel = rel.strip_prefix(b"/").unwrap_or(rel);
+    let mut parts = rel.split(|&b| b == b'/').peekable();
+    while let Some(part) = parts.next() {
+        let last = parts.peek().is_none();
+        let f = if last { flags } else { dir_flags } | OFlag::O_NOFOLLOW;
+        let fd = openat(
+            Some(dir.as_raw_fd()),
+            OsStr::from_bytes(part),
+            f,
+            Mode::empty(),
+        )?;
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if last {
+            return Ok(fd);
+        }
+        dir = fd;
+    }
+    Err(Errno::ENOENT)
+}
+
+/// The last component of a link's target (`driver`, `subsystem`).
+fn read_link(at: Below<'_>) -> Option<Box<[u8]>> {
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = open_below(at, flags).ok()?;
+    // An empty path reads the link an O_PATH fd stands for.
+    let target = readlinkat(Some(fd.as_raw_fd()), "").ok()?;
     let name = Path::new(&target).file_name()?;
     Some(name.as_bytes().into())
 }
 
-fn read_attr(dir: &OwnedFd, name: &[u8]) -> Option<Box<[u8]>> {
-    let mut parts = name.split(|&b| b == b'/').peekable();
-    let mut sub: Option<OwnedFd> = None;
-    let mut file = None;
-    while let Some(part) = parts.next() {
-        let at = sub.as_ref().unwrap_or(dir).as_raw_fd();
-        let part = std::ffi::OsStr::from_bytes(part);
-        let last = parts.peek().is_none();
-        let flags = if last {
-            // O_NONBLOCK: in a fake tree a FIFO must not stall the daemon.
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY
-        } else {
-            OFlag::O_PATH | OFlag::O_DIRECTORY
-        };
-        let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = match openat(Some(at), part, flags, Mode::empty()) {
-            // SAFETY: openat returned a new fd that nothing else owns.
-            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
-            Err(nix::errno::Errno::ENOENT) => return None,
-            Err(e) => {
-                log::debug!("attribute {}: {e}", String::from_utf8_lossy(name));
-                return None;
-            }
-        };
-        if last {
-            file = Some(File::from(fd));
-        } else {
-            sub = Some(fd);
+/// An attribute, trimmed; anything that fails is a missing value.
+fn read_attr(at: Below<'_>) -> Option<Box<[u8]>> {
+    let path = at.path;
+    // O_NONBLOCK: in a fake tree a FIFO must not stall the daemon.
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let fd = match open_below(at, flags) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return None,
+        Err(e) => {
+            log::debug!("{}: {e}", String::from_utf8_lossy(path));
+            return None;
         }
-    }
-    let mut file = file?;
+    };
     let mut buf = [0u8; ATTR_MAX + 1];
-    let mut len = 0;
-    while len < buf.len() {
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                log::debug!("attribute {}: {e}", String::from_utf8_lossy(name));
-                return None;
-            }
+    // One read: sysfs hands out an attribute whole, and a regular file reads short only
+    // at its end; a value that fills the buffer is too long either way.
+    let len = match File::from(fd).read(&mut buf) {
+        Ok(n) if n <= ATTR_MAX => n,
+        Ok(_) => {
+            log::debug!(
+                "{}: longer than {ATTR_MAX} bytes, taken as missing",
+                String::from_utf8_lossy(path)
+            );
+            return None;
         }
-    }
-    if len > ATTR_MAX {
-        log::debug!(
-            "attribute {}: longer than {ATTR_MAX} bytes, taken as missing",
-            String::from_utf8_lossy(name)
-        );
-        return None;
-    }
+        Err(e) => {
+            log::debug!("{}: {e}", String::from_utf8_lossy(path));
+            return None;
+        }
+    };
     // udev trims trailing whitespace: sysfs values end in a newline.
     let end = buf[..len]
         .iter()
@@ -738,6 +775,13 @@ mod tests {
             ran(t.path(), &cases, &ev("/devices/link", &[])),
             ["attr-not", "kernels-not"]
         );
+        // A sysfs_dir behind a symlink is resolved when the config is read.
+        let via = tempfile::tempdir().unwrap();
+        symlink(t.path(), via.path().join("sys")).unwrap();
+        assert_eq!(
+            ran(&via.path().join("sys"), &cases, &ev(TTY, &[])),
+            ["attr", "attr-not", "parent", "kernels-not"]
+        );
         // A missing sysfs_dir: every value is missing.
         let none = t.path().join("none");
         assert_eq!(
@@ -790,5 +834,43 @@ mod tests {
         assert!(dev.cached_bytes <= CACHE_MAX);
         assert!(dev.cache.len() < names.len());
         assert_eq!(dev.value(me, &names[39]).unwrap()[0], b'9');
+    }
+
+    #[test]
+    fn openat2_and_the_walk_agree() {
+        let t = tree();
+        let root = t.path().as_os_str().as_bytes();
+        let tty = &TTY[1..];
+        let read = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let link = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let intf = "devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0";
+        symlink(t.path().join("secret"), t.path().join("devices/link")).unwrap();
+        for (path, flags, ok) in [
+            (format!("{tty}/dev"), read, true),
+            (format!("{tty}/power/control"), read, true),
+            (format!("{tty}/evil"), read, false),
+            (format!("{tty}/device/uevent"), read, false),
+            (format!("{tty}/sub/dev"), read, false),
+            ("devices/link/dev".into(), read, false),
+            (format!("{tty}/nope"), read, false),
+            (format!("{intf}/driver"), link, true),
+            (format!("{intf}/driver/uevent"), link, false),
+        ] {
+            let full = [root, b"/", path.as_bytes()].concat();
+            let at = Below {
+                path: &full,
+                root_len: root.len(),
+            };
+            let two = open_below(at, flags);
+            let walk = open_walk(at, flags);
+            assert_eq!(two.is_ok(), ok, "openat2 {path}: {two:?}");
+            assert_eq!(walk.is_ok(), ok, "walk {path}: {walk:?}");
+        }
+        let driver = [root, b"/", intf.as_bytes(), b"/driver"].concat();
+        let at = Below {
+            path: &driver,
+            root_len: root.len(),
+        };
+        assert_eq!(read_link(at).as_deref(), Some(&b"ftdi_sio"[..]));
     }
 }

@@ -152,9 +152,10 @@ impl RuleSet {
         self.hotplug_d.as_deref()
     }
 
-    /// Where sysfs keys read devices: the config's `sysfs_dir`.
+    /// Where sysfs keys read devices: the config's `sysfs_dir`, with its symlinks resolved
+    /// now, as no read follows one later.
     pub(crate) fn with_sysfs_dir(mut self, dir: &Path) -> RuleSet {
-        self.sysfs_dir = Some(dir.to_owned());
+        self.sysfs_dir = Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()));
         self
     }
 }
