@@ -438,20 +438,25 @@ fn attrs_bench() {
     let real = ev(&devpath, "test");
     let sys = Path::new("/sys");
     let below: Vec<&Path> = d.ancestors().take_while(|p| *p != top).collect();
-    let topmost = *below.iter().rev().find(|p| is_device(p)).unwrap();
-    let unique = fs::read_dir(topmost).unwrap().flatten().find_map(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let value = attr(topmost, &name)?;
-        let elsewhere = below[..below.len() - 1]
-            .iter()
-            .any(|p| p.join(&name).exists());
-        (!elsewhere && !name.contains(['{', '}'])).then_some((name, value))
-    });
-    if let Some((name, value)) = unique {
+    // The topmost parent device with an attribute that no directory below it has.
+    let unique = below[1..]
+        .iter()
+        .rev()
+        .filter(|p| is_device(p))
+        .find_map(|&p| {
+            fs::read_dir(p).ok()?.flatten().find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let value = attr(p, &name)?;
+                let lower = below.iter().take_while(|q| **q != p);
+                let elsewhere = lower.into_iter().any(|q| q.join(&name).exists());
+                (!elsewhere && !name.contains(['{', '}'])).then_some((p, name, value))
+            })
+        });
+    if let Some((parent, name, value)) = unique {
         row(
             &format!(
                 "/sys {devpath} ({parents} parents): ATTRS{{{name}}} matches on {}",
-                topmost.file_name().unwrap().to_string_lossy()
+                parent.file_name().unwrap().to_string_lossy()
             ),
             per_event(
                 &bench_rules(
