@@ -7,11 +7,11 @@
 //! device's directory is opened only when a rule got that far; what was read is kept for
 //! the rest of the event's plan (up to [`CACHE_MAX`] bytes) and dropped with it.
 //!
-//! O_NOFOLLOW at every step: sysfs is full of symlinks (`device`, `subsystem`, `driver`,
-//! `firmware_node`) leading anywhere, and a DEVPATH is whatever the event said. Each
-//! component of DEVPATH and of an attribute name is opened relative to the one before with
-//! O_NOFOLLOW, so a read never leaves `sysfs_dir + DEVPATH`; only the links `driver` and
-//! `subsystem` are read, as links (their target's last component is the name).
+//! No symlink followed: sysfs is full of them (`device`, `subsystem`, `driver`,
+//! `firmware_node`) leading anywhere, and a DEVPATH is whatever the event said. Every open
+//! refuses a symlink anywhere past `sysfs_dir` ([`open_below`]), so a read never leaves
+//! `sysfs_dir + DEVPATH`; only the links `driver` and `subsystem` are read, as links
+//! (their target's last component is the name).
 
 use std::ffi::OsStr;
 use std::fs::File;
