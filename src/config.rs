@@ -125,7 +125,9 @@ pub struct DaemonConfig {
     /// Where the built-in loader looks for requested firmware, in order; empty: no
     /// built-in loader, rules answer firmware requests.
     pub firmware_dirs: Vec<PathBuf>,
-    /// The sysfs mount: firmware requests' `loading` and `data` are below it.
+    /// The sysfs mount: rules' `ATTR{..}`, `ATTRS{..}` and `DRIVER(S)` keys read devices
+    /// below it (DEVPATH is relative to it), and firmware requests' `loading` and `data`
+    /// are there.
     pub sysfs_dir: PathBuf,
     /// Where the rules' node keys act: `dev_dir/$DEVNAME` and the links below it.
     pub dev_dir: PathBuf,
@@ -272,7 +274,9 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
         Ok(Config {
-            rules: rules.build(daemon.hotplug_d.clone()),
+            rules: rules
+                .build(daemon.hotplug_d.clone())
+                .with_sysfs_dir(&daemon.sysfs_dir),
             daemon,
             path: Some(file.to_path_buf()),
             rule_files,
@@ -321,13 +325,7 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
                 let dirs = paths(d, &v);
                 set(&mut cfg.firmware_dirs, absolute(d, &v, dirs, Vec::as_slice))
             }
-            "sysfs_dir" => {
-                let dir = dir_path(d, &v);
-                set(
-                    &mut cfg.sysfs_dir,
-                    absolute(d, &v, dir, std::slice::from_ref),
-                )
-            }
+            "sysfs_dir" => set(&mut cfg.sysfs_dir, sysfs_dir(d, &v)),
             "dev_dir" => set(&mut cfg.dev_dir, dev_dir(d, &v)),
             // Background handlers.
             "max_background" => set(&mut cfg.max_background, d.unsigned(&v)),
@@ -433,12 +431,17 @@ fn absolute<T>(
     Some(value)
 }
 
-/// A path that cannot be switched off.
-fn dir_path(d: &mut Diag, v: &Value) -> Option<PathBuf> {
-    match path(d, v)? {
-        Some(p) => Some(p),
-        None => {
-            d.error(&v.span, "an empty path: this one cannot be switched off");
+/// Attribute matching's `sysfs_dir`: an absolute directory, never switched off (a rule
+/// with sysfs keys would then silently see every attribute missing).
+fn sysfs_dir(d: &mut Diag, v: &Value) -> Option<PathBuf> {
+    let p = path(d, v)?;
+    match p {
+        Some(p) if p.is_absolute() => Some(p),
+        _ => {
+            d.error(
+                &v.span,
+                "sysfs_dir must be an absolute path, such as \"/sys\"",
+            );
             None
         }
     }
@@ -968,7 +971,7 @@ run = ["/x"]
         assert_eq!(DaemonConfig::default().sysfs_dir, Path::new("/sys"));
         assert_eq!(
             one_err("[daemon]\nsysfs_dir = \"\"\n"),
-            "main.toml:2:13: an empty path: this one cannot be switched off"
+            "main.toml:2:13: sysfs_dir must be an absolute path, such as \"/sys\""
         );
         assert_eq!(
             one_err("[daemon]\nfirmware_dirs = [\"/a\", \"b\"]\n"),
@@ -976,7 +979,7 @@ run = ["/x"]
         );
         assert_eq!(
             one_err("[daemon]\nsysfs_dir = \"sys\"\n"),
-            "main.toml:2:13: a relative path: give an absolute one"
+            "main.toml:2:13: sysfs_dir must be an absolute path, such as \"/sys\""
         );
     }
 

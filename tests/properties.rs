@@ -740,8 +740,21 @@ proptest! {
             toml_str(&name), toml_str(&key), toml_str(&pattern),
             toml_str(&run0), toml_str(&run1), toml_str(&timeout),
         );
+        // Braces only in ATTR{name} and ATTRS{name}, a relative name of plain parts.
+        let braces_ok = match key.split_once('{') {
+            None => !key.contains('}') && !matches!(key.as_str(), "ATTR" | "ATTRS"),
+            Some((head, rest)) => {
+                matches!(head, "ATTR" | "ATTRS")
+                    && rest.strip_suffix('}').is_some_and(|n| {
+                        !n.is_empty()
+                            && n.split('/').all(|p| {
+                                !matches!(p, "" | "." | "..") && !p.contains(['{', '}'])
+                            })
+                    })
+            }
+        };
         let expect_ok = !name.trim().is_empty()
-            && !key.is_empty() && !key.contains(['=', '\0']) && key != "ACTION"
+            && !key.is_empty() && !key.contains(['=', '\0']) && key != "ACTION" && braces_ok
             && Pattern::new(pattern.as_bytes()).is_ok()
             && Template::parse(run0.as_bytes()).is_ok_and(|t| !t.is_empty())
             && Template::parse(run1.as_bytes()).is_ok()

@@ -9,8 +9,12 @@
 //! array of patterns that matches if *any* element matches (so `["!a", "!b"]` matches
 //! everything: list the positives, or use one negated glob like `"![ab]"`). A variable
 //! missing from the event matches only a negated pattern. `SUBSYSTEM` falls back to the
-//! shim's argv[1] like the old `/sbin/hotplug` contract; other keys are event variables.
+//! shim's argv[1] like the old `/sbin/hotplug` contract; `KERNEL` is DEVPATH's last
+//! component; other keys are event variables. Keys that read sysfs (`ATTR{name}`,
+//! `ATTRS{name}`, `DRIVER`, `DRIVERS`, `KERNELS`, `SUBSYSTEMS`) live in [`attrs`] and are
+//! checked only once a rule's event keys all matched.
 
+mod attrs;
 mod expand;
 mod glob;
 mod schema;
@@ -65,6 +69,8 @@ pub(crate) struct Rule {
     last: bool,
     nodes: Option<NodeSpec>,
     background: bool,
+    /// Keys read from sysfs; `None` for most rules, which then never touch it.
+    sysfs: Option<Box<attrs::SysMatch>>,
 }
 
 /// A rule's node keys, resolved at load (see [`crate::devnodes`]).
@@ -78,8 +84,9 @@ pub(crate) struct NodeSpec {
 }
 
 impl Rule {
-    fn matches(&self, ev: &Event) -> bool {
+    fn matches<'e>(&'e self, ev: &Event, dev: &mut attrs::Device<'e>) -> bool {
         self.matchers.iter().all(|m| m.matches(ev))
+            && self.sysfs.as_ref().is_none_or(|s| s.matches(dev))
     }
 
     fn job(&self, ev: &Event) -> Job {
@@ -105,6 +112,9 @@ fn lookup<'e>(ev: &'e Event, key: &[u8]) -> Option<&'e [u8]> {
             return Some(s);
         }
     }
+    if key == b"KERNEL" {
+        return Some(attrs::kernel_name(ev.devpath()));
+    }
     ev.get(key)
 }
 
@@ -114,6 +124,8 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     hotplug_d: Option<PathBuf>,
     has_nodes: bool,
+    /// `sysfs_dir`; `None` is [`attrs::DEFAULT_SYSFS_DIR`].
+    sysfs_dir: Option<PathBuf>,
 }
 
 impl RuleSet {
@@ -122,8 +134,9 @@ impl RuleSet {
     /// take effect without a reload.
     pub fn plan(&self, ev: &Event) -> Vec<Job> {
         let mut jobs = Vec::new();
+        let mut dev = attrs::Device::new(self.sysfs_root(), ev);
         for rule in &self.rules {
-            if rule.matches(ev) {
+            if rule.matches(ev, &mut dev) {
                 if !rule.run.is_empty() {
                     jobs.push(rule.job(ev));
                 }
@@ -136,6 +149,13 @@ impl RuleSet {
             hotplug_d_jobs(dir, ev.subsystem(), &mut jobs);
         }
         jobs
+    }
+
+    /// Where the rules' sysfs keys read devices.
+    fn sysfs_root(&self) -> &Path {
+        self.sysfs_dir
+            .as_deref()
+            .unwrap_or(Path::new(attrs::DEFAULT_SYSFS_DIR))
     }
 
     /// Whether some rule has node keys: without, events skip [`RuleSet::node_actions`].
@@ -151,8 +171,9 @@ impl RuleSet {
             return None;
         }
         let mut out: Option<NodeActions> = None;
+        let mut dev = attrs::Device::new(self.sysfs_root(), ev);
         for rule in &self.rules {
-            if !rule.matches(ev) {
+            if !rule.matches(ev, &mut dev) {
                 continue;
             }
             if let Some(n) = &rule.nodes {
@@ -194,6 +215,13 @@ impl RuleSet {
 
     pub fn hotplug_d(&self) -> Option<&Path> {
         self.hotplug_d.as_deref()
+    }
+
+    /// Where sysfs keys read devices: the config's `sysfs_dir`, with its symlinks resolved
+    /// now, as no read follows one later.
+    pub(crate) fn with_sysfs_dir(mut self, dir: &Path) -> RuleSet {
+        self.sysfs_dir = Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()));
+        self
     }
 }
 
@@ -297,6 +325,7 @@ impl RuleSetBuilder {
             has_nodes: self.rules.iter().any(|r| r.nodes.is_some()),
             rules: self.rules,
             hotplug_d,
+            sysfs_dir: None,
         }
     }
 }

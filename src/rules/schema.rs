@@ -2,6 +2,7 @@
 //! read from the spanned tree of [`crate::spanned`] with every mistake reported at its
 //! `file:line:col`, not only the first.
 
+use super::attrs::{self, KeyKind, SysMatch};
 use super::{Matcher, NodeSpec, Pattern, Rule, Template};
 use crate::spanned::{Diag, Key, Node, Span, Value};
 
@@ -33,6 +34,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
     let table_span = v.span.clone();
     let mut name = None;
     let mut matchers = Vec::new();
+    let mut sysfs: Option<Box<SysMatch>> = None;
     let mut run = None;
     let mut timeout = None;
     let mut last = false;
@@ -59,10 +61,13 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             }
             "match" => {
                 if let Some(t) = d.table(value, "a table of VARIABLE = pattern(s)") {
-                    matchers = t
-                        .into_iter()
-                        .filter_map(|(k, v)| matcher(d, k, v))
-                        .collect();
+                    for (k, v) in t {
+                        match matcher(d, k, v) {
+                            Some((KeyKind::Event, m)) => matchers.push(m),
+                            Some((kind, m)) => sysfs.get_or_insert_default().push(kind, m.patterns),
+                            None => {}
+                        }
+                    }
                 }
             }
             "run" => {
@@ -97,13 +102,16 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             last,
             nodes: has_nodes.then_some(nodes),
             background,
+            sysfs,
         }),
         _ => None,
     };
     ParsedRule { name, rule }
 }
 
-fn matcher(d: &mut Diag, key: Key, v: Value) -> Option<Matcher> {
+/// One `match` key with its patterns, and whether it is an event variable or read from
+/// sysfs ([`attrs::classify`]).
+fn matcher(d: &mut Diag, key: Key, v: Value) -> Option<(KeyKind, Matcher)> {
     if key.name.is_empty() || key.name.contains(['=', '\0']) {
         d.error(
             &key.span,
@@ -111,6 +119,9 @@ fn matcher(d: &mut Diag, key: Key, v: Value) -> Option<Matcher> {
         );
         return None;
     }
+    let kind = attrs::classify(&key.name)
+        .map_err(|e| d.error(&key.span, e))
+        .ok();
     let pattern = |d: &mut Diag, v: &Value| -> Option<Pattern> {
         let s = d.string(v)?;
         Pattern::new(s.as_bytes())
@@ -138,10 +149,13 @@ fn matcher(d: &mut Diag, key: Key, v: Value) -> Option<Matcher> {
             return None;
         }
     };
-    Some(Matcher {
-        key: key.name.into_bytes().into(),
-        patterns: patterns.into(),
-    })
+    Some((
+        kind?,
+        Matcher {
+            key: key.name.into_bytes().into(),
+            patterns: patterns.into(),
+        },
+    ))
 }
 
 fn argv(d: &mut Diag, v: &Value) -> Option<Box<[Template]>> {

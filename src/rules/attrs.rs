@@ -1,0 +1,876 @@
+//! Matching on sysfs: the rule keys that look at the device's directory under `sysfs_dir`
+//! rather than at the event's variables. `ATTR{name}` and `DRIVER` look at the device
+//! itself; `ATTRS{name}`, `DRIVERS`, `KERNELS` and `SUBSYSTEMS` at the device or any
+//! parent up its DEVPATH, all of one rule's on the same device, as in udev.
+//!
+//! Lazily: these keys cost syscalls, so a rule's event keys are checked first and the
+//! device's directory is opened only when a rule got that far; what was read is kept for
+//! the rest of the event's plan (up to [`CACHE_MAX`] bytes) and dropped with it.
+//!
+//! No symlink followed: sysfs is full of them (`device`, `subsystem`, `driver`,
+//! `firmware_node`) leading anywhere, and a DEVPATH is whatever the event said. Every open
+//! refuses a symlink anywhere past `sysfs_dir` ([`open_below`]), so a read never leaves
+//! `sysfs_dir + DEVPATH`; only the links `driver` and `subsystem` are read, as links
+//! (their target's last component is the name).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, readlinkat, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
+
+use super::Pattern;
+use crate::event::Event;
+
+/// Where sysfs is mounted unless `sysfs_dir` says otherwise.
+pub const DEFAULT_SYSFS_DIR: &str = "/sys";
+
+/// A longer attribute counts as missing: sysfs text attributes fit in a page, and a
+/// value cut short could match a pattern the whole would not.
+const ATTR_MAX: usize = 4096;
+
+/// Bytes of values one event's cache holds; past it values are read again each time.
+pub const CACHE_MAX: usize = 64 << 10;
+
+/// What a sysfs key looks at, on one device directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum What {
+    /// A file below the directory: a relative path of plain components.
+    Attr(Box<[u8]>),
+    /// The last component of the `driver` link's target.
+    Driver,
+    /// The last component of the `subsystem` link's target.
+    Subsystem,
+    /// The directory's own name, the DEVPATH component: no read.
+    Kernel,
+}
+
+/// Which phase a `match` key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    /// An event variable (KERNEL included: it is DEVPATH's last component).
+    Event,
+    /// Read on the event's device: `ATTR{name}`, `DRIVER`.
+    Own(What),
+    /// Read on the device or a parent, all on the same one: `ATTRS{name}`, `DRIVERS`,
+    /// `KERNELS`, `SUBSYSTEMS`.
+    Parent(What),
+}
+
+/// Sort a `match` key, or say what is wrong with it (the caller adds file:line:col).
+pub(crate) fn classify(key: &str) -> Result<KeyKind, String> {
+    match key {
+        "DRIVER" => return Ok(KeyKind::Own(What::Driver)),
+        "DRIVERS" => return Ok(KeyKind::Parent(What::Driver)),
+        "KERNELS" => return Ok(KeyKind::Parent(What::Kernel)),
+        "SUBSYSTEMS" => return Ok(KeyKind::Parent(What::Subsystem)),
+        "ATTR" | "ATTRS" => {
+            return Err(format!(
+                "`{key}` needs an attribute name: write \"{key}{{name}}\" (quoted, as a TOML key)"
+            ))
+        }
+        _ => {}
+    }
+    let Some(open) = key.find('{') else {
+        if key.contains('}') {
+            return Err(format!("unexpected `}}` in match key {key:?}"));
+        }
+        return Ok(KeyKind::Event);
+    };
+    let head = &key[..open];
+    if head != "ATTR" && head != "ATTRS" {
+        return Err(format!(
+            "unknown match key {key:?}: only ATTR{{name}} and ATTRS{{name}} take a name in braces"
+        ));
+    }
+    let rest = &key[open + 1..];
+    let Some(close) = rest.find('}') else {
+        return Err(format!("unclosed `{{` in match key {key:?}"));
+    };
+    if close + 1 != rest.len() {
+        return Err(format!("unexpected text after `}}` in match key {key:?}"));
+    }
+    let name = attr_name(&rest[..close]).map_err(|e| format!("in match key {key:?}: {e}"))?;
+    let what = What::Attr(name.as_bytes().into());
+    Ok(if head == "ATTR" {
+        KeyKind::Own(what)
+    } else {
+        KeyKind::Parent(what)
+    })
+}
+
+/// An attribute name is a path below the device's directory (`power/control`, as udev
+/// allows): relative, plain components only, so it cannot climb out.
+fn attr_name(name: &str) -> Result<&str, String> {
+    if name.is_empty() {
+        return Err("empty attribute name".into());
+    }
+    if name.starts_with('/') {
+        return Err("the attribute name must be relative to the device's directory".into());
+    }
+    for part in name.split('/') {
+        match part {
+            "" => return Err("empty path component in the attribute name".into()),
+            "." | ".." => {
+                return Err(format!(
+                    "`{part}` in the attribute name: it must name a file below the device"
+                ))
+            }
+            _ if part.contains(['{', '}']) => {
+                return Err("braces in the attribute name".into());
+            }
+            _ => {}
+        }
+    }
+    Ok(name)
+}
+
+/// One sysfs key of a rule, with its patterns (any may match, as for event keys).
+#[derive(Debug, Clone)]
+pub(crate) struct SysKey {
+    what: What,
+    patterns: Box<[Pattern]>,
+}
+
+/// A rule's sysfs keys, checked only after its event keys matched.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SysMatch {
+    own: Vec<SysKey>,
+    parent: Vec<SysKey>,
+}
+
+impl SysMatch {
+    /// Add a key that [`classify`] sorted as `Own` or `Parent` (an `Event` one is ignored).
+    pub(crate) fn push(&mut self, kind: KeyKind, patterns: Box<[Pattern]>) {
+        match kind {
+            KeyKind::Own(what) => self.own.push(SysKey { what, patterns }),
+            KeyKind::Parent(what) => self.parent.push(SysKey { what, patterns }),
+            KeyKind::Event => {}
+        }
+    }
+
+    pub(crate) fn matches<'e>(&'e self, dev: &mut Device<'e>) -> bool {
+        dev.open();
+        let Some(me) = dev.device_level() else {
+            // No device to read: every value is missing.
+            return self
+                .own
+                .iter()
+                .chain(&self.parent)
+                .all(|k| k.patterns.iter().any(|p| p.matches(None)));
+        };
+        if !self.own.iter().all(|k| dev.key_matches(me, k)) {
+            return false;
+        }
+        if self.parent.is_empty() {
+            return true;
+        }
+        // The device first, then up DEVPATH to the top directory (`/devices`, never
+        // matched), skipping directories that are not devices, as udev does.
+        // Whether a parent is a device costs a lookup: asked only where the keys hold.
+        std::iter::once(me).chain((1..me).rev()).any(|level| {
+            self.parent.iter().all(|k| dev.key_matches(level, k))
+                && (level == me || dev.is_device(level))
+        })
+    }
+}
+
+struct Cached<'e> {
+    level: usize,
+    what: &'e What,
+    value: Option<Box<[u8]>>,
+}
+
+/// One event's view of its device's directory and parents: opened on first use, read
+/// lazily, cached until the event's plan is made.
+pub(crate) struct Device<'e> {
+    root: &'e Path,
+    ev: &'e Event,
+    opened: bool,
+    /// Where each DEVPATH component ends; level `i` is the directory of the first `i+1`.
+    ends: Vec<usize>,
+    /// Whether each level has a `uevent` file, once looked at.
+    is_dev: Vec<Option<bool>>,
+    cache: Vec<Cached<'e>>,
+    cached_bytes: usize,
+    /// A value read past the cache's cap, lent out until the next read.
+    spare: Option<Box<[u8]>>,
+    /// The path of the file being read, `sysfs_dir` first, reused.
+    path: Vec<u8>,
+}
+
+impl<'e> Device<'e> {
+    /// Costs nothing until a rule needs it: built for every event.
+    pub(crate) fn new(root: &'e Path, ev: &'e Event) -> Device<'e> {
+        Device {
+            root,
+            ev,
+            opened: false,
+            ends: Vec::new(),
+            is_dev: Vec::new(),
+            cache: Vec::new(),
+            cached_bytes: 0,
+            spare: None,
+            path: Vec::new(),
+        }
+    }
+
+    fn open(&mut self) {
+        if std::mem::replace(&mut self.opened, true) {
+            return;
+        }
+        let devpath = self.ev.devpath();
+        let Some(rest) = devpath.strip_prefix(b"/") else {
+            return;
+        };
+        // A DEVPATH the kernel would not send reads nothing at all.
+        let mut end = 0;
+        for part in rest.split(|&b| b == b'/') {
+            if matches!(part, b"" | b"." | b"..") {
+                self.ends.clear();
+                return;
+            }
+            end += 1 + part.len();
+            self.ends.push(end);
+        }
+        self.is_dev = vec![None; self.ends.len()];
+    }
+
+    fn device_level(&self) -> Option<usize> {
+        self.ends.len().checked_sub(1)
+    }
+
+    /// `file` in the directory of `level`: `sysfs_dir/DEVPATH-prefix/file`.
+    fn set_path(&mut self, level: usize, file: &[u8]) {
+        self.path.clear();
+        self.path
+            .extend_from_slice(self.root.as_os_str().as_bytes());
+        self.path
+            .extend_from_slice(&self.ev.devpath()[..self.ends[level]]);
+        self.path.push(b'/');
+        self.path.extend_from_slice(file);
+    }
+
+    /// The current path as [`open_below`] takes it.
+    fn below(&self) -> Below<'_> {
+        Below {
+            path: &self.path,
+            root_len: self.root.as_os_str().len(),
+        }
+    }
+
+    fn is_device(&mut self, level: usize) -> bool {
+        if let Some(known) = self.is_dev[level] {
+            return known;
+        }
+        self.set_path(level, b"uevent");
+        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let known = open_below(self.below(), flags).is_ok_and(|fd| {
+            fstat(fd.as_raw_fd()).is_ok_and(|st| {
+                SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+            })
+        });
+        self.is_dev[level] = Some(known);
+        known
+    }
+
+    fn key_matches(&mut self, level: usize, key: &'e SysKey) -> bool {
+        let value = self.value(level, &key.what);
+        key.patterns.iter().any(|p| p.matches(value))
+    }
+
+    fn value(&mut self, level: usize, what: &'e What) -> Option<&[u8]> {
+        let ev = self.ev;
+        let me = Some(level) == self.device_level();
+        let file: &[u8] = match what {
+            What::Kernel => {
+                let start = level.checked_sub(1).map_or(1, |l| self.ends[l] + 1);
+                return Some(&ev.devpath()[start..self.ends[level]]);
+            }
+            // The event's own word first: it is what the kernel said when it sent it,
+            // and on a remove the directory is gone.
+            What::Driver if me && ev.get(b"DRIVER").is_some() => return ev.get(b"DRIVER"),
+            What::Subsystem if me && !ev.subsystem().is_empty() => return Some(ev.subsystem()),
+            What::Attr(name) => name,
+            What::Driver => b"driver",
+            What::Subsystem => b"subsystem",
+        };
+        if let Some(i) = self
+            .cache
+            .iter()
+            .position(|c| c.level == level && c.what == what)
+        {
+            return self.cache[i].value.as_deref();
+        }
+        self.set_path(level, file);
+        let value = match what {
+            What::Attr(_) => read_attr(self.below()),
+            _ => read_link(self.below()),
+        };
+        let cost = value.as_ref().map_or(0, |v| v.len()) + std::mem::size_of::<Cached>();
+        if self.cached_bytes + cost > CACHE_MAX {
+            self.spare = value;
+            return self.spare.as_deref();
+        }
+        self.cached_bytes += cost;
+        self.cache.push(Cached { level, what, value });
+        self.cache.last().and_then(|c| c.value.as_deref())
+    }
+}
+
+/// Whether this kernel has `openat2` (Linux 5.6): 0 not known yet, 1 yes, 2 no.
+static OPENAT2: AtomicU8 = AtomicU8::new(0);
+
+/// A file's absolute path, `sysfs_dir` (its first `root_len` bytes, symlinks resolved
+/// when the config was read) then a relative part without `.`, `..` or empty components.
+#[derive(Clone, Copy)]
+struct Below<'p> {
+    path: &'p [u8],
+    root_len: usize,
+}
+
+/// Open a file below `sysfs_dir` without following a symlink anywhere past it; a symlink
+/// at the end is opened itself with `O_PATH | O_NOFOLLOW`, else refused. One `openat2`
+/// with RESOLVE_NO_SYMLINKS where the kernel has it (Linux 5.6), else `sysfs_dir` and a
+/// walk of `openat`s, each with O_NOFOLLOW. (No fd for `sysfs_dir` is kept: a file
+/// system mounted there later must be seen, as a path would see it.)
+fn open_below(at: Below<'_>, flags: OFlag) -> nix::Result<OwnedFd> {
+    if OPENAT2.load(Ordering::Relaxed) != 2 {
+        let how = OpenHow::new()
+            .flags(flags)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+        match openat2(libc::AT_FDCWD, at.path, how) {
+            // SAFETY: openat2 returned a new fd that nothing else owns.
+            Ok(fd) => {
+                OPENAT2.store(1, Ordering::Relaxed);
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            // Old kernels, and seccomp filters that do not know it.
+            Err(Errno::ENOSYS | Errno::EPERM) if OPENAT2.load(Ordering::Relaxed) == 0 => {
+                OPENAT2.store(2, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    open_walk(at, flags)
+}
+
+fn open_walk(at: Below<'_>, flags: OFlag) -> nix::Result<OwnedFd> {
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let root = OsStr::from_bytes(&at.path[..at.root_len]);
+    // SAFETY: openat returned a new fd that nothing else owns (here and below).
+    let mut dir = unsafe { OwnedFd::from_raw_fd(openat(None, root, dir_flags, Mode::empty())?) };
+    let rel = &at.path[at.root_len..];
+    let rel = rel.strip_prefix(b"/").unwrap_or(rel);
+    let mut parts = rel.split(|&b| b == b'/').peekable();
+    while let Some(part) = parts.next() {
+        let last = parts.peek().is_none();
+        let f = if last { flags } else { dir_flags } | OFlag::O_NOFOLLOW;
+        let fd = openat(
+            Some(dir.as_raw_fd()),
+            OsStr::from_bytes(part),
+            f,
+            Mode::empty(),
+        )?;
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if last {
+            return Ok(fd);
+        }
+        dir = fd;
+    }
+    Err(Errno::ENOENT)
+}
+
+/// The last component of a link's target (`driver`, `subsystem`).
+fn read_link(at: Below<'_>) -> Option<Box<[u8]>> {
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = open_below(at, flags).ok()?;
+    // An empty path reads the link an O_PATH fd stands for.
+    let target = readlinkat(Some(fd.as_raw_fd()), "").ok()?;
+    let name = Path::new(&target).file_name()?;
+    Some(name.as_bytes().into())
+}
+
+/// An attribute, trimmed; anything that fails is a missing value.
+fn read_attr(at: Below<'_>) -> Option<Box<[u8]>> {
+    let path = at.path;
+    // O_NONBLOCK: in a fake tree a FIFO must not stall the daemon.
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let fd = match open_below(at, flags) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return None,
+        Err(e) => {
+            log::debug!("{}: {e}", String::from_utf8_lossy(path));
+            return None;
+        }
+    };
+    let mut buf = [0u8; ATTR_MAX + 1];
+    // One read: sysfs hands out an attribute whole, and a regular file reads short only
+    // at its end; a value that fills the buffer is too long either way.
+    let len = match File::from(fd).read(&mut buf) {
+        Ok(n) if n <= ATTR_MAX => n,
+        Ok(_) => {
+            log::debug!(
+                "{}: longer than {ATTR_MAX} bytes, taken as missing",
+                String::from_utf8_lossy(path)
+            );
+            return None;
+        }
+        Err(e) => {
+            log::debug!("{}: {e}", String::from_utf8_lossy(path));
+            return None;
+        }
+    };
+    // udev trims trailing whitespace: sysfs values end in a newline.
+    let end = buf[..len]
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    Some(buf[..end].into())
+}
+
+/// `KERNEL`: DEVPATH's last component.
+pub(crate) fn kernel_name(devpath: &[u8]) -> &[u8] {
+    devpath.rsplit(|&b| b == b'/').next().unwrap_or(devpath)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::rules::RuleSet;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    /// A tree shaped like the real one: a USB serial adapter's tty, four devices deep,
+    /// with a directory between that is not a device (`tty`, no `uevent`), `driver` and
+    /// `subsystem` links, and the traps: symlinks out of the device, a subdirectory,
+    /// an oversized value, a FIFO.
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let usb1 = "devices/pci0000:00/0000:00:14.0/usb1";
+        let dev = |p: &str, files: &[(&str, &str)]| {
+            let d = r.join(p);
+            fs::create_dir_all(&d).unwrap();
+            for (name, text) in files {
+                fs::write(d.join(name), text).unwrap();
+            }
+        };
+        dev("devices/pci0000:00", &[("uevent", "")]);
+        dev(
+            "devices/pci0000:00/0000:00:14.0",
+            &[("uevent", ""), ("vendor", "0x8086\n")],
+        );
+        dev(usb1, &[("uevent", ""), ("idVendor", "1d6b\n")]);
+        let port = format!("{usb1}/1-1");
+        dev(
+            &port,
+            &[
+                ("uevent", ""),
+                ("idVendor", "0403\n"),
+                ("idProduct", "6001\n"),
+                ("product", "FT232R USB UART  \n\n"),
+            ],
+        );
+        let intf = format!("{port}/1-1:1.0");
+        dev(&intf, &[("uevent", ""), ("bInterfaceClass", "ff\n")]);
+        // Not a device: its attribute must never match.
+        dev(&format!("{intf}/tty"), &[("idVendor", "dead\n")]);
+        let tty = format!("{intf}/tty/ttyUSB0");
+        dev(&tty, &[("uevent", ""), ("dev", "188:0\n")]);
+        dev(&format!("{tty}/power"), &[("control", "auto\n")]);
+        fs::write(r.join(&tty).join("big"), vec![b'x'; ATTR_MAX + 1]).unwrap();
+        fs::write(r.join(&tty).join("page"), vec![b'y'; ATTR_MAX]).unwrap();
+        nix::unistd::mkfifo(&r.join(&tty).join("fifo"), Mode::S_IRUSR).unwrap();
+        dev("bus/usb/drivers/usb", &[]);
+        dev("bus/usb/drivers/ftdi_sio", &[]);
+        dev("class/tty", &[]);
+        dev("secret", &[("idVendor", "0403\n"), ("dev", "1:3\n")]);
+        let up = |p: &str| "../".repeat(p.matches('/').count() + 1);
+        for (p, driver) in [(&port, "usb"), (&intf, "ftdi_sio")] {
+            let to = format!("{}bus/usb/drivers/{driver}", up(p));
+            symlink(to, r.join(p).join("driver")).unwrap();
+            symlink(format!("{}bus/usb", up(p)), r.join(p).join("subsystem")).unwrap();
+        }
+        symlink(
+            format!("{}class/tty", up(&tty)),
+            r.join(&tty).join("subsystem"),
+        )
+        .unwrap();
+        // Symlinks a read must not follow: out of the tree, and up to the parent.
+        symlink(r.join("secret/dev"), r.join(&tty).join("evil")).unwrap();
+        symlink("../../..", r.join(&tty).join("device")).unwrap();
+        symlink(r.join("secret"), r.join(&tty).join("sub")).unwrap();
+        t
+    }
+
+    const TTY: &str = "/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/tty/ttyUSB0";
+
+    fn rules(root: &Path, body: &str) -> RuleSet {
+        let text = format!("[daemon]\nsysfs_dir = {:?}\n{body}", root.to_str().unwrap());
+        match Config::parse(&text, Path::new("test.toml")) {
+            Ok(c) => c.rules,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn ev(devpath: &str, vars: &[(&str, &str)]) -> Event {
+        let mut all = vec![("ACTION", "add"), ("DEVPATH", devpath)];
+        all.extend_from_slice(vars);
+        Event::from_vars(
+            b"tty",
+            all.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        )
+        .unwrap()
+    }
+
+    /// One rule per `(name, match)`; the names of those that run for `e`.
+    fn ran(root: &Path, cases: &[(&str, &str)], e: &Event) -> Vec<String> {
+        let body: String = cases
+            .iter()
+            .map(|(n, m)| {
+                format!("[[rule]]\nname = {n:?}\nmatch = {{ {m} }}\nrun = [\"/bin/true\"]\n")
+            })
+            .collect();
+        rules(root, &body)
+            .plan(e)
+            .into_iter()
+            .map(|j| j.rule)
+            .collect()
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new("r.toml")) {
+            Ok(_) => panic!("no error for {text}"),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn key_syntax() {
+        use KeyKind::*;
+        let attr = |n: &str| What::Attr(n.as_bytes().into());
+        assert_eq!(classify("SUBSYSTEM"), Ok(Event));
+        assert_eq!(classify("KERNEL"), Ok(Event));
+        assert_eq!(classify("DRIVER"), Ok(Own(What::Driver)));
+        assert_eq!(classify("DRIVERS"), Ok(Parent(What::Driver)));
+        assert_eq!(classify("KERNELS"), Ok(Parent(What::Kernel)));
+        assert_eq!(classify("SUBSYSTEMS"), Ok(Parent(What::Subsystem)));
+        assert_eq!(classify("ATTR{dev}"), Ok(Own(attr("dev"))));
+        assert_eq!(classify("ATTRS{idVendor}"), Ok(Parent(attr("idVendor"))));
+        assert_eq!(
+            classify("ATTR{power/control}"),
+            Ok(Own(attr("power/control")))
+        );
+        for (key, why) in [
+            ("ATTR", "needs an attribute name"),
+            ("ATTRS", "needs an attribute name"),
+            ("ATTR{}", "empty attribute name"),
+            ("ATTRS{idVendor", "unclosed `{`"),
+            ("ATTR{a}b", "unexpected text after `}`"),
+            ("ATTR{a}}", "unexpected text after `}`"),
+            ("ATTR{../../etc/passwd}", "`..` in the attribute name"),
+            ("ATTR{a/./b}", "`.` in the attribute name"),
+            ("ATTR{/etc/passwd}", "relative to the device's directory"),
+            ("ATTR{a//b}", "empty path component"),
+            ("ATTR{a/}", "empty path component"),
+            ("ATTR{a{b}", "braces"),
+            ("DRIVERS{x}", "only ATTR{name} and ATTRS{name}"),
+            ("ENV{x}", "only ATTR{name} and ATTRS{name}"),
+            ("FOO}", "unexpected `}`"),
+        ] {
+            let e = classify(key).unwrap_err();
+            assert!(e.contains(why), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn check_config_names_the_key() {
+        let text = "[[rule]]\nname = \"a\"\nrun = [\"/bin/true\"]\n\
+                    match = { SUBSYSTEM = \"usb\", \"ATTRS{../x}\" = \"1\" }\n\
+                    [[rule]]\nname = \"b\"\nrun = [\"/bin/true\"]\n\
+                    match.\"ATTR{}\" = \"1\"\nmatch.\"ATTR{ok}\" = \"[\"\n\
+                    [daemon]\nsysfs_dir = \"sys\"\n";
+        let e = errors(text);
+        assert_eq!(e.len(), 4, "{e:#?}");
+        assert!(
+            e[0].starts_with("r.toml:4:30: in match key \"ATTRS{../x}\": `..`"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].starts_with("r.toml:8:7: in match key \"ATTR{}\": empty"),
+            "{}",
+            e[1]
+        );
+        assert!(e[2].starts_with("r.toml:9:20: bad pattern"), "{}", e[2]);
+        assert!(
+            e[3].starts_with("r.toml:11:13: sysfs_dir must be an absolute"),
+            "{}",
+            e[3]
+        );
+    }
+
+    #[test]
+    fn own_attributes() {
+        let t = tree();
+        let r = t.path();
+        let cases = [
+            ("dev", r#""ATTR{dev}" = "188:0""#),
+            ("dev-glob", r#""ATTR{dev}" = "188:*""#),
+            ("dev-array", r#""ATTR{dev}" = ["4:*", "188:?"]"#),
+            ("dev-not", r#""ATTR{dev}" = "!188:0""#),
+            ("subdir", r#""ATTR{power/control}" = "auto""#),
+            ("missing", r#""ATTR{nope}" = "*""#),
+            ("missing-not", r#""ATTR{nope}" = "!x""#),
+            ("parent-attr-not-own", r#""ATTR{idVendor}" = "*""#),
+            ("symlink-out", r#""ATTR{evil}" = "*""#),
+            ("symlink-up", r#""ATTR{device/idVendor}" = "*""#),
+            ("symlink-dir", r#""ATTR{sub/dev}" = "*""#),
+            ("oversized", r#""ATTR{big}" = "*""#),
+            ("one-page", r#""ATTR{page}" = "y*y""#),
+            ("fifo", r#""ATTR{fifo}" = "*""#),
+            ("kernel", r#"KERNEL = "ttyUSB*""#),
+            (
+                "event-then-attr",
+                r#"SUBSYSTEM = "tty", "ATTR{dev}" = "188:0""#,
+            ),
+        ];
+        assert_eq!(
+            ran(r, &cases, &ev(TTY, &[])),
+            [
+                "dev",
+                "dev-glob",
+                "dev-array",
+                "subdir",
+                "missing-not",
+                "one-page",
+                "fifo",
+                "kernel",
+                "event-then-attr"
+            ]
+        );
+    }
+
+    #[test]
+    fn trailing_whitespace_is_trimmed() {
+        let t = tree();
+        let cases = [
+            ("exact", r#""ATTRS{product}" = "FT232R USB UART""#),
+            ("with-space", r#""ATTRS{product}" = "FT232R USB UART *""#),
+        ];
+        assert_eq!(ran(t.path(), &cases, &ev(TTY, &[])), ["exact"]);
+    }
+
+    #[test]
+    fn parents_all_keys_on_one_device() {
+        let t = tree();
+        let cases = [
+            ("vendor", r#""ATTRS{idVendor}" = "0403""#),
+            ("root-hub", r#""ATTRS{idVendor}" = "1d6b""#),
+            ("pci", r#""ATTRS{vendor}" = "0x8086""#),
+            (
+                "same",
+                r#""ATTRS{idVendor}" = "0403", "ATTRS{idProduct}" = "6001""#,
+            ),
+            (
+                "split",
+                r#""ATTRS{idVendor}" = "0403", "ATTRS{bInterfaceClass}" = "ff""#,
+            ),
+            ("drivers", r#"DRIVERS = "ftdi_sio""#),
+            (
+                "drivers-usb",
+                r#"DRIVERS = "usb", "ATTRS{idProduct}" = "6001""#,
+            ),
+            (
+                "drivers-split",
+                r#"DRIVERS = "ftdi_sio", "ATTRS{idProduct}" = "6001""#,
+            ),
+            ("kernels", r#"KERNELS = "1-1", SUBSYSTEMS = "usb""#),
+            ("kernels-self", r#"KERNELS = "ttyUSB0", SUBSYSTEMS = "tty""#),
+            ("not-a-device", r#""ATTRS{idVendor}" = "dead""#),
+            ("top", r#"KERNELS = "devices""#),
+            ("missing", r#""ATTRS{nope}" = "*""#),
+            ("missing-not", r#""ATTRS{nope}" = "!x""#),
+            ("no-driver", r#"DRIVER = "*""#),
+            (
+                "own-and-parents",
+                r#""ATTR{dev}" = "188:0", "ATTRS{idVendor}" = "0403""#,
+            ),
+        ];
+        assert_eq!(
+            ran(t.path(), &cases, &ev(TTY, &[])),
+            [
+                "vendor",
+                "root-hub",
+                "pci",
+                "same",
+                "drivers",
+                "drivers-usb",
+                "kernels",
+                "kernels-self",
+                "missing-not",
+                "own-and-parents"
+            ]
+        );
+    }
+
+    #[test]
+    fn driver_from_the_event_then_the_link() {
+        let t = tree();
+        let intf = "/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0";
+        let cases = [
+            ("driver", r#"DRIVER = "ftdi_sio""#),
+            ("driver-other", r#"DRIVER = "pl2303""#),
+            ("subsystems", r#"SUBSYSTEMS = "usb", KERNELS = "1-1:1.0""#),
+        ];
+        let e = ev(intf, &[("SUBSYSTEM", "usb")]);
+        assert_eq!(ran(t.path(), &cases, &e), ["driver", "subsystems"]);
+        // The event's own DRIVER and SUBSYSTEM win: the kernel said so when it sent it.
+        let e = ev(intf, &[]);
+        assert_eq!(ran(t.path(), &cases, &e), ["driver"]);
+        let e = ev(intf, &[("SUBSYSTEM", "usb"), ("DRIVER", "pl2303")]);
+        assert_eq!(ran(t.path(), &cases, &e), ["driver-other", "subsystems"]);
+    }
+
+    #[test]
+    fn gone_or_odd_devices() {
+        let t = tree();
+        let cases = [
+            ("attr", r#""ATTR{dev}" = "*""#),
+            ("attr-not", r#""ATTR{dev}" = "!1""#),
+            ("parent", r#""ATTRS{idVendor}" = "0403""#),
+            ("kernels-not", r#"KERNELS = "!x""#),
+        ];
+        // Removed: the parents are still there.
+        let gone = TTY.replace("ttyUSB0", "ttyUSB1");
+        assert_eq!(
+            ran(t.path(), &cases, &ev(&gone, &[])),
+            ["attr-not", "parent", "kernels-not"]
+        );
+        // A DEVPATH that would climb, or is not absolute, reads nothing.
+        for bad in [
+            "/devices/../secret",
+            "/../secret",
+            "secret",
+            "/",
+            "/devices//x",
+        ] {
+            assert_eq!(
+                ran(t.path(), &cases, &ev(bad, &[])),
+                ["attr-not", "kernels-not"],
+                "{bad}"
+            );
+        }
+        // A symlink in DEVPATH is not followed.
+        symlink(t.path().join("secret"), t.path().join("devices/link")).unwrap();
+        assert_eq!(
+            ran(t.path(), &cases, &ev("/devices/link", &[])),
+            ["attr-not", "kernels-not"]
+        );
+        // A sysfs_dir behind a symlink is resolved when the config is read.
+        let via = tempfile::tempdir().unwrap();
+        symlink(t.path(), via.path().join("sys")).unwrap();
+        assert_eq!(
+            ran(&via.path().join("sys"), &cases, &ev(TTY, &[])),
+            ["attr", "attr-not", "parent", "kernels-not"]
+        );
+        // A missing sysfs_dir: every value is missing.
+        let none = t.path().join("none");
+        assert_eq!(
+            ran(&none, &cases, &ev(TTY, &[])),
+            ["attr-not", "kernels-not"]
+        );
+    }
+
+    #[test]
+    fn lazy_and_cached() {
+        let t = tree();
+        let rs = rules(
+            t.path(),
+            "[[rule]]\nname = \"a\"\nmatch = { SUBSYSTEM = \"usb\", \"ATTR{dev}\" = \"*\" }\n\
+             run = [\"/bin/true\"]\n",
+        );
+        let rule = &rs.rules[0];
+        let e = ev(TTY, &[]);
+        let mut dev = Device::new(t.path(), &e);
+        assert!(!rule.matches(&e, &mut dev));
+        assert!(
+            !dev.opened,
+            "sysfs opened though the event's keys did not match"
+        );
+
+        let dev_attr = What::Attr(b"dev"[..].into());
+        let mut dev = Device::new(t.path(), &e);
+        dev.open();
+        let me = dev.device_level().unwrap();
+        assert_eq!(dev.value(me, &dev_attr), Some(&b"188:0"[..]));
+        fs::write(t.path().join(&TTY[1..]).join("dev"), "1:1\n").unwrap();
+        assert_eq!(dev.value(me, &dev_attr), Some(&b"188:0"[..]), "not cached");
+
+        // Past the cap values are still right, read each time.
+        let names: Vec<What> = (0..40)
+            .map(|i| {
+                let name = format!("a{i}");
+                fs::write(
+                    t.path().join(&TTY[1..]).join(&name),
+                    vec![b'0' + i % 10; 4000],
+                )
+                .unwrap();
+                What::Attr(name.as_bytes().into())
+            })
+            .collect();
+        for (i, w) in names.iter().enumerate() {
+            let v = dev.value(me, w).unwrap();
+            assert!(v.len() == 4000 && v[0] == b'0' + i as u8 % 10, "{i}");
+        }
+        assert!(dev.cached_bytes <= CACHE_MAX);
+        assert!(dev.cache.len() < names.len());
+        assert_eq!(dev.value(me, &names[39]).unwrap()[0], b'9');
+    }
+
+    #[test]
+    fn openat2_and_the_walk_agree() {
+        let t = tree();
+        let root = t.path().as_os_str().as_bytes();
+        let tty = &TTY[1..];
+        let read = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let link = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let intf = "devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0";
+        symlink(t.path().join("secret"), t.path().join("devices/link")).unwrap();
+        for (path, flags, ok) in [
+            (format!("{tty}/dev"), read, true),
+            (format!("{tty}/power/control"), read, true),
+            (format!("{tty}/evil"), read, false),
+            (format!("{tty}/device/uevent"), read, false),
+            (format!("{tty}/sub/dev"), read, false),
+            ("devices/link/dev".into(), read, false),
+            (format!("{tty}/nope"), read, false),
+            (format!("{intf}/driver"), link, true),
+            (format!("{intf}/driver/uevent"), link, false),
+        ] {
+            let full = [root, b"/", path.as_bytes()].concat();
+            let at = Below {
+                path: &full,
+                root_len: root.len(),
+            };
+            let two = open_below(at, flags);
+            let walk = open_walk(at, flags);
+            assert_eq!(two.is_ok(), ok, "openat2 {path}: {two:?}");
+            assert_eq!(walk.is_ok(), ok, "walk {path}: {walk:?}");
+        }
+        let driver = [root, b"/", intf.as_bytes(), b"/driver"].concat();
+        let at = Below {
+            path: &driver,
+            root_len: root.len(),
+        };
+        assert_eq!(read_link(at).as_deref(), Some(&b"ftdi_sio"[..]));
+    }
+}
