@@ -392,7 +392,7 @@ mod tests {
         let slow = start(
             &mut runner,
             &format!(
-                "while [ ! -e {} ]; do sleep 0.01; done; exit 3",
+                "i=0; while [ ! -e {} ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; exit 3",
                 gate.display()
             ),
             GUARD,
