@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
+use crate::runtime::{io_err, RuntimeError};
 use crate::spool::{self, FIFO};
 
 /// The hidden argument that makes `hotplugd` the holder: `hotplugd --fifo-holder DIR`.
@@ -54,26 +55,14 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HolderError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{0}")]
-    Refused(String),
+    /// The runtime directory's own errors: a path that failed, or one refused.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("the FIFO holder ({cmd}) {status}")]
     Failed { cmd: String, status: String },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HolderError + '_ {
-    move |source| HolderError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-fn errno_err(path: &Path) -> impl FnOnce(nix::errno::Errno) -> HolderError + '_ {
+fn errno_err(path: &Path) -> impl FnOnce(nix::errno::Errno) -> RuntimeError + '_ {
     move |e| io_err(path)(e.into())
 }
 
@@ -94,7 +83,7 @@ pub fn hold(dir: &Path) -> Result<Held, HolderError> {
     // shell's descriptors must not stay open for as long as this lives.
     // SAFETY: close_range only closes descriptors; nothing here has opened any yet.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    spool::check_private_dir(dir).map_err(HolderError::Refused)?;
+    spool::check_private_dir(dir).map_err(RuntimeError::Refused)?;
     let lock_path = dir.join(HOLDER_FILE);
     let lock = fs::OpenOptions::new()
         .read(true)
@@ -111,7 +100,7 @@ pub fn hold(dir: &Path) -> Result<Held, HolderError> {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Ok(Held::Busy(read_pid(&lock_path)));
         }
-        return Err(io_err(&lock_path)(e));
+        return Err(io_err(&lock_path)(e).into());
     }
     // An earlier holder's pid must not be read as ours: empty until ours is written.
     lock.set_len(0).map_err(io_err(&lock_path))?;
@@ -133,7 +122,7 @@ pub fn hold(dir: &Path) -> Result<Held, HolderError> {
     let fifo_path = dir.join(FIFO);
     let meta = fs::symlink_metadata(&fifo_path).map_err(io_err(&fifo_path))?;
     crate::runtime::check_fifo_meta(&fifo_path, meta.file_type().is_symlink(), &meta)
-        .map_err(|e| HolderError::Refused(e.to_string()))?;
+        .map_err(|e| RuntimeError::Refused(e.to_string()))?;
     // Read-only and non-blocking: it opens at once with no writer, and never reads.
     let fifo = fs::OpenOptions::new()
         .read(true)
@@ -142,10 +131,11 @@ pub fn hold(dir: &Path) -> Result<Held, HolderError> {
         .map_err(io_err(&fifo_path))?;
     let held = fifo.metadata().map_err(io_err(&fifo_path))?;
     if (held.dev(), held.ino()) != (meta.dev(), meta.ino()) {
-        return Err(HolderError::Refused(format!(
+        return Err(RuntimeError::Refused(format!(
             "{}: replaced while it was opened",
             fifo_path.display()
-        )));
+        ))
+        .into());
     }
     let sigfd = term_signalfd().map_err(io_err(dir))?;
 
@@ -158,7 +148,7 @@ pub fn hold(dir: &Path) -> Result<Held, HolderError> {
             if let Err(e) = write {
                 // SAFETY: our own child, holding the lock nobody could then name.
                 unsafe { libc::kill(child.as_raw(), libc::SIGKILL) };
-                return Err(io_err(&lock_path)(e));
+                return Err(io_err(&lock_path)(e).into());
             }
             Ok(Held::Done)
         }
@@ -422,10 +412,11 @@ impl Inner {
             }
             Some(pid) => {
                 end(pid, &self.dir);
-                Err(HolderError::Refused(format!(
+                Err(RuntimeError::Refused(format!(
                     "{}: not the FIFO this daemon reads (replaced?); no holder",
                     self.dir.join(FIFO).display()
-                )))
+                ))
+                .into())
             }
             None => Err(HolderError::Failed {
                 cmd,
@@ -495,7 +486,7 @@ fn live_holder(dir: &Path) -> Result<Option<u32>, HolderError> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(&path)(e)),
+        Err(e) => return Err(io_err(&path)(e).into()),
     };
     // A holder between its lock and its pid (the fork) is there for a moment only.
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -506,16 +497,17 @@ fn live_holder(dir: &Path) -> Result<Option<u32>, HolderError> {
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io_err(&path)(e));
+            return Err(io_err(&path)(e).into());
         }
         if let Some(pid) = read_pid(&path) {
             return Ok(Some(pid));
         }
         if Instant::now() >= deadline {
-            return Err(HolderError::Refused(format!(
+            return Err(RuntimeError::Refused(format!(
                 "{}: locked, but names no pid",
                 path.display()
-            )));
+            ))
+            .into());
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -32,7 +32,7 @@ pub enum RuntimeError {
     Locked { path: PathBuf, pid: String },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
     move |source| RuntimeError::Io {
         path: path.to_owned(),
         source,
