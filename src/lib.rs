@@ -11,6 +11,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod demo;
+pub mod device;
 pub mod devnodes;
 pub mod event;
 pub mod firmware;

@@ -309,7 +309,7 @@ impl Owner {
         self.dispatch(work);
         self.clients.feed_monitors(&mut self.queue);
         self.clients
-            .check_waiters(&self.queue, self.running.is_some());
+            .check_waiters(&self.queue, self.running.as_ref().map(|r| &r.work.event));
         if self.last_status.elapsed() >= Duration::from_secs(1) {
             self.last_status = Instant::now();
             self.notifier
@@ -668,6 +668,7 @@ impl Owner {
                 ok(&tx, "queued");
             }
             Request::WaitTag { tag, count } => self.clients.wait_tag(tag, count, tx),
+            Request::WaitDevice(devpath) => self.clients.wait_device(devpath, tx),
             Request::Timeline => {
                 let _ = tx.send(Reply::Lines(self.clients.timeline_lines()));
                 ok(&tx, "");

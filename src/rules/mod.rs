@@ -54,9 +54,39 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     fn matches(&self, ev: &Event) -> bool {
-        let value = lookup(ev, &self.key);
-        self.patterns.iter().any(|p| p.matches(value))
+        self.check(ev).1
     }
+
+    /// The value the key sees and whether a pattern matches it.
+    fn check<'e>(&self, ev: &'e Event) -> (Option<&'e [u8]>, bool) {
+        let value = lookup(ev, &self.key);
+        (value, self.patterns.iter().any(|p| p.matches(value)))
+    }
+}
+
+/// One `match` key as [`RuleSet::explain`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// As written in the rule: `ACTION`, `ATTRS{idVendor}`.
+    pub key: String,
+    /// The value it saw; `None` when the variable or the file is missing.
+    pub seen: Option<Vec<u8>>,
+    pub matched: bool,
+    /// For keys read on the device or a parent: the DEVPATH of the directory read.
+    pub at: Option<Vec<u8>>,
+}
+
+/// One rule as [`RuleSet::explain`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCheck {
+    pub rule: String,
+    pub keys: Vec<KeyCheck>,
+    /// What the daemon would decide: the same test as [`RuleSet::plan`] makes.
+    pub matched: bool,
+    /// Its handler, when it matched and has one.
+    pub job: Option<Job>,
+    /// A `last = true` rule: when it matched, no rule after it was looked at.
+    pub last: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +179,45 @@ impl RuleSet {
             hotplug_d_jobs(dir, ev.subsystem(), &mut jobs);
         }
         jobs
+    }
+
+    /// Each rule up to the first `last` one that matches, with every one of its keys and
+    /// the value it saw, for `hotplugctl test`. Unlike [`RuleSet::plan`], it reads every
+    /// key of a rule even after one failed, so the reader sees them all; whether the rule
+    /// matched is still the plan's own test.
+    pub fn explain(&self, ev: &Event) -> Vec<RuleCheck> {
+        let mut out = Vec::new();
+        let mut dev = attrs::Device::new(self.sysfs_root(), ev);
+        for rule in &self.rules {
+            let mut keys: Vec<KeyCheck> = rule
+                .matchers
+                .iter()
+                .map(|m| {
+                    let (seen, matched) = m.check(ev);
+                    KeyCheck {
+                        key: String::from_utf8_lossy(&m.key).into_owned(),
+                        seen: seen.map(<[u8]>::to_vec),
+                        matched,
+                        at: None,
+                    }
+                })
+                .collect();
+            if let Some(s) = &rule.sysfs {
+                keys.extend(s.explain(&mut dev));
+            }
+            let matched = rule.matches(ev, &mut dev);
+            out.push(RuleCheck {
+                rule: rule.name.clone(),
+                keys,
+                matched,
+                job: (matched && !rule.run.is_empty()).then(|| rule.job(ev)),
+                last: rule.last,
+            });
+            if matched && rule.last {
+                break;
+            }
+        }
+        out
     }
 
     /// Where the rules' sysfs keys read devices.
