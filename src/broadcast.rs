@@ -174,6 +174,92 @@ impl Rebroadcast {
     }
 }
 
+// ---- The test listener ------------------------------------------------------------------
+
+/// `hotplugd --listen-uevents MASK`: for the real-kernel suite, whose guest has no
+/// listener on groups other than the kernel's. Not for users (`hotplugctl monitor` shows
+/// the daemon's events).
+pub const LISTEN_ARG: &str = "--listen-uevents";
+
+/// One `KEY=VALUE` of a message.
+pub type Var<'a> = (&'a [u8], &'a [u8]);
+
+/// The properties of a rebroadcast as a libudev-zero client sees them, or `None` for a
+/// message it would drop: no `ACTION@DEVPATH` header, a variable without `=`, ACTION,
+/// DEVPATH, SUBSYSTEM or SEQNUM missing or repeated, a header that disagrees with them, a
+/// SEQNUM that is not a number.
+pub fn parse_strict(msg: &[u8]) -> Option<(u64, Vec<Var<'_>>)> {
+    let body = msg.strip_suffix(b"\0")?;
+    let mut parts = body.split(|&b| b == 0);
+    let header = parts.next()?;
+    let at = header.iter().position(|&b| b == b'@')?;
+    let mut vars = Vec::new();
+    let mut seen = [0u8; 4];
+    for var in parts {
+        let eq = var.iter().position(|&b| b == b'=').filter(|&e| e > 0)?;
+        let (k, v) = (&var[..eq], &var[eq + 1..]);
+        if let Some(i) = [&b"ACTION"[..], b"DEVPATH", b"SUBSYSTEM", b"SEQNUM"]
+            .iter()
+            .position(|n| *n == k)
+        {
+            seen[i] += 1;
+        }
+        vars.push((k, v));
+    }
+    if seen != [1; 4] {
+        return None;
+    }
+    let get = |key: &[u8]| vars.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    if get(b"ACTION")? != &header[..at] || get(b"DEVPATH")? != &header[at + 1..] {
+        return None;
+    }
+    let seq = crate::event::parse_seqnum(get(b"SEQNUM")?)?;
+    Some((seq, vars))
+}
+
+/// Listen on the groups of `mask` for good: one line per message to `out`, in one write
+/// each, `rebroadcast SEQNUM ACTION DEVPATH SUBSYSTEM`, or `malformed N bytes`.
+pub fn listen(mask: u32, out: &mut impl io::Write) -> io::Result<()> {
+    use nix::sys::socket::recv;
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkKObjectUEvent,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, mask))?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let line = match parse_strict(&buf[..n]) {
+            Some((seq, vars)) => {
+                let get = |key: &[u8]| {
+                    let v = vars
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map_or(&b""[..], |kv| kv.1);
+                    String::from_utf8_lossy(v).into_owned()
+                };
+                format!(
+                    "rebroadcast {seq} {} {} {}\n",
+                    get(b"ACTION"),
+                    get(b"DEVPATH"),
+                    get(b"SUBSYSTEM")
+                )
+            }
+            None => format!("malformed {n} bytes\n"),
+        };
+        out.write_all(line.as_bytes())?;
+        out.flush()?;
+    }
+}
+
+// ---- end of the test listener -----------------------------------------------------------
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +306,34 @@ mod tests {
                 "SEQNUM=42"
             ]
         );
+    }
+
+    #[test]
+    fn the_strict_parser_takes_ours_and_drops_what_libudev_zero_drops() {
+        let ev = Event::from_vars(
+            b"input",
+            [(&b"ACTION"[..], &b"add"[..]), (b"DEVPATH", b"/devices/i")],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        encode(&ev, &mut out);
+        assert_eq!(parse_strict(&out).map(|(s, v)| (s, v.len())), Some((0, 4)));
+        for bad in [
+            &b"add@/d\0ACTION=add\0DEVPATH=/d\0SUBSYSTEM=x\0"[..],
+            b"add@/d\0ACTION=add\0DEVPATH=/d\0SUBSYSTEM=x\0SEQNUM=1\0SEQNUM=2\0",
+            b"add@/e\0ACTION=add\0DEVPATH=/d\0SUBSYSTEM=x\0SEQNUM=1\0",
+            b"add/d\0ACTION=add\0DEVPATH=/d\0SUBSYSTEM=x\0SEQNUM=1\0",
+            b"add@/d\0ACTION=add\0DEVPATH=/d\0SUBSYSTEM=x\0SEQNUM=x\0",
+            b"add@/d\0ACTION=add\0DEVPATH=/d\0SUBSYSTEM\0SEQNUM=1\0",
+            b"add@/d\0ACTION=add\0DEVPATH=/d\0SUBSYSTEM=x\0SEQNUM=1",
+        ] {
+            assert_eq!(
+                parse_strict(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
