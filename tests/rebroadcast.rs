@@ -209,11 +209,14 @@ fn each_event_once_after_its_handler_in_seqnum_order() {
     fire(&env, Some(4), "add", &format!("{p}/e4"), "rbtest");
     fire(&env, Some(5), "remove", &format!("{p}/e4"), "rbtest");
     d.wait_log("coalesced 5 remove");
+    // A recalled event is not sent either.
+    fire(&env, Some(6), "add", &format!("{p}/recalled"), "rbtest");
+    env.ctl_ok(&["recall", "6"]);
     env.ctl_ok(&["resume"]);
     // No SEQNUM: sent with SEQNUM=0.
     inject(&env, &format!("{p}/synth"), "rbtest");
     wait_for("the injected event's handler", || ran(&env, "/synth"));
-    fire(&env, Some(6), "add", &format!("{p}/last"), "rbtest");
+    fire(&env, Some(7), "add", &format!("{p}/last"), "rbtest");
 
     let heard = listener.until(&p, &format!("{p}/last"), |h| {
         if h.subsystem == "rbtest" {
@@ -231,7 +234,7 @@ fn each_event_once_after_its_handler_in_seqnum_order() {
             (2, "change", "/e2".to_owned()),
             (3, "add", "/e3".to_owned()),
             (0, "add", "/synth".to_owned()),
-            (6, "add", "/last".to_owned()),
+            (7, "add", "/last".to_owned()),
         ]
     );
     // Every kernel property rides along; the helper's HOME and PATH do not.
