@@ -6,6 +6,7 @@
 //! the [`rules`] and has the [`runner`] run each handler.
 
 pub mod activation;
+pub mod broadcast;
 pub mod config;
 pub mod control;
 pub mod ctl;

@@ -425,6 +425,9 @@ impl Clients {
             monitor_overruns: self.overruns,
             recovered: s.recovered,
             monitors: (self.monitors.len() + self.handled.len()) as u64,
+            // Rebroadcast (issue 17).
+            rebroadcast_sent: s.rebroadcast_sent,
+            rebroadcast_lost: s.rebroadcast_lost,
             sources: o.sources.to_string(),
             // Read again each time: an admin may change the helper while we run.
             kernel_helper: helper.to_string(),

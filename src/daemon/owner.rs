@@ -13,7 +13,8 @@ use super::book::Book;
 use super::clients::{Clients, OwnerStatus};
 use super::Options;
 use crate::activation::Notifier;
-use crate::config::{Config, Sources};
+use crate::broadcast::Rebroadcast;
+use crate::config::{Config, DaemonConfig, Sources};
 use crate::control::{End, Reply, Request, ToOwner};
 use crate::devnodes::DevNodes;
 use crate::event::Event;
@@ -53,6 +54,36 @@ impl Running {
         self.work.event.seqnum()
     }
 }
+
+// ---- Rebroadcast (issue 17) -------------------------------------------------------------
+
+/// `ev` is handled: its handlers have ended (or, for background ones, started) and its
+/// node actions are done. Rebroadcast it if the config says so, then put it on record as
+/// done. Events are finished one at a time in the order the queue released them, so the
+/// sends follow SEQNUM order; coalesced, recalled and duplicate events never come here.
+///
+/// The `done` record is the send's journal entry, written right after the send: a crash
+/// before the send leaves the event not done, so the next start runs it again and sends
+/// it then (never lost); a crash after the record's write sends nothing again (never
+/// repeated). Only a crash between the `sendto` and that `write` repeats it, handlers and
+/// all, exactly as an event whose last handler ended in that instant runs again.
+fn finish(book: &mut Book, rebroadcast: &mut Rebroadcast, cfg: &DaemonConfig, ev: &Event) {
+    let sent = rebroadcast.send(cfg, ev);
+    book.finished(ev);
+    match sent {
+        None => {}
+        Some(ok) => {
+            if ok {
+                book.stats.rebroadcast_sent += 1;
+            } else {
+                book.stats.rebroadcast_lost += 1;
+            }
+            book.flush();
+        }
+    }
+}
+
+// ---- end of rebroadcast ----------------------------------------------------------------
 
 fn rule_of(work: &Dispatch, job: usize) -> &str {
     work.jobs.get(job).map_or("-", |j| j.rule.as_str())
@@ -175,6 +206,8 @@ pub(super) struct Owner {
     pub firmware: crate::firmware::Intake,
     /// Nodes made and links held, for the rules' node keys.
     devnodes: DevNodes,
+    /// Rebroadcast (issue 17): the send socket.
+    rebroadcast: Rebroadcast,
 }
 
 impl Owner {
@@ -212,6 +245,7 @@ impl Owner {
             clients: Clients::new(started),
             firmware: Default::default(),
             devnodes: DevNodes::default(),
+            rebroadcast: Rebroadcast::default(),
         }
     }
 
@@ -469,7 +503,12 @@ impl Owner {
                 } else {
                     log::info!("{}: no rule matched", ev.summary());
                 }
-                self.book.finished(ev);
+                finish(
+                    &mut self.book,
+                    &mut self.rebroadcast,
+                    &self.config.daemon,
+                    ev,
+                );
                 self.clients.count_tag(ev);
                 continue;
             }
@@ -513,7 +552,12 @@ impl Owner {
     fn next_job(&mut self, running: Running, last: bool) {
         if last {
             let event = &running.work.event;
-            self.book.finished(event);
+            finish(
+                &mut self.book,
+                &mut self.rebroadcast,
+                &self.config.daemon,
+                event,
+            );
             self.clients.count_tag(event);
         } else {
             // The runner goes straight on to the event's next handler.
