@@ -261,4 +261,115 @@ mod tests {
         );
         assert!(plain_id("dialout") && plain_id("0") && !plain_id("$x") && !plain_id("-r"));
     }
+
+    const UDEV_PARTS: &[&str] = &[
+        "KERNEL==\"sd*\"",
+        "KERNEL!=\"loop*|sr*\"",
+        "KERNEL==\"sd[!0-9]*\"",
+        "SUBSYSTEM!=\"tty\"",
+        "SUBSYSTEM==\"block\"",
+        "ACTION==\"add\"",
+        "ACTION!=\"add|change\"",
+        "ACTION==\"remove\"",
+        "ATTRS{idVendor}==\"1d50\"",
+        "ATTR{id/vendor}!=\"x\"",
+        "DRIVERS==\"usb\"",
+        "ENV{F}==\"1\"",
+        "ENV{F}!=\"1\"",
+        "ENV{F}=\"1\"",
+        "ENV{G}==\"\"",
+        "ENV{H}!=\"\"",
+        "MODE=\"660\"",
+        "MODE:=\"0600\"",
+        "GROUP=\"dialout\"",
+        "OWNER=\"root\"",
+        "SYMLINK+=\"x/%k y/$env{ID_X}\"",
+        "RUN+=\"/bin/x $devpath '%k a' \\\"q\\\" $$\"",
+        "RUN+=\"helper\"",
+        "GOTO=\"e\"",
+        "GOTO=\"f\"",
+        "LABEL=\"e\"",
+        "LABEL=\"f\"",
+        "TAG+=\"uaccess\"",
+        "OPTIONS+=\"last_rule\"",
+        "OPTIONS+=\"link_priority=5\"",
+        "PROGRAM=\"x\"",
+        "KERNEL==\"!x\"",
+        "RUN+=\"%n\"",
+    ];
+
+    fn udev_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            proptest::collection::vec(0..UDEV_PARTS.len(), 1..5),
+            prop_oneof![Just(", "), Just(",,"), Just(" , "), Just(",\\\n  ")],
+            ".{0,3}",
+        )
+            .prop_map(|(parts, sep, junk)| {
+                let mut l: Vec<&str> = parts.iter().map(|&i| UDEV_PARTS[i]).collect();
+                let junk = junk.replace('\n', " ");
+                l.push(&junk);
+                l.join(sep)
+            })
+    }
+
+    fn mdev_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            prop_oneof![Just(""), Just("-")],
+            prop_oneof![Just(""), Just("$MODALIAS=.*;"), Just("$DEVTYPE=disk;")],
+            prop_oneof![
+                Just("sd[a-z].*".to_owned()),
+                Just("tty[0-9]+".to_owned()),
+                Just("null|zero".to_owned()),
+                "[ -~&&[^ ]]{1,8}"
+            ],
+            prop_oneof![Just("root:root"), Just("0:20"), Just("root:dialout")],
+            prop_oneof![Just("660"), Just("0600"), Just("7777")],
+            prop_oneof![Just(""), Just(" >modem"), Just(" =input/"), Just(" !")],
+            prop_oneof![
+                Just("".to_owned()),
+                "[@$*][ -~]{0,20}".prop_map(|c| format!(" {c}"))
+            ],
+        )
+            .prop_map(|(dash, env, re, owner, mode, path, cmd)| {
+                format!("{dash}{env}{re} {owner} {mode}{path}{cmd}")
+            })
+    }
+
+    /// Whatever the lines, the output is a config the daemon loads, with every rule
+    /// named uniquely, and every line is accounted for: translated or listed.
+    fn loads(imp: &Import, kind: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        let text = imp.render("x", kind);
+        let parsed = crate::config::Config::parse(&text, std::path::Path::new("x.toml"));
+        proptest::prop_assert!(parsed.is_ok(), "{text}");
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn udev_output_always_loads(lines in proptest::collection::vec(udev_line(), 1..12)) {
+            let src = lines.join("\n");
+            for group in [None, Some("dialout".to_owned())] {
+                let imp = udev::translate(&src, "t", &udev::Options { uaccess_group: group });
+                loads(&imp, "udev rules")?;
+            }
+        }
+
+        #[test]
+        fn mdev_output_always_loads(lines in proptest::collection::vec(mdev_line(), 1..12)) {
+            let src = lines.join("\n");
+            let imp = mdev::translate(&src, "m");
+            loads(&imp, "mdev.conf")?;
+            let made: std::collections::HashSet<usize> = imp.rules.iter().map(|r| r.line).collect();
+            for n in (1..=lines.len()).filter(|&n| !lines[n - 1].starts_with('#')) {
+                proptest::prop_assert!(
+                    made.contains(&n) != imp.skipped.iter().any(|s| s.line == n),
+                    "line {n}: {}", lines[n - 1]
+                );
+            }
+        }
+    }
 }

@@ -555,6 +555,11 @@ fn combine(conds: &[Cond]) -> Result<Vec<(String, Vec<String>)>, String> {
                 "several conditions on `{k}` (a guard's and the rule's)"
             ));
         };
+        if keep.is_empty() {
+            return Err(format!(
+                "its conditions on `{k}` (with the guards') never hold together: it never runs"
+            ));
+        }
         out.push((
             k.to_owned(),
             Cond {
@@ -986,6 +991,16 @@ mod tests {
         let i = tr("KERNEL==\"sd*\", PROGRAM=\"/bin/id\", MODE=\"0600\"\nKERNEL!=\"a|b\", MODE=\"0600\"\nRUN+=\"x %n\"\nTAG+=\"uaccess\"\n");
         assert!(i.rules.is_empty(), "{:#?}", i.rules);
         assert_eq!(i.skipped.len(), 4);
+        // A rule its guard contradicts never runs: listed, not written with `ACTION = []`.
+        let i = tr(
+            "ACTION!=\"add|change\", GOTO=\"e\"\nACTION==\"remove\", MODE=\"0600\"\nLABEL=\"e\"\n",
+        );
+        assert!(i.rules.is_empty(), "{:#?}", i.rules);
+        assert!(
+            i.skipped[0].why.contains("never hold together"),
+            "{:?}",
+            i.skipped
+        );
         let i = translate(
             "ATTRS{idVendor}==\"1234\", TAG+=\"uaccess\"\n",
             "t",
