@@ -365,7 +365,10 @@ fn import_file(
         std::fs::read(path).map_err(|e| Fail(format!("cannot read {}: {e}", path.display()), 1))?;
     // A stray Latin-1 byte in a comment should not lose the whole file.
     let src = String::from_utf8_lossy(&bytes);
-    let imp = translate(&src, &import::stem(path));
+    let mut imp = translate(&src, &import::stem(path));
+    for w in imp.check_ids(Path::new("/etc/passwd"), Path::new("/etc/group")) {
+        eprintln!("hotplugctl: warning: {w}");
+    }
     let shown = path.display().to_string();
     let mut out = std::io::stdout().lock();
     out.write_all(imp.render(&shown, kind).as_bytes())

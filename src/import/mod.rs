@@ -116,6 +116,28 @@ impl Import {
         out
     }
 
+    /// Notes on the rules whose owner or group name is not in this machine's `passwd` or
+    /// `group` file: the daemon refuses such a rule at load. Returns them as warnings.
+    pub fn check_ids(&mut self, passwd: &std::path::Path, group: &std::path::Path) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for r in &mut self.rules {
+            for (what, name, file) in [("user", &r.owner, passwd), ("group", &r.group, group)] {
+                let Some(name) = name.as_deref().filter(|n| n.parse::<u32>().is_err()) else {
+                    continue;
+                };
+                if let Ok(None) = crate::devnodes::id_from_file(file, name) {
+                    let w = format!(
+                        "{what} {name:?} is not in {}: the daemon refuses this rule until it is",
+                        file.display()
+                    );
+                    warnings.push(format!("rule {}: {w}", r.name));
+                    r.notes.push(w);
+                }
+            }
+        }
+        warnings
+    }
+
     /// One line per skipped input line, for standard error.
     pub fn report(&self, source: &str) -> String {
         let mut out = String::new();
@@ -245,6 +267,20 @@ pub(crate) fn literal_glob(pat: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_ids_get_a_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, g) = (dir.path().join("passwd"), dir.path().join("group"));
+        std::fs::write(&p, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::fs::write(&g, "root:x:0:\ndialout:x:20:\n").unwrap();
+        let mut imp = mdev::translate("a root:dialout 660\nb 0:plugdev 660\nc nobody:7 660\n", "m");
+        let w = imp.check_ids(&p, &g);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("rule m-2: group \"plugdev\""), "{w:?}");
+        assert!(w[1].starts_with("rule m-3: user \"nobody\""), "{w:?}");
+        assert!(imp.rules[0].notes.is_empty() && imp.rules[1].notes.len() == 1);
+    }
 
     #[test]
     fn quoting_and_modes() {
