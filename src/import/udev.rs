@@ -743,6 +743,17 @@ pub fn translate(src: &str, stem: &str, opts: &Options) -> Import {
             );
             continue;
         }
+        if acts.link_priority.is_some() && !acts.any_rule() {
+            // udev's priority is the device's, for links other rules make; hotplugd's is
+            // the rule's own, for its own links.
+            imp.skip(
+                line,
+                &text,
+                "OPTIONS link_priority with no link of its own: hotplugd's applies to its \
+                 rule's links only",
+            );
+            continue;
+        }
         if !acts.any_rule() {
             if acts.env.is_empty() {
                 imp.folded
@@ -751,6 +762,13 @@ pub fn translate(src: &str, stem: &str, opts: &Options) -> Import {
             continue;
         }
         notes.extend(acts.notes.iter().cloned());
+        if acts.link_priority.is_some() {
+            notes.push(
+                "link_priority: udev's also ranks the links other rules make for the device; \
+                 this one ranks this rule's links"
+                    .into(),
+            );
+        }
         let mut group = acts.group.clone();
         let mut mode = acts.mode.clone();
         if acts.uaccess {
@@ -991,6 +1009,9 @@ mod tests {
         let i = tr("KERNEL==\"sd*\", PROGRAM=\"/bin/id\", MODE=\"0600\"\nKERNEL!=\"a|b\", MODE=\"0600\"\nRUN+=\"x %n\"\nTAG+=\"uaccess\"\n");
         assert!(i.rules.is_empty(), "{:#?}", i.rules);
         assert_eq!(i.skipped.len(), 4);
+        // A priority for other rules' links has no equivalent: listed, not dropped.
+        let i = tr("ENV{LOW}==\"1\", OPTIONS=\"link_priority=-100\"\n");
+        assert_eq!(i.skipped.len(), 1, "{:?}", i.folded);
         // A rule its guard contradicts never runs: listed, not written with `ACTION = []`.
         let i = tr(
             "ACTION!=\"add|change\", GOTO=\"e\"\nACTION==\"remove\", MODE=\"0600\"\nLABEL=\"e\"\n",
