@@ -705,8 +705,14 @@ pub fn translate(src: &str, stem: &str, opts: &Options) -> Import {
         let matches = match err.map_or_else(|| combine(&conds), Err) {
             Ok(m) => m,
             Err(e) => {
-                for (name, _) in &acts.env {
-                    unknown_env.insert(name.clone(), line);
+                // Whatever this line would have set is unknown to the lines that read it.
+                for t in &toks {
+                    let set = match (t.key.as_str(), &t.attr) {
+                        ("ENV", Some(name)) if !matches!(t.op, Op::Eq | Op::Ne) => name,
+                        ("IMPORT", Some(kind)) if kind == "db" => &t.value,
+                        _ => continue,
+                    };
+                    unknown_env.insert(set.clone(), line);
                 }
                 imp.skip(line, &text, e);
                 continue;
@@ -715,7 +721,14 @@ pub fn translate(src: &str, stem: &str, opts: &Options) -> Import {
         for (name, value) in &acts.env {
             if setters.contains_key(name) || unknown_env.contains_key(name) {
                 unknown_env.insert(name.clone(), line);
-                setters.remove(name);
+                // The first setting, if nothing read it yet, is lost too: listed.
+                if let Some(old) = setters.remove(name).filter(|o| !o.read) {
+                    imp.skip(
+                        old.line,
+                        &old.text,
+                        format!("ENV{{{name}}} is set again at line {line}"),
+                    );
+                }
                 imp.skip(
                     line,
                     &text,
@@ -1009,6 +1022,15 @@ mod tests {
         let i = tr("KERNEL==\"sd*\", PROGRAM=\"/bin/id\", MODE=\"0600\"\nKERNEL!=\"a|b\", MODE=\"0600\"\nRUN+=\"x %n\"\nTAG+=\"uaccess\"\n");
         assert!(i.rules.is_empty(), "{:#?}", i.rules);
         assert_eq!(i.skipped.len(), 4);
+        // A flag set twice, or by a line that was not translated, is unknown to readers.
+        let i = tr(
+            "KERNEL==\"a\", ENV{F}=\"1\", GOTO=\"x\"\nENV{F}=\"1\"\nLABEL=\"x\"\n\
+                    TEST==\"dm\", ENV{N}=\"$attr{name}\"\nENV{N}==\"?*\", SYMLINK+=\"m/$env{N}\"\n\
+                    IMPORT{db}=\"D\"\nENV{D}==\"1\", MODE=\"0600\"\n",
+        );
+        assert!(i.rules.is_empty(), "{:#?}", i.rules);
+        let lines: Vec<usize> = i.skipped.iter().map(|s| s.line).collect();
+        assert_eq!(lines, [1, 2, 4, 5, 6, 7], "{:#?}", i.skipped);
         // A priority for other rules' links has no equivalent: listed, not dropped.
         let i = tr("ENV{LOW}==\"1\", OPTIONS=\"link_priority=-100\"\n");
         assert_eq!(i.skipped.len(), 1, "{:?}", i.folded);
