@@ -391,6 +391,13 @@ mod tests {
             for group in [None, Some("dialout".to_owned())] {
                 let imp = udev::translate(&src, "t", &udev::Options { uaccess_group: group });
                 loads(&imp, "udev rules")?;
+                // Every line but a LABEL is a rule, listed, or said to be folded.
+                for (n, text) in udev::logical_lines(&src) {
+                    let seen = imp.rules.iter().any(|r| r.line == n)
+                        || imp.skipped.iter().any(|s| s.line == n)
+                        || imp.folded.iter().any(|f| f.0 == n);
+                    proptest::prop_assert!(seen || text.contains("LABEL="), "line {n}: {text}");
+                }
             }
         }
 

@@ -92,7 +92,7 @@ impl Cond {
 
 /// The physical lines joined at backslash continuations (also inside a quoted value), with
 /// the number of the first; comments and blank lines left out.
-fn logical_lines(src: &str) -> Vec<(usize, String)> {
+pub(super) fn logical_lines(src: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut cur: Option<(usize, String)> = None;
     for (i, raw) in src.lines().enumerate() {
