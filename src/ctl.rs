@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::control::{self, Client, ClientError, End};
 use crate::event::Event;
 use crate::helper;
+use crate::import;
 use crate::rules::glob_match;
 use crate::spool::{DEFAULT_RUNTIME_DIR, RUNTIME_DIR_ENV};
 use crate::status::{Pending, Status};
@@ -94,6 +95,10 @@ enum Cmd {
     },
     /// Read or set the kernel's uevent helper; needs no daemon
     Helper(HelperArgs),
+    /// Translate a udev rules file into TOML rules on standard output; needs no daemon
+    ImportUdev(ImportUdevArgs),
+    /// Translate an mdev.conf into TOML rules on standard output; needs no daemon
+    ImportMdev(ImportMdevArgs),
     /// Print a shell completion script (make install runs this)
     #[command(hide = true)]
     Completions {
@@ -227,6 +232,24 @@ struct WaitArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct ImportUdevArgs {
+    /// The udev rules file
+    #[arg(value_name = "FILE.rules")]
+    file: PathBuf,
+    /// Approximate TAG+="uaccess" by giving GROUP read-write access (else such lines are
+    /// listed as not translated)
+    #[arg(long, value_name = "GROUP")]
+    uaccess_group: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImportMdevArgs {
+    /// The mdev.conf file
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
 struct HelperArgs {
     #[command(subcommand)]
     action: HelperAction,
@@ -354,6 +377,22 @@ fn run(cli: Cli) -> Result<(), Fail> {
             helper(&dir, a)
         }
         Cmd::Timeline { svg } => timeline(&dir, svg, json),
+        Cmd::ImportUdev(a) => {
+            no_json("import-udev")?;
+            if let Some(g) = a.uaccess_group.as_deref().filter(|g| !import::plain_id(g)) {
+                return Err(usage(format!("--uaccess-group {g:?} is not a group name")));
+            }
+            let opts = import::udev::Options {
+                uaccess_group: a.uaccess_group,
+            };
+            import_file(&a.file, "udev rules", |src, stem| {
+                import::udev::translate(src, stem, &opts)
+            })
+        }
+        Cmd::ImportMdev(a) => {
+            no_json("import-mdev")?;
+            import_file(&a.file, "mdev.conf", import::mdev::translate)
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -364,6 +403,39 @@ fn run(cli: Cli) -> Result<(), Fail> {
             Ok(())
         }
     }
+}
+
+/// Read a file, print its rules as TOML and list the lines left out on stderr; exit 1
+/// when any was, so a script notices a partial translation.
+fn import_file(
+    path: &Path,
+    kind: &str,
+    translate: impl FnOnce(&str, &str) -> import::Import,
+) -> Result<(), Fail> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Fail(format!("cannot read {}: {e}", path.display()), 1))?;
+    // A stray Latin-1 byte in a comment should not lose the whole file.
+    let src = String::from_utf8_lossy(&bytes);
+    let mut imp = translate(&src, &import::stem(path));
+    for w in imp.check_ids(Path::new("/etc/passwd"), Path::new("/etc/group")) {
+        eprintln!("hotplugctl: warning: {w}");
+    }
+    let shown = path.display().to_string();
+    let mut out = std::io::stdout().lock();
+    out.write_all(imp.render(&shown, kind).as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Fail(format!("standard output: {e}"), 1))?;
+    if imp.skipped.is_empty() {
+        return Ok(());
+    }
+    eprint!("{}", imp.report(&shown));
+    Err(Fail(
+        format!(
+            "{} of {shown}'s lines not translated (listed at the top of the output)",
+            imp.skipped.len()
+        ),
+        1,
+    ))
 }
 
 /// Print one value as a line of JSON.

@@ -18,6 +18,7 @@ pub mod event;
 pub mod firmware;
 pub mod helper;
 pub mod holder;
+pub mod import;
 pub mod journal;
 pub mod message;
 pub mod netlink;
