@@ -34,6 +34,8 @@ pub(super) struct Dispatch {
     pub max_output: usize,
     /// Background handlers: `max_background` at dispatch.
     pub max_background: usize,
+    /// Keys that imports set on `event` so far (see [`Owner::import`]).
+    pub imported: Vec<Vec<u8>>,
 }
 
 pub(super) type Work = Arc<Dispatch>;
@@ -136,6 +138,91 @@ impl Owner {
 
 // ---- end of background handlers --------------------------------------------------------
 
+// ---- Imported properties and the device database ---------------------------------------
+
+/// Write (or for a remove, delete) the device's database entry.
+fn record_device(
+    db: &crate::db::Db,
+    devnodes: &DevNodes,
+    event: &Event,
+    imported: &[Vec<u8>],
+    rules: &[&str],
+) {
+    db.update(&crate::db::Entry {
+        event,
+        imported,
+        links: devnodes.links_of(event.devpath()).collect(),
+        rules: rules.to_vec(),
+    });
+}
+
+impl Owner {
+    /// An importer ended: merge the properties it printed (only after exit 0) into the
+    /// event, apply the node actions again with them (links may name them), and plan
+    /// the rules after the importer's against the merged event. `None` if nothing was
+    /// imported: the plan made at dispatch stands.
+    fn import(&mut self, running: &Running, report: &Report) -> Option<Work> {
+        let work = &running.work;
+        let job = &work.jobs[running.job];
+        let who = format!("{}: rule {}", work.event.summary(), job.rule);
+        if !report.outcome.success() {
+            if !report.captured.is_empty() {
+                log::warn!("{who}: import ignored, as the importer failed");
+            }
+            return None;
+        }
+        let props = crate::import::parse(&report.captured, &who);
+        if props.is_empty() {
+            return None;
+        }
+        let event = match crate::import::merge(&work.event, &props) {
+            Ok(ev) => ev,
+            Err(e) => {
+                log::warn!("{who}: import ignored: {e}");
+                return None;
+            }
+        };
+        log::debug!(
+            "{who}: imported {}",
+            props
+                .iter()
+                .map(|(k, _)| String::from_utf8_lossy(k))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut imported = work.imported.clone();
+        for (k, _) in props {
+            if !imported.contains(&k) {
+                imported.push(k);
+            }
+        }
+        if self.config.rules.has_nodes() {
+            if let Some(actions) = self.config.rules.node_actions(&event) {
+                self.devnodes
+                    .apply(&self.config.daemon.dev_dir, &event, &actions);
+            }
+        }
+        let rest = self.config.rules.plan_after(&event, job.pos);
+        let rest = self
+            .firmware
+            .without_loaders(&event, &self.config.rules, rest);
+        let mut jobs = work.jobs[..=running.job].to_vec();
+        jobs.extend(rest.into_iter().map(|mut j| {
+            j.timeout.get_or_insert(self.config.daemon.handler_timeout);
+            j
+        }));
+        Some(Arc::new(Dispatch {
+            event,
+            jobs,
+            max_output: work.max_output,
+            max_background: work.max_background,
+            imported,
+        }))
+    }
+}
+
+// ---- end of imported properties and the device database --------------------------------
+
 /// The queue's owner and everything only it touches, in parts:
 ///
 /// - what it was started with: `config`, `opts`, `runtime`, `sources`, `keeper`,
@@ -175,6 +262,8 @@ pub(super) struct Owner {
     pub firmware: crate::firmware::Intake,
     /// Nodes made and links held, for the rules' node keys.
     devnodes: DevNodes,
+    /// The device database under the runtime dir.
+    db: crate::db::Db,
 }
 
 impl Owner {
@@ -194,6 +283,7 @@ impl Owner {
             Box::new(move |id| reader.load(id)),
         );
         let started = Instant::now();
+        let db = crate::db::Db::new(&runtime.dir);
         Owner {
             config,
             runtime,
@@ -212,6 +302,7 @@ impl Owner {
             clients: Clients::new(started),
             firmware: Default::default(),
             devnodes: DevNodes::default(),
+            db,
         }
     }
 
@@ -469,6 +560,9 @@ impl Owner {
                 } else {
                     log::info!("{}: no rule matched", ev.summary());
                 }
+                if nodes_only || ev.action() == b"remove" {
+                    record_device(&self.db, &self.devnodes, ev, &[], &[]);
+                }
                 self.book.finished(ev);
                 self.clients.count_tag(ev);
                 continue;
@@ -488,6 +582,7 @@ impl Owner {
                 jobs,
                 max_output: self.config.daemon.max_output_bytes,
                 max_background: self.config.daemon.max_background,
+                imported: Vec::new(),
             });
             self.running = Some(Running {
                 work: Arc::clone(&work),
@@ -499,20 +594,34 @@ impl Owner {
         }
     }
 
-    /// A handler run ended; `last` if it was its event's last.
-    pub fn on_runner(&mut self, report: &Report, last: bool) {
-        let Some(running) = self.running.take() else {
-            return;
-        };
+    /// A handler run ended; `last` if it was its event's last. After an import that
+    /// set properties, the event's work changes (see [`Owner::import`]): the new one is
+    /// returned, for the runner to go on with from the next job.
+    pub fn on_runner(&mut self, report: &Report, last: bool) -> Option<Work> {
+        let mut running = self.running.take()?;
         self.log_outcome(&running.work, running.job, report, false);
+        let mut replaced = None;
+        let mut last = last;
+        if running.work.jobs[running.job].import {
+            if let Some(work) = self.import(&running, report) {
+                last = running.job + 1 == work.jobs.len();
+                running.work = Arc::clone(&work);
+                replaced = Some(work);
+            }
+        }
         self.next_job(running, last);
+        replaced
     }
 
     /// The running job is over for the runner: on to the event's next one, or the event
     /// is done.
     fn next_job(&mut self, running: Running, last: bool) {
         if last {
-            let event = &running.work.event;
+            let work = &running.work;
+            let event = &work.event;
+            // Rebroadcast: `event` is the event with its imported properties.
+            let rules: Vec<&str> = work.jobs.iter().map(|j| j.rule.as_str()).collect();
+            record_device(&self.db, &self.devnodes, event, &work.imported, &rules);
             self.book.finished(event);
             self.clients.count_tag(event);
         } else {
