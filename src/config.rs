@@ -45,6 +45,8 @@ const DAEMON_FIELDS: &[&str] = &[
     // Rebroadcast (issue 17).
     "rebroadcast",
     "rebroadcast_subsystems",
+    // The device database (issue 17).
+    "device_db",
 ];
 
 /// Where events come from.
@@ -143,6 +145,9 @@ pub struct DaemonConfig {
     /// Netlink multicast groups each handled event is sent to again, as a mask (mdevd's
     /// `-O`); 0: none. Never includes the kernel's group 1.
     pub rebroadcast: u32,
+    /// The device database (issue 17): keep RUNTIME/db/ entries. Off by default for now:
+    /// an entry written per handled event costs dispatch 7 % (BENCHMARKS.md's target is 5).
+    pub device_db: bool,
     /// Only events of these subsystems are rebroadcast; empty: all.
     pub rebroadcast_subsystems: Vec<String>,
 }
@@ -171,6 +176,7 @@ impl Default for DaemonConfig {
             // Rebroadcast (issue 17).
             rebroadcast: 0,
             rebroadcast_subsystems: Vec::new(),
+            device_db: false,
         }
     }
 }
@@ -345,6 +351,7 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             // Rebroadcast (issue 17).
             "rebroadcast" => set(&mut cfg.rebroadcast, rebroadcast(d, &v)),
             "rebroadcast_subsystems" => set(&mut cfg.rebroadcast_subsystems, subsystems(d, &v)),
+            "device_db" => set(&mut cfg.device_db, d.boolean(&v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -811,7 +818,7 @@ mod tests {
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, \
              `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`, `rebroadcast`, \
-             `rebroadcast_subsystems`"
+             `rebroadcast_subsystems`, `device_db`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -820,7 +827,7 @@ mod tests {
         assert_eq!(
             one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\n  when = 1\n"),
             "main.toml:4:3: unknown field `when`, expected one of `name`, `match`, `run`, \
-             `timeout`, `last`, `owner`, `group`, `mode`, `links`, `link_priority`, `background`"
+             `timeout`, `last`, `owner`, `group`, `mode`, `links`, `link_priority`, `background`, `import`"
         );
         // Bad glob.
         assert_eq!(
@@ -914,7 +921,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`, `rebroadcast`, `rebroadcast_subsystems`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`, `rebroadcast`, `rebroadcast_subsystems`, `device_db`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",

@@ -247,12 +247,17 @@ pub struct DbEntry {
 /// (a property), `L:LINK` (a link, relative to `dev_dir`), `R:RULE` (a rule that
 /// matched); other lines are skipped. [`read_db`] is the only reader.
 pub fn db_file(runtime_dir: &Path, devpath: &str) -> PathBuf {
-    let name = crate::control::escape(devpath.as_bytes()).replace('/', "\\x2f");
-    runtime_dir.join("db").join(name)
+    let db = runtime_dir.join("db");
+    match crate::db::file_name(devpath.as_bytes()) {
+        Some(name) => db.join(name),
+        // Too long to have an entry: a name that cannot exist.
+        None => db.join(".none"),
+    }
 }
 
 /// The device's database entry; `Ok(None)` when there is none (no database at all, as
-/// with a daemon that keeps none, is the same).
+/// with a daemon that keeps none, is the same). The format is the daemon's
+/// ([`crate::db`]).
 pub fn read_db(runtime_dir: &Path, devpath: &str) -> Result<Option<DbEntry>, String> {
     let path = db_file(runtime_dir, devpath);
     let text = match fs::read(&path) {
@@ -260,22 +265,18 @@ pub fn read_db(runtime_dir: &Path, devpath: &str) -> Result<Option<DbEntry>, Str
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let mut entry = DbEntry {
+    let rec = crate::db::parse(&text);
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Ok(Some(DbEntry {
         path: path.display().to_string(),
-        ..DbEntry::default()
-    };
-    for line in String::from_utf8_lossy(&text).lines() {
-        if let Some(kv) = line.strip_prefix("E:") {
-            if let Some((k, v)) = kv.split_once('=') {
-                entry.properties.push((k.to_owned(), v.to_owned()));
-            }
-        } else if let Some(l) = line.strip_prefix("L:") {
-            entry.links.push(l.to_owned());
-        } else if let Some(r) = line.strip_prefix("R:") {
-            entry.rules.push(r.to_owned());
-        }
-    }
-    Ok(Some(entry))
+        properties: rec
+            .properties
+            .iter()
+            .map(|(k, v)| (lossy(k), lossy(v)))
+            .collect(),
+        links: rec.links.iter().map(|l| lossy(l)).collect(),
+        rules: rec.rules,
+    }))
 }
 
 #[cfg(test)]
@@ -346,7 +347,7 @@ mod tests {
         fs::create_dir(db.path().join("db")).unwrap();
         fs::write(
             db_file(db.path(), "/devices/virtual/net/lo"),
-            "E:ID_NET=1\nL:net/lo\nR:net\nX:other\n",
+            "D:/devices/virtual/net/lo\nP:ID_NET=1\nL:net/lo\nR:net\nX:other\n",
         )
         .unwrap();
         let e = read_db(db.path(), "/devices/virtual/net/lo")

@@ -73,8 +73,8 @@ fn info_and_attribute_walk_on_a_real_device() {
     let db = env.runtime().join("db");
     fs::create_dir_all(&db).unwrap();
     fs::write(
-        db.join(dp.replace('/', "\\x2f")),
-        "E:ID_TEST=yes\nL:test/link\nR:some-rule\n",
+        db.join(hotplugd::db::file_name(dp.as_bytes()).unwrap()),
+        format!("D:{dp}\nP:ID_TEST=yes\nL:test/link\nR:some-rule\n"),
     )
     .unwrap();
     let out = env.ctl_ok(&["info", &dp]);

@@ -759,6 +759,7 @@ mod tests {
             started,
             duration: Duration::from_millis(ms),
             pid: None,
+            captured: Vec::new(),
         }
     }
 

@@ -35,6 +35,8 @@ pub(super) struct Dispatch {
     pub max_output: usize,
     /// Background handlers: `max_background` at dispatch.
     pub max_background: usize,
+    /// Keys that imports set on `event` so far (see [`Owner::import`]).
+    pub imported: Vec<Vec<u8>>,
 }
 
 pub(super) type Work = Arc<Dispatch>;
@@ -167,6 +169,91 @@ impl Owner {
 
 // ---- end of background handlers --------------------------------------------------------
 
+// ---- Imported properties and the device database ---------------------------------------
+
+/// Write (or for a remove, delete) the device's database entry.
+fn record_device(
+    db: &crate::db::Db,
+    devnodes: &DevNodes,
+    event: &Event,
+    imported: &[Vec<u8>],
+    rules: &[&str],
+) {
+    db.update(&crate::db::Entry {
+        event,
+        imported,
+        links: devnodes.links_of(event.devpath()).collect(),
+        rules: rules.to_vec(),
+    });
+}
+
+impl Owner {
+    /// An importer ended: merge the properties it printed (only after exit 0) into the
+    /// event, apply the node actions again with them (links may name them), and plan
+    /// the rules after the importer's against the merged event. `None` if nothing was
+    /// imported: the plan made at dispatch stands.
+    fn import(&mut self, running: &Running, report: &Report) -> Option<Work> {
+        let work = &running.work;
+        let job = &work.jobs[running.job];
+        let who = format!("{}: rule {}", work.event.summary(), job.rule);
+        if !report.outcome.success() {
+            if !report.captured.is_empty() {
+                log::warn!("{who}: import ignored, as the importer failed");
+            }
+            return None;
+        }
+        let props = crate::props::parse(&report.captured, &who);
+        if props.is_empty() {
+            return None;
+        }
+        let event = match crate::props::merge(&work.event, &props) {
+            Ok(ev) => ev,
+            Err(e) => {
+                log::warn!("{who}: import ignored: {e}");
+                return None;
+            }
+        };
+        log::debug!(
+            "{who}: imported {}",
+            props
+                .iter()
+                .map(|(k, _)| String::from_utf8_lossy(k))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut imported = work.imported.clone();
+        for (k, _) in props {
+            if !imported.contains(&k) {
+                imported.push(k);
+            }
+        }
+        if self.config.rules.has_nodes() {
+            if let Some(actions) = self.config.rules.node_actions(&event) {
+                self.devnodes
+                    .apply(&self.config.daemon.dev_dir, &event, &actions);
+            }
+        }
+        let rest = self.config.rules.plan_after(&event, job.pos);
+        let rest = self
+            .firmware
+            .without_loaders(&event, &self.config.rules, rest);
+        let mut jobs = work.jobs[..=running.job].to_vec();
+        jobs.extend(rest.into_iter().map(|mut j| {
+            j.timeout.get_or_insert(self.config.daemon.handler_timeout);
+            j
+        }));
+        Some(Arc::new(Dispatch {
+            event,
+            jobs,
+            max_output: work.max_output,
+            max_background: work.max_background,
+            imported,
+        }))
+    }
+}
+
+// ---- end of imported properties and the device database --------------------------------
+
 /// The queue's owner and everything only it touches, in parts:
 ///
 /// - what it was started with: `config`, `opts`, `runtime`, `sources`, `keeper`,
@@ -208,6 +295,8 @@ pub(super) struct Owner {
     devnodes: DevNodes,
     /// Rebroadcast (issue 17): the send socket.
     rebroadcast: Rebroadcast,
+    /// The device database under the runtime dir.
+    db: crate::db::Db,
 }
 
 impl Owner {
@@ -227,6 +316,7 @@ impl Owner {
             Box::new(move |id| reader.load(id)),
         );
         let started = Instant::now();
+        let db = crate::db::Db::new(&runtime.dir);
         Owner {
             config,
             runtime,
@@ -246,6 +336,7 @@ impl Owner {
             firmware: Default::default(),
             devnodes: DevNodes::default(),
             rebroadcast: Rebroadcast::default(),
+            db,
         }
     }
 
@@ -503,6 +594,9 @@ impl Owner {
                 } else {
                     log::info!("{}: no rule matched", ev.summary());
                 }
+                if self.config.daemon.device_db && (nodes_only || ev.action() == b"remove") {
+                    record_device(&self.db, &self.devnodes, ev, &[], &[]);
+                }
                 finish(
                     &mut self.book,
                     &mut self.rebroadcast,
@@ -527,6 +621,7 @@ impl Owner {
                 jobs,
                 max_output: self.config.daemon.max_output_bytes,
                 max_background: self.config.daemon.max_background,
+                imported: Vec::new(),
             });
             self.running = Some(Running {
                 work: Arc::clone(&work),
@@ -538,20 +633,36 @@ impl Owner {
         }
     }
 
-    /// A handler run ended; `last` if it was its event's last.
-    pub fn on_runner(&mut self, report: &Report, last: bool) {
-        let Some(running) = self.running.take() else {
-            return;
-        };
+    /// A handler run ended; `last` if it was its event's last. After an import that
+    /// set properties, the event's work changes (see [`Owner::import`]): the new one is
+    /// returned, for the runner to go on with from the next job.
+    pub fn on_runner(&mut self, report: &Report, last: bool) -> Option<Work> {
+        let mut running = self.running.take()?;
         self.log_outcome(&running.work, running.job, report, false);
+        let mut replaced = None;
+        let mut last = last;
+        if running.work.jobs[running.job].import {
+            if let Some(work) = self.import(&running, report) {
+                last = running.job + 1 == work.jobs.len();
+                running.work = Arc::clone(&work);
+                replaced = Some(work);
+            }
+        }
         self.next_job(running, last);
+        replaced
     }
 
     /// The running job is over for the runner: on to the event's next one, or the event
     /// is done.
     fn next_job(&mut self, running: Running, last: bool) {
         if last {
-            let event = &running.work.event;
+            let work = &running.work;
+            // The event with its imported properties: recorded and sent as it is.
+            let event = &work.event;
+            if self.config.daemon.device_db {
+                let rules: Vec<&str> = work.jobs.iter().map(|j| j.rule.as_str()).collect();
+                record_device(&self.db, &self.devnodes, event, &work.imported, &rules);
+            }
             finish(
                 &mut self.book,
                 &mut self.rebroadcast,
