@@ -1091,10 +1091,10 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
         .iter()
         .find(|(k, _)| *k == b"SUBSYSTEM")
         .map_or(&b""[..], |(_, v)| v);
-    let ev = Event::from_vars(sub, vars.iter().copied())
+    let mut ev = Event::from_vars(sub, vars.iter().copied())
         .map_err(|e| usage(format!("test: not an event: {e}")))?;
     if import {
-        run_importers(&rules, &ev);
+        ev = run_importers(&rules, ev, config.daemon.handler_timeout);
     }
     let jobs = rules.plan(&ev);
     let checks = if device {
@@ -1187,10 +1187,58 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
         .map_err(|e| Fail(format!("stdout: {e}"), 1))
 }
 
-/// `importers`: the rules whose handler's output is merged into the event (`import =
-/// true`), the one kind `test --import` runs. Rules have no such key yet, so there is
-/// nothing to run: this is the hook the importers plug into.
-fn run_importers(_rules: &crate::rules::RuleSet, _ev: &Event) {}
+/// `test --import`: run the importers (`import = true` rules) the event matches, in
+/// order, as the daemon would, merging what each prints into the event, so the rules
+/// after them are planned against the merged event. Nothing else runs.
+fn run_importers(rules: &crate::rules::RuleSet, ev: Event, handler_timeout: Duration) -> Event {
+    let mut ev = ev;
+    let mut runner = crate::runner::Runner::new();
+    let mut jobs = rules.plan(&ev);
+    let mut i = 0;
+    while i < jobs.len() {
+        let job = &jobs[i];
+        i += 1;
+        if !job.import {
+            continue;
+        }
+        let report = runner.run(&crate::runner::Spec {
+            rule: &job.rule,
+            argv: &job.argv,
+            event: &ev,
+            timeout: job.timeout.unwrap_or(handler_timeout),
+            kill_grace: crate::daemon::KILL_GRACE,
+            max_output_bytes: 64 * 1024,
+            import: true,
+        });
+        let who = format!("importer {}", job.rule);
+        if !report.outcome.success() {
+            eprintln!("hotplugctl: {who}: {}; nothing imported", report.outcome);
+            continue;
+        }
+        let props = crate::props::parse(&report.captured, &who);
+        for (k, v) in &props {
+            eprintln!(
+                "imported by {}: {}={}",
+                job.rule,
+                String::from_utf8_lossy(k),
+                control::escape(v)
+            );
+        }
+        if props.is_empty() {
+            continue;
+        }
+        match crate::props::merge(&ev, &props) {
+            Ok(merged) => {
+                let pos = job.pos;
+                ev = merged;
+                jobs = rules.plan_after(&ev, pos);
+                i = 0;
+            }
+            Err(e) => eprintln!("hotplugctl: {who}: import ignored: {e}"),
+        }
+    }
+    ev
+}
 
 /// `match NAME: yes|no` and a `  ✓ KEY VALUE` / `  ✗ KEY VALUE` line per key.
 fn check_lines(c: &crate::rules::RuleCheck) -> Vec<u8> {

@@ -160,6 +160,49 @@ fn info_and_attribute_walk_on_a_real_device() {
         &dp,
     ]);
     assert!(out.contains("rule walk: /bin/true"), "{out}");
+
+    // --import runs the importers, and only them: the rule after one sees what it
+    // printed; a rule that is no importer does not run (its mark file stays away).
+    let mark = env.path("ran");
+    let importer = env.script(
+        "importer.sh",
+        &format!(
+            "#!/bin/sh\necho ID_TEST_IMPORTED=yes\ntouch {}\n",
+            mark.display()
+        ),
+    );
+    let plain = env.script(
+        "plain.sh",
+        &format!("#!/bin/sh\ntouch {}.plain\n", mark.display()),
+    );
+    let config = env.bare_config(
+        "",
+        &format!(
+            "[[rule]]\nname = \"plain\"\nrun = [\"{}\"]\n\n\
+             [[rule]]\nname = \"importer\"\nimport = true\nrun = [\"{}\"]\n\n\
+             [[rule]]\nname = \"after\"\nmatch = {{ ID_TEST_IMPORTED = \"yes\" }}\n\
+             run = [\"/bin/echo\", \"$ID_TEST_IMPORTED\"]\n",
+            plain.display(),
+            importer.display()
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let out = env.ctl_ok(&["test", "--config", cfg, &dp]);
+    assert!(!out.contains("rule after:"), "without --import: {out}");
+    assert!(!mark.exists(), "test ran a handler without --import");
+    let out = env.ctl(&["test", "--import", "--config", cfg, &dp]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rule after: /bin/echo yes"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("imported by importer: ID_TEST_IMPORTED=yes"),
+        "{out:?}"
+    );
+    assert!(mark.exists(), "the importer ran");
+    assert!(
+        !env.path("ran.plain").exists(),
+        "a rule that is no importer ran"
+    );
 }
 
 fn spawn_wait(env: &Env, args: &[&str]) -> std::process::Child {
