@@ -853,10 +853,22 @@ fn trigger(dir: &Path, args: TriggerArgs) -> Result<(), Fail> {
     }
     let mut client = Client::request(dir, &format!("wait-tag {tag} {sent}\n"))?;
     client.set_timeout(Some(timeout));
+    await_end(&mut client, || {
+        format!(
+            "trigger --settle: timed out after {:.1} s",
+            timeout.as_secs_f64()
+        )
+    })?;
+    result
+}
+
+/// Read a reply to its end: `Ok` once the daemon says so, its error as exit 1, and the
+/// client's timeout as exit 1 with `timed_out`'s message.
+fn await_end(client: &mut Client, timed_out: impl FnOnce() -> String) -> Result<(), Fail> {
     loop {
         match client.next_line() {
             Ok(Ok(_)) => {}
-            Ok(Err(End::Ok(_))) => return result,
+            Ok(Err(End::Ok(_))) => return Ok(()),
             Ok(Err(End::Error(e))) => return Err(Fail(e, 1)),
             Err(ClientError::Io { source, .. })
                 if matches!(
@@ -864,13 +876,7 @@ fn trigger(dir: &Path, args: TriggerArgs) -> Result<(), Fail> {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(Fail(
-                    format!(
-                        "trigger --settle: timed out after {:.1} s",
-                        timeout.as_secs_f64()
-                    ),
-                    1,
-                ))
+                return Err(Fail(timed_out(), 1))
             }
             Err(e) => return Err(e.into()),
         }
@@ -1398,26 +1404,10 @@ fn wait_device(dir: &Path, args: WaitArgs) -> Result<(), Fail> {
     let req = format!("wait-device {}\n", control::escape_word(devpath.as_bytes()));
     let mut client = Client::request(dir, &req)?;
     client.set_timeout(Some(timeout));
-    loop {
-        match client.next_line() {
-            Ok(Ok(_)) => {}
-            Ok(Err(End::Ok(_))) => return Ok(()),
-            Ok(Err(End::Error(e))) => return Err(Fail(e, 1)),
-            Err(ClientError::Io { source, .. })
-                if matches!(
-                    source.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(Fail(
-                    format!(
-                        "wait: timed out after {:.1} s: an event for {devpath} is still pending",
-                        timeout.as_secs_f64()
-                    ),
-                    1,
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    await_end(&mut client, || {
+        format!(
+            "wait: timed out after {:.1} s: an event for {devpath} is still pending",
+            timeout.as_secs_f64()
+        )
+    })
 }
