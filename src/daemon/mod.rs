@@ -342,62 +342,93 @@ fn spawn_runner(
         lock(&theirs).on_background_exit(pid, report);
     })
     .map_err(io("background handler thread"))?;
-    let background = supervisor.clone();
-    thread::Builder::new()
-        .name("runner".into())
-        .spawn(move || {
-            let mut handlers = runner::Runner::with_blocked_sigchld();
-            for work in work_rx {
-                // An import may replace the work (the event with its properties, and the
-                // rules after the importer planned again): the loop goes on in the new one.
-                let mut work = work;
-                let mut i = 0;
-                while let Some(job) = work.jobs.get(i) {
-                    let spec = runner::Spec {
-                        rule: &job.rule,
-                        argv: &job.argv,
-                        event: &work.event,
-                        timeout: job.timeout.unwrap_or(Duration::from_secs(30)),
-                        kill_grace: KILL_GRACE,
-                        max_output_bytes: work.max_output,
-                        import: job.import,
-                    };
-                    let last = i + 1 == work.jobs.len();
-                    i += 1;
-                    let report = if job.background && work.max_background > 0 {
-                        match start_background(&mut handlers, &background, &spec, &work) {
-                            Ok(handler) => {
-                                let mut owner = lock(&owner);
-                                owner.on_background_started(handler.pid(), handler.started(), last);
-                                owner.after_change(&work_tx);
-                                if owner.running.is_none() {
-                                    let _ = idle_tx.try_send(());
-                                }
-                                drop(owner);
-                                background.watch(handler);
-                                continue;
-                            }
-                            Err(report) => report,
-                        }
-                    } else {
-                        handlers.run(&spec)
-                    };
-                    let mut owner = lock(&owner);
-                    let replaced = owner.on_runner(&report, last);
-                    owner.after_change(&work_tx);
-                    if owner.running.is_none() {
-                        // Whoever waits for the runner (a stopping daemon) may go on.
-                        let _ = idle_tx.try_send(());
-                    }
-                    drop(owner);
-                    if let Some(new) = replaced {
-                        work = new;
-                    }
-                }
-            }
-        })
-        .map_err(io("runner thread"))?;
+    let workers = lock(&owner).config.daemon.workers;
+    for lane in 0..workers {
+        let (work_rx, work_tx, idle_tx) = (work_rx.clone(), work_tx.clone(), idle_tx.clone());
+        let (owner, background) = (Arc::clone(&owner), supervisor.clone());
+        thread::Builder::new()
+            .name(if workers == 1 {
+                "runner".into()
+            } else {
+                format!("runner{lane}")
+            })
+            .spawn(move || run_lane(workers, work_rx, work_tx, idle_tx, owner, background))
+            .map_err(io("runner thread"))?;
+    }
     Ok(supervisor)
+}
+
+/// One runner thread: takes the next work from the owner's channel, runs its handlers
+/// in order, and reports each under the owner's lock. With `workers` threads, which
+/// thread takes an event does not matter: the owner sent it because it may start.
+fn run_lane(
+    workers: usize,
+    work_rx: Receiver<Work>,
+    work_tx: Sender<Work>,
+    idle_tx: Sender<()>,
+    owner: Arc<Mutex<Owner>>,
+    background: runner::Supervisor,
+) {
+    // One runner may wait on the process's SIGCHLD signalfd; several would take
+    // each other's wakeups, so lanes wait on pidfds.
+    let mut handlers = if workers == 1 {
+        runner::Runner::with_blocked_sigchld()
+    } else {
+        runner::Runner::new()
+    };
+    for work in work_rx {
+        // An import may replace the work (the event with its properties, and the
+        // rules after the importer planned again): the loop goes on in the new one.
+        let mut work = work;
+        let mut i = 0;
+        while let Some(job) = work.jobs.get(i) {
+            let spec = runner::Spec {
+                rule: &job.rule,
+                argv: &job.argv,
+                event: &work.event,
+                timeout: job.timeout.unwrap_or(Duration::from_secs(30)),
+                kill_grace: KILL_GRACE,
+                max_output_bytes: work.max_output,
+                import: job.import,
+            };
+            let last = i + 1 == work.jobs.len();
+            i += 1;
+            let report = if job.background && work.max_background > 0 {
+                match start_background(&mut handlers, &background, &spec, &work) {
+                    Ok(handler) => {
+                        let mut owner = lock(&owner);
+                        owner.on_background_started(
+                            work.id,
+                            handler.pid(),
+                            handler.started(),
+                            last,
+                        );
+                        owner.after_change(&work_tx);
+                        if owner.idle() {
+                            let _ = idle_tx.try_send(());
+                        }
+                        drop(owner);
+                        background.watch(handler);
+                        continue;
+                    }
+                    Err(report) => report,
+                }
+            } else {
+                handlers.run(&spec)
+            };
+            let mut owner = lock(&owner);
+            let replaced = owner.on_runner(work.id, &report, last);
+            owner.after_change(&work_tx);
+            if owner.idle() {
+                // Whoever waits for the runner (a stopping daemon) may go on.
+                let _ = idle_tx.try_send(());
+            }
+            drop(owner);
+            if let Some(new) = replaced {
+                work = new;
+            }
+        }
+    }
 }
 
 /// Take a background slot, waiting while `max_background` handlers run (the queue waits
@@ -507,10 +538,10 @@ fn finish(owner: &Mutex<Owner>, ch: &Channels, fifo_reader: Option<&sources::Fif
     while let Ok(input) = ch.input.try_recv() {
         lock(owner).on_input(input);
     }
-    if lock(owner).running.is_some() {
-        log::info!("waiting for the running handler to finish");
-        // `stopping` keeps the runner from taking another event; it says when it is idle.
-        while lock(owner).running.is_some() {
+    if !lock(owner).idle() {
+        log::info!("waiting for the running handlers to finish");
+        // `stopping` keeps the runners from taking another event; they say when idle.
+        while !lock(owner).idle() {
             if ch.idle.recv().is_err() {
                 break;
             }

@@ -539,7 +539,7 @@ impl Queue {
             None => {
                 log::error!("journal: spilled event {id:#x} cannot be read back; it is lost");
                 self.log[idx] = Slot::GONE;
-                if self.untaken(self.base + idx as u64) {
+                if self.is_untaken(self.base + idx as u64) {
                     self.pending -= 1;
                 }
                 false
@@ -630,31 +630,39 @@ impl Queue {
     }
 
     /// Whether the runner has yet to take the event at log position `pos`.
-    fn untaken(&self, pos: u64) -> bool {
+    fn is_untaken(&self, pos: u64) -> bool {
         pos >= self.runner_cursor() && !self.taken_ahead.contains(&pos)
     }
 
     /// The untaken released events, oldest first, at most `limit` of them (spilled ones
-    /// read back), each with its log position, until `f` returns false: the lanes'
-    /// scan for an event that may start (see [`crate::lanes`]).
-    pub fn scan_untaken(&mut self, limit: usize, mut f: impl FnMut(u64, &Event) -> bool) {
-        let mut pos = self.runner_cursor();
+    /// read back first), each with its log position: the lanes' scan for an event that
+    /// may start (see [`crate::lanes`]).
+    pub fn untaken(&mut self, limit: usize) -> impl Iterator<Item = (u64, &Event)> {
+        let from = self.runner_cursor();
+        let mut pos = from;
         let mut seen = 0;
         while seen < limit {
             let idx = (pos - self.base) as usize;
             if idx >= self.log.len() {
-                return;
+                break;
             }
             if !self.taken_ahead.contains(&pos) && self.load(idx) {
                 seen += 1;
-                if let Slot::Mem(ev) = &self.log[idx] {
-                    if !f(pos, ev) {
-                        return;
-                    }
-                }
             }
             pos += 1;
         }
+        let (base, taken) = (self.base, &self.taken_ahead);
+        self.log
+            .iter_from((from - base) as usize)
+            .take((pos - from) as usize)
+            .enumerate()
+            .filter_map(move |(i, slot)| {
+                let p = from + i as u64;
+                match slot {
+                    Slot::Mem(ev) if !taken.contains(&p) => Some((p, ev)),
+                    _ => None,
+                }
+            })
     }
 
     /// Take the untaken event at log position `pos` (found by [`Queue::scan_untaken`])
@@ -664,7 +672,7 @@ impl Queue {
         if pos == self.runner_cursor() {
             return self.next(RUNNER);
         }
-        if !self.untaken(pos) {
+        if !self.is_untaken(pos) {
             return None;
         }
         let idx = (pos - self.base) as usize;
@@ -845,6 +853,8 @@ impl Queue {
                     action: None,
                     devpath: None,
                     subsystem: None,
+                    lane: None,
+                    waiting_on: None,
                 }),
             });
         released
@@ -1443,11 +1453,10 @@ mod tests {
         for (seq, dev) in [(1, "/a"), (2, "/b"), (3, "/c"), (4, "/d")] {
             q.push(ev(seq, "add", dev), t);
         }
-        let mut seen = Vec::new();
-        q.scan_untaken(8, |pos, e| {
-            seen.push((pos, e.seqnum().unwrap()));
-            true
-        });
+        let seen: Vec<_> = q
+            .untaken(8)
+            .map(|(p, e)| (p, e.seqnum().unwrap()))
+            .collect();
         assert_eq!(seen, [(0, 1), (1, 2), (2, 3), (3, 4)]);
         // 1 is blocked (say); 3 passes it.
         assert_eq!(q.take_at(2).unwrap().seqnum(), Some(3));
@@ -1461,12 +1470,9 @@ mod tests {
         let pending: Vec<_> = q.pending_events().iter().map(|p| p.seqnum).collect();
         assert_eq!(pending, [Some(1), Some(2), Some(4), Some(5)]);
         assert_eq!(q.first_untaken(), 0);
-        let mut seen = Vec::new();
-        q.scan_untaken(8, |_, e| {
-            seen.push(e.seqnum().unwrap());
-            true
-        });
+        let seen: Vec<_> = q.untaken(8).map(|(_, e)| e.seqnum().unwrap()).collect();
         assert_eq!(seen, [1, 2, 4, 5]);
+        assert_eq!(q.untaken(2).count(), 2);
         assert_eq!(q.recall(2).unwrap().seqnum(), Some(2));
         assert_eq!(q.next(RUNNER).unwrap().seqnum(), Some(1));
         // 2 recalled, 3 taken ahead: the cursor moves to 4.
