@@ -692,6 +692,9 @@ impl Queue {
     /// finished (see the owner's retire). Moves the cursor past recalled events and
     /// events taken out of order.
     pub fn first_untaken(&mut self) -> u64 {
+        // Frees what every reader passed, as each `next` does: the event taken last
+        // goes once the owner looks for the next one.
+        self.collect();
         let mut pos = self.runner_cursor();
         loop {
             let idx = (pos - self.base) as usize;
