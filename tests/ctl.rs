@@ -124,7 +124,8 @@ fn monitors_see_every_event_in_order_with_env_and_outcomes() {
             .spawn()
             .unwrap()
     };
-    let mut plain = spawn_monitor(&[]);
+    let mut plain = spawn_monitor(&["--queued"]);
+    // Both kinds, the default: an event's QUEUED line comes first.
     let mut with_env = spawn_monitor(&["--env", "--subsystem", "test"]);
     let mut handled = spawn_monitor(&["--handled"]);
     wait_for("three monitors", || status_field(&env, "monitors") == "3");
@@ -146,13 +147,13 @@ fn monitors_see_every_event_in_order_with_env_and_outcomes() {
     assert_eq!(
         read_lines(&mut plain, 3),
         vec![
-            "1 add /devices/m1 (test)",
-            "2 add /devices/m2 (test)",
-            "3 add /devices/m3 (test)"
+            "QUEUED 1 add /devices/m1 (test)",
+            "QUEUED 2 add /devices/m2 (test)",
+            "QUEUED 3 add /devices/m3 (test)"
         ]
     );
     let lines = read_lines(&mut with_env, 7);
-    assert_eq!(lines[0], "1 add /devices/m1 (test)");
+    assert_eq!(lines[0], "QUEUED 1 add /devices/m1 (test)");
     assert!(lines.contains(&"SEQNUM=1".to_owned()), "{lines:?}");
     assert!(
         lines.contains(&"DEVPATH=/devices/m1".to_owned()),
