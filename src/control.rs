@@ -516,6 +516,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bare_monitor_is_queued_events_and_runs_do_not_mix_with_events() {
+        let opts = |line: &str| match parse_request(line, || None) {
+            Ok(Request::Monitor(o)) => Ok((o.queued, o.processed, o.handled)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(opts("monitor env"), Ok((true, false, false)));
+        assert_eq!(opts("monitor processed"), Ok((false, true, false)));
+        assert_eq!(opts("monitor processed queued"), Ok((true, true, false)));
+        assert_eq!(opts("monitor handled"), Ok((false, false, true)));
+        assert!(opts("monitor handled processed").is_err());
+    }
+
+    #[test]
     fn escape_round_trip() {
         let raw = b"a b\\c\n\xff%=x";
         let e = escape(raw);
