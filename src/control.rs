@@ -13,7 +13,8 @@
 //!
 //! Data lines never start with `%` (a leading `%` is doubled), so the end marker cannot be
 //! faked by data. Event values are escaped: bytes outside printable ASCII, and `\`, are
-//! written `\xNN`. Requests: `status`, `pending [json]`, `monitor [env] [handled] [subsystem=S]...`,
+//! written `\xNN`. Requests: `status`, `pending [json]`,
+//! `monitor [env] [queued] [processed] [handled] [subsystem=S]...`,
 //! `settle [SEQNUM]`, `reload`, `recall SEQNUM`, `pause`, `resume`, `log-level LEVEL`,
 //! `inject`, `wait-tag UUID COUNT`, `wait-device DEVPATH`, `timeline`. Replies per command are in hotplugctl(8).
 //!
@@ -152,6 +153,11 @@ pub enum Request {
 #[derive(Debug, Clone, Default)]
 pub struct MonitorOpts {
     pub env: bool,
+    /// Events as they are queued, before any handler (`QUEUED` lines).
+    pub queued: bool,
+    /// Events once processed, with what their importers added (`PROCESSED` lines).
+    pub processed: bool,
+    /// Handler runs instead of events.
     pub handled: bool,
     pub subsystems: Vec<String>,
 }
@@ -227,12 +233,21 @@ pub fn parse_request(
             for a in args {
                 match a {
                     "env" => opts.env = true,
+                    "queued" => opts.queued = true,
+                    "processed" => opts.processed = true,
                     "handled" => opts.handled = true,
                     _ => match a.strip_prefix("subsystem=") {
                         Some(s) => opts.subsystems.push(s.to_owned()),
                         None => return Err(format!("monitor: unknown argument {a:?}")),
                     },
                 }
+            }
+            if opts.handled && (opts.queued || opts.processed) {
+                return Err("monitor: handled shows handler runs, not events".into());
+            }
+            // A bare `monitor` meant queued events before there were processed ones.
+            if !opts.handled && !opts.processed {
+                opts.queued = true;
             }
             Ok(Request::Monitor(opts))
         }
@@ -499,6 +514,20 @@ pub fn call(runtime_dir: &Path, line: &str) -> Result<(Vec<String>, End), Client
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_monitor_is_queued_events_and_runs_do_not_mix_with_events() {
+        let opts = |line: &str| match parse_request(line, || None) {
+            Ok(Request::Monitor(o)) => Ok((o.queued, o.processed, o.handled)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(opts("monitor env"), Ok((true, false, false)));
+        assert_eq!(opts("monitor processed"), Ok((false, true, false)));
+        assert_eq!(opts("monitor processed queued"), Ok((true, true, false)));
+        assert_eq!(opts("monitor handled"), Ok((false, false, true)));
+        assert!(opts("monitor handled processed").is_err());
+    }
 
     #[test]
     fn escape_round_trip() {

@@ -55,7 +55,7 @@ struct Cli {
 enum Cmd {
     /// Show the daemon's state and counters
     Status,
-    /// Stream events as they are queued, or handler outcomes
+    /// Stream events as they are queued and once processed, or handler outcomes
     Monitor(MonitorArgs),
     /// Wait until every event up to the kernel's SEQNUM is handled
     Settle(SettleArgs),
@@ -120,8 +120,14 @@ struct MonitorArgs {
         value_name = "NAME"
     )]
     subsystem: Vec<String>,
+    /// Events as they are queued, before any handler ran (udevadm's KERNEL events)
+    #[arg(long, short = 'k', visible_alias = "kernel")]
+    queued: bool,
+    /// Events once processed: after their handlers, with what importers added (UDEV events)
+    #[arg(long, short = 'u', visible_alias = "udev")]
+    processed: bool,
     /// Show each handler run as it ends, instead of events
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["queued", "processed"])]
     handled: bool,
 }
 
@@ -503,6 +509,8 @@ fn now_epoch() -> f64 {
 #[derive(Debug, Serialize)]
 struct MonitorEvent {
     timestamp: f64,
+    /// `queued` or `processed`.
+    kind: String,
     seqnum: Option<u64>,
     action: String,
     devpath: String,
@@ -510,6 +518,15 @@ struct MonitorEvent {
     /// Every variable, with `--env`.
     #[serde(skip_serializing_if = "Option::is_none")]
     env: Option<Vec<(String, String)>>,
+}
+
+/// `monitor --json`: processed events this monitor was not sent, as it did not keep up.
+#[derive(Debug, Serialize)]
+struct MonitorLost {
+    timestamp: f64,
+    /// Always `lost`.
+    kind: &'static str,
+    lost: u64,
 }
 
 /// `monitor --handled --json`: one handler run.
@@ -540,8 +557,9 @@ fn parse_run(line: &str) -> Option<MonitorRun> {
     })
 }
 
-/// One event as the daemon sends it with `env`: its variables in the escaped form.
-fn monitor_event(vars: Vec<(String, String)>, with_env: bool) -> MonitorEvent {
+/// One event as the daemon sends it with `env`: its kind (`QUEUED` or `PROCESSED`), its
+/// variables in the escaped form.
+fn monitor_event(kind: &str, vars: Vec<(String, String)>, with_env: bool) -> MonitorEvent {
     let get = |k: &str| {
         vars.iter()
             .find(|(n, _)| n == k)
@@ -549,6 +567,7 @@ fn monitor_event(vars: Vec<(String, String)>, with_env: bool) -> MonitorEvent {
     };
     MonitorEvent {
         timestamp: now_epoch(),
+        kind: kind.to_ascii_lowercase(),
         seqnum: crate::event::parse_seqnum(get("SEQNUM").as_bytes()),
         action: get("ACTION"),
         devpath: get("DEVPATH"),
@@ -569,6 +588,8 @@ fn monitor(dir: &Path, args: MonitorArgs, json: bool) -> Result<(), Fail> {
     let MonitorArgs {
         env,
         subsystem,
+        queued,
+        processed,
         handled,
     } = args;
     let mut req = String::from("monitor");
@@ -578,6 +599,14 @@ fn monitor(dir: &Path, args: MonitorArgs, json: bool) -> Result<(), Fail> {
     }
     if handled {
         req.push_str(" handled");
+    } else {
+        // Neither picked: both, as udevadm monitor shows KERNEL and UDEV events.
+        if queued || !processed {
+            req.push_str(" queued");
+        }
+        if processed || !queued {
+            req.push_str(" processed");
+        }
     }
     for s in &subsystem {
         if s.is_empty() || s.contains(char::is_whitespace) {
@@ -587,8 +616,9 @@ fn monitor(dir: &Path, args: MonitorArgs, json: bool) -> Result<(), Fail> {
     }
     let mut client = Client::request(dir, &format!("{req}\n"))?;
     let stdout = std::io::stdout();
-    // With env: the summary line, KEY=VALUE lines, an empty line.
-    let mut block: Option<Vec<(String, String)>> = None;
+    // With env: the summary line (its first word is the kind), KEY=VALUE lines, an
+    // empty line.
+    let mut block: Option<(String, Vec<(String, String)>)> = None;
     loop {
         let line = match client.next_line()? {
             Ok(line) => line,
@@ -605,19 +635,34 @@ fn monitor(dir: &Path, args: MonitorArgs, json: bool) -> Result<(), Fail> {
                 out.extend_from_slice(line.as_bytes());
             }
             out.push(b'\n');
+        } else if let (None, Some(n)) = (&block, line.strip_prefix("LOST ")) {
+            if json {
+                let lost = MonitorLost {
+                    timestamp: now_epoch(),
+                    kind: "lost",
+                    lost: n
+                        .parse()
+                        .map_err(|_| Fail(format!("monitor: unexpected line {line:?}"), 1))?,
+                };
+                out = serde_json::to_vec(&lost).map_err(|e| Fail(format!("JSON: {e}"), 1))?;
+            } else {
+                out.extend_from_slice(line.as_bytes());
+            }
+            out.push(b'\n');
         } else if !(env || json) {
             out.extend_from_slice(line.as_bytes());
             out.push(b'\n');
         } else {
             match (&mut block, line.split_once('=')) {
                 (None, _) => {
-                    block = Some(Vec::new());
+                    let kind = line.split(' ').next().unwrap_or_default();
+                    block = Some((kind.to_owned(), Vec::new()));
                     if !json {
                         out.extend_from_slice(line.as_bytes());
                         out.push(b'\n');
                     }
                 }
-                (Some(vars), Some((k, v))) if !line.is_empty() => {
+                (Some((_, vars)), Some((k, v))) if !line.is_empty() => {
                     if !json {
                         // The value's bytes as the event has them, UTF-8 or not.
                         let raw = control::unescape(v)
@@ -630,9 +675,9 @@ fn monitor(dir: &Path, args: MonitorArgs, json: bool) -> Result<(), Fail> {
                     vars.push((k.to_owned(), v.to_owned()));
                 }
                 (Some(_), _) => {
-                    let vars = block.take().unwrap_or_default();
+                    let (kind, vars) = block.take().unwrap_or_default();
                     if json {
-                        out = serde_json::to_vec(&monitor_event(vars, env))
+                        out = serde_json::to_vec(&monitor_event(&kind, vars, env))
                             .map_err(|e| Fail(format!("JSON: {e}"), 1))?;
                     }
                     out.push(b'\n');

@@ -103,6 +103,11 @@ fn every_command_has_its_own_help() {
     assert!(settle.contains("Give up after"), "{settle}");
     // Usage errors are still 2, and the completions are generated from the same parser.
     assert_eq!(strs(&["status", "--bogus"]).status.code(), Some(2));
+    // Handler runs are not events: they do not mix with either kind.
+    assert_eq!(
+        strs(&["monitor", "--handled", "--udev"]).status.code(),
+        Some(2)
+    );
     assert_eq!(strs(&[]).status.code(), Some(2));
     let bash = strs(&["completions", "bash"]);
     assert!(stdout(&bash).contains("--subsystem-nomatch"));
@@ -410,6 +415,7 @@ fn values_that_are_not_utf8_pass_through_as_bytes() {
         .unwrap();
     let ev = json(&line);
     assert_eq!(ev["seqnum"], 1, "{ev}");
+    assert_eq!(ev["kind"], "queued", "{ev}");
     assert_eq!(ev["devpath"], "/devices/bytes", "{ev}");
     assert!(ev["timestamp"].as_f64().unwrap() > 1.6e9, "{ev}");
     let env_list = ev["env"].as_array().unwrap();

@@ -124,7 +124,8 @@ fn monitors_see_every_event_in_order_with_env_and_outcomes() {
             .spawn()
             .unwrap()
     };
-    let mut plain = spawn_monitor(&[]);
+    let mut plain = spawn_monitor(&["--queued"]);
+    // Both kinds, the default: an event's QUEUED line comes first.
     let mut with_env = spawn_monitor(&["--env", "--subsystem", "test"]);
     let mut handled = spawn_monitor(&["--handled"]);
     wait_for("three monitors", || status_field(&env, "monitors") == "3");
@@ -146,13 +147,13 @@ fn monitors_see_every_event_in_order_with_env_and_outcomes() {
     assert_eq!(
         read_lines(&mut plain, 3),
         vec![
-            "1 add /devices/m1 (test)",
-            "2 add /devices/m2 (test)",
-            "3 add /devices/m3 (test)"
+            "QUEUED 1 add /devices/m1 (test)",
+            "QUEUED 2 add /devices/m2 (test)",
+            "QUEUED 3 add /devices/m3 (test)"
         ]
     );
     let lines = read_lines(&mut with_env, 7);
-    assert_eq!(lines[0], "1 add /devices/m1 (test)");
+    assert_eq!(lines[0], "QUEUED 1 add /devices/m1 (test)");
     assert!(lines.contains(&"SEQNUM=1".to_owned()), "{lines:?}");
     assert!(
         lines.contains(&"DEVPATH=/devices/m1".to_owned()),
@@ -213,6 +214,56 @@ fn a_monitor_that_stops_reading_is_dropped_and_handlers_keep_their_pace() {
         "{}",
         &all[all.len().saturating_sub(200)..]
     );
+}
+
+#[test]
+fn a_monitor_that_falls_behind_on_processed_events_loses_some_and_is_told_how_many() {
+    let env = Env::new();
+    let _d = env.start(&env.bare_config("", ""));
+    let mut slow = UnixStream::connect(env.runtime().join("control")).unwrap();
+    slow.write_all(b"monitor processed env\n").unwrap();
+    wait_for("the monitor", || status_field(&env, "monitors") == "1");
+    // More than its socket's buffer, the batch being written and the 1024 held can take.
+    let n = 5_000u64;
+    let mut batch = Vec::new();
+    for s in 1..=n {
+        let payload = format!(
+            "test\0ACTION=add\0DEVPATH=/devices/slow/{s:06}\0SEQNUM={s}\0PAD={}\0",
+            "x".repeat(200)
+        );
+        batch.extend_from_slice(&hotplugd::message::encode(payload.as_bytes()));
+        if batch.len() > 3000 {
+            env.write_fifo(&batch);
+            batch.clear();
+        }
+    }
+    env.write_fifo(&batch);
+    wait_for("all handled", || {
+        status_field(&env, "handled") == n.to_string()
+    });
+    // Now it reads: every event is either shown or counted lost, and it stays.
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut r = BufReader::new(slow.try_clone().unwrap());
+    let (mut shown, mut lost, mut last) = (0u64, 0u64, 0u64);
+    while shown + lost < n {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the monitor ended");
+        if let Some(rest) = line.strip_prefix("PROCESSED ") {
+            let seq: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+            assert!(seq > last, "{seq} after {last}");
+            last = seq;
+            shown += 1;
+        } else if let Some(k) = line.strip_prefix("LOST ") {
+            lost += k.trim_end().parse::<u64>().unwrap();
+        } else {
+            assert!(!line.starts_with('%'), "{line}");
+        }
+    }
+    assert_eq!(shown + lost, n);
+    assert!(lost > 0 && shown > 0, "shown {shown}, lost {lost}");
+    assert_eq!(status_field(&env, "monitors"), "1");
+    assert_eq!(status_field(&env, "monitor_overruns"), "0");
 }
 
 #[test]

@@ -165,3 +165,94 @@ fn the_database_survives_a_clean_stop_and_a_kill() {
     wait_for("the db entry of SEQNUM 2", || db(&env).seqnum == Some(2));
     d.stop();
 }
+
+/// A monitor's output lines, read by a thread so that a line that never comes fails the
+/// test (in [`next_line`]) instead of hanging it.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<String>) -> String {
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("no line from the monitor: {e}"))
+}
+
+/// Lines up to and without the empty line that ends an `--env` block.
+fn block(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
+    std::iter::from_fn(|| Some(next_line(rx)).filter(|l| !l.is_empty())).collect()
+}
+
+#[test]
+fn monitors_show_imported_properties_on_processed_events_not_queued_ones() {
+    use std::process::{Command, Stdio};
+    let env = Env::new();
+    let (config, _dev) = setup(&env);
+    let d = env.start(&config);
+    let spawn = |args: &[&str]| {
+        Command::new(CTL)
+            .arg("--runtime-dir")
+            .arg(env.runtime())
+            .arg("monitor")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut processed = spawn(&["--processed", "--env"]);
+    let mut queued = spawn(&["--queued", "--env"]);
+    // Both kinds, the default.
+    let mut json = spawn(&["--json", "--env"]);
+    wait_for("three monitors", || {
+        let s: serde_json::Value =
+            serde_json::from_str(&env.ctl_ok(&["status", "--json"])).unwrap();
+        s["monitors"] == 3
+    });
+    disk(&env, 1, "add");
+    env.wait_handled(1);
+
+    let summary = format!("1 add {DEVPATH} (block)");
+    let got = block(&lines_of(&mut processed));
+    assert_eq!(got[0], format!("PROCESSED {summary}"), "{got:?}");
+    for want in ["ID_FS_UUID=1234-ABCD", "ID_FS_TYPE=vfat", "DEVNAME=sdz"] {
+        assert!(got.iter().any(|l| l == want), "{want}: {got:?}");
+    }
+    let got = block(&lines_of(&mut queued));
+    assert_eq!(got[0], format!("QUEUED {summary}"), "{got:?}");
+    assert!(got.iter().any(|l| l == "DEVNAME=sdz"), "{got:?}");
+    assert!(!got.iter().any(|l| l.starts_with("ID_FS_")), "{got:?}");
+
+    let rx = lines_of(&mut json);
+    let next = || {
+        let line = next_line(&rx);
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let uuid = serde_json::json!(["ID_FS_UUID", "1234-ABCD"]);
+    let first = next();
+    assert_eq!(first["kind"], "queued", "{first}");
+    assert_eq!(first["seqnum"], 1, "{first}");
+    assert!(!first["env"].as_array().unwrap().contains(&uuid), "{first}");
+    let second = next();
+    assert_eq!(second["kind"], "processed", "{second}");
+    assert_eq!(second["seqnum"], 1, "{second}");
+    assert!(
+        second["env"].as_array().unwrap().contains(&uuid),
+        "{second}"
+    );
+
+    for mut c in [processed, queued, json] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    d.stop();
+}

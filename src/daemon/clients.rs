@@ -1,6 +1,6 @@
 //! The control socket's clients that outlive their request, and the replies made from
-//! what they watch: monitors (queue events through their own cursors, or handler
-//! outcomes), settles (until the queue has drained through a SEQNUM), tag waits (until so
+//! what they watch: monitors (queued events through their own cursors, processed events
+//! from the finish path, or handler outcomes), settles (until the queue has drained through a SEQNUM), tag waits (until so
 //! many events of one `trigger` are done), the timeline of handler runs and gap waits, and
 //! the `status` lines.
 //!
@@ -21,25 +21,37 @@ use crate::control::{self, End, MonitorOpts, Reply};
 use crate::event::Event;
 use crate::helper::Helper;
 use crate::holder::Keeper;
-use crate::queue::{Queue, ReaderId};
+use crate::queue::{Queue, ReaderId, RUNNER};
 use crate::runner::{Outcome, Report};
 
 /// A monitor falls this many events behind the newest, and it is dropped.
 pub const MONITOR_MAX_LAG: u64 = 10_000;
 /// Events handed to a monitor's connection per batch.
 const MONITOR_BATCH: usize = 512;
+/// Processed events held for a monitor's connection; past them, new ones are lost (and
+/// counted in a `LOST` line) rather than held: they are copies, not the queue's events, so
+/// a cursor cannot keep them, and a monitor that does not read must not cost memory.
+pub const MONITOR_HELD: usize = 1024;
 /// Tags (`SYNTH_UUID`) whose handled counts are remembered for `wait-tag`.
 const MAX_TAGS: usize = 64;
 /// Handler runs and gap waits remembered for `hotplugctl timeline`.
 const TIMELINE_LEN: usize = 10_000;
 
-/// A `hotplugctl monitor` connection for queue events, read through its own cursor.
+/// A `hotplugctl monitor` connection for events: queued ones read through its own
+/// cursor, processed ones held here until its connection can take them.
 struct Monitor {
-    reader: ReaderId,
+    /// None for a monitor of processed events only: it holds nothing in the queue.
+    reader: Option<ReaderId>,
     tx: Sender<Reply>,
     /// Its connection has written the last batch and can take the next.
     ready: bool,
     opts: MonitorOpts,
+    /// `PROCESSED` lines not yet sent, of `held_events` events.
+    held: Vec<String>,
+    held_events: usize,
+    /// Processed events dropped since the last `LOST` line, the held ones being at the
+    /// limit.
+    lost: u64,
 }
 
 /// A `settle` waiting for the queue to drain through `upto`.
@@ -136,8 +148,9 @@ impl Clients {
         }
     }
 
-    /// A new monitor: told its id, then fed from the oldest event the runner has not
-    /// taken (or each handler outcome from now on, with `opts.handled`).
+    /// A new monitor: told its id, then fed queued events from the oldest one the runner
+    /// has not taken and processed events from now on (or each handler outcome from now
+    /// on, with `opts.handled`).
     pub fn attach_monitor(&mut self, opts: MonitorOpts, tx: Sender<Reply>, queue: &mut Queue) {
         let id = self.next_monitor;
         self.next_monitor += 1;
@@ -146,7 +159,7 @@ impl Clients {
         if opts.handled {
             self.handled.insert(id, tx);
         } else {
-            let reader = queue.add_reader();
+            let reader = opts.queued.then(|| queue.add_reader());
             self.monitors.insert(
                 id,
                 Monitor {
@@ -154,6 +167,9 @@ impl Clients {
                     tx,
                     ready: true,
                     opts,
+                    held: Vec::new(),
+                    held_events: 0,
+                    lost: 0,
                 },
             );
         }
@@ -169,18 +185,21 @@ impl Clients {
     /// Its connection is gone (or it overran): what only its cursor held is freed.
     pub fn drop_monitor(&mut self, id: u64, queue: &mut Queue) {
         if let Some(m) = self.monitors.remove(&id) {
-            queue.remove_reader(m.reader);
+            if let Some(r) = m.reader {
+                queue.remove_reader(r);
+            }
         } else if self.handled.remove(&id).is_none() {
             return;
         }
         log::debug!("monitor {id} detached");
     }
 
-    /// Hand each ready monitor its next batch; drop the ones too far behind.
+    /// Hand each ready monitor its next batch: queued events, then the processed ones
+    /// held for it. Drop the ones too far behind in the queue.
     pub fn feed_monitors(&mut self, queue: &mut Queue) {
         let mut overrun = Vec::new();
         for (&id, m) in &mut self.monitors {
-            if queue.lag(m.reader) > MONITOR_MAX_LAG {
+            if m.reader.is_some_and(|r| queue.lag(r) > MONITOR_MAX_LAG) {
                 overrun.push(id);
                 continue;
             }
@@ -188,20 +207,29 @@ impl Clients {
                 continue;
             }
             let mut lines = Vec::new();
-            for _ in 0..MONITOR_BATCH {
-                let Some(ev) = queue.next(m.reader) else {
-                    break;
-                };
-                if !m.opts.wants(ev.subsystem()) {
-                    continue;
+            if let Some(reader) = m.reader {
+                for _ in 0..MONITOR_BATCH {
+                    let Some(ev) = queue.next(reader) else {
+                        break;
+                    };
+                    if m.opts.wants(ev.subsystem()) {
+                        event_lines(&mut lines, "QUEUED", ev, m.opts.env);
+                    }
                 }
-                lines.push(ev.summary().to_string());
-                if m.opts.env {
-                    lines
-                        .extend(ev.vars().map(|(k, v)| {
-                            format!("{}={}", control::escape(k), control::escape(v))
-                        }));
-                    lines.push(String::new());
+            }
+            // An event is processed only after the runner took it: once this monitor's
+            // cursor is as far as the runner's, its QUEUED line has gone before.
+            let caught_up = m.reader.is_none_or(|r| queue.lag(r) <= queue.lag(RUNNER));
+            if caught_up {
+                lines.append(&mut m.held);
+                m.held_events = 0;
+                if m.lost > 0 {
+                    log::warn!(
+                        "monitor {id} did not keep up: {} processed events not sent to it",
+                        m.lost
+                    );
+                    lines.push(format!("LOST {}", m.lost));
+                    m.lost = 0;
                 }
             }
             if !lines.is_empty() {
@@ -215,6 +243,23 @@ impl Clients {
                 tell_overrun(id, &m.tx);
             }
             self.drop_monitor(id, queue);
+        }
+    }
+
+    /// `ev` is processed: its handlers and node actions are done, what its importers
+    /// printed is in it, and it is on record (and rebroadcast) as done. Each monitor of
+    /// processed events gets it at its next batch, in the order events are finished.
+    pub fn processed(&mut self, ev: &Event) {
+        for m in self.monitors.values_mut() {
+            if !m.opts.processed || !m.opts.wants(ev.subsystem()) {
+                continue;
+            }
+            if m.held_events >= MONITOR_HELD {
+                m.lost += 1;
+                continue;
+            }
+            m.held_events += 1;
+            event_lines(&mut m.held, "PROCESSED", ev, m.opts.env);
         }
     }
 
@@ -464,6 +509,19 @@ impl Clients {
     }
 }
 
+/// A monitor's lines for one event: `KIND SEQNUM ACTION DEVPATH (SUBSYSTEM)`, and with
+/// `env` each variable as `KEY=VALUE` and an empty line.
+fn event_lines(lines: &mut Vec<String>, kind: &str, ev: &Event, env: bool) {
+    lines.push(format!("{kind} {}", ev.summary()));
+    if env {
+        lines.extend(
+            ev.vars()
+                .map(|(k, v)| format!("{}={}", control::escape(k), control::escape(v))),
+        );
+        lines.push(String::new());
+    }
+}
+
 /// Tell a monitor that fell too far behind why its connection ends.
 fn tell_overrun(id: u64, tx: &Sender<Reply>) {
     log::warn!("monitor {id} fell more than {MONITOR_MAX_LAG} events behind: dropping it");
@@ -526,6 +584,13 @@ mod tests {
                 _ => vec![],
             })
             .collect()
+    }
+
+    fn queued() -> MonitorOpts {
+        MonitorOpts {
+            queued: true,
+            ..MonitorOpts::default()
+        }
     }
 
     fn status(c: &Clients, q: &Queue) -> Status {
@@ -707,9 +772,9 @@ mod tests {
         let mut c = Clients::new(Instant::now());
         let (tx, rx) = unbounded();
         let opts = MonitorOpts {
-            env: false,
-            handled: false,
+            queued: true,
             subsystems: vec!["block".into()],
+            ..MonitorOpts::default()
         };
         c.attach_monitor(opts, tx, &mut q);
         assert!(matches!(replies(&rx)[..], [Reply::Monitor(0)]));
@@ -717,7 +782,7 @@ mod tests {
         q.push(ev(1, "add", "usb", None), now);
         q.push(ev(2, "add", "block", None), now);
         c.feed_monitors(&mut q);
-        assert_eq!(lines(replies(&rx)), ["2 add /devices/block (block)"]);
+        assert_eq!(lines(replies(&rx)), ["QUEUED 2 add /devices/block (block)"]);
 
         // Not ready until its connection wrote that batch.
         q.push(ev(3, "change", "block", None), now);
@@ -725,7 +790,10 @@ mod tests {
         assert!(replies(&rx).is_empty());
         c.monitor_ready(0);
         c.feed_monitors(&mut q);
-        assert_eq!(lines(replies(&rx)), ["3 change /devices/block (block)"]);
+        assert_eq!(
+            lines(replies(&rx)),
+            ["QUEUED 3 change /devices/block (block)"]
+        );
     }
 
     #[test]
@@ -736,8 +804,8 @@ mod tests {
         let (tx, rx) = unbounded();
         let opts = MonitorOpts {
             env: true,
-            handled: false,
-            subsystems: vec![],
+            queued: true,
+            ..MonitorOpts::default()
         };
         c.attach_monitor(opts, tx, &mut q);
         q.push(ev(1, "add", "usb", None), Instant::now());
@@ -745,7 +813,7 @@ mod tests {
         let got = lines(replies(&rx));
         assert_eq!(
             got.first().map(String::as_str),
-            Some("1 add /devices/usb (usb)")
+            Some("QUEUED 1 add /devices/usb (usb)")
         );
         assert!(got.contains(&"SUBSYSTEM=usb".to_owned()), "{got:?}");
         assert_eq!(got.last().map(String::as_str), Some(""));
@@ -757,7 +825,7 @@ mod tests {
         q.start_at(1);
         let mut c = Clients::new(Instant::now());
         let (tx, rx) = unbounded();
-        c.attach_monitor(MonitorOpts::default(), tx, &mut q);
+        c.attach_monitor(queued(), tx, &mut q);
         let now = Instant::now();
         q.push(ev(1, "add", "usb", None), now);
         c.feed_monitors(&mut q);
@@ -781,6 +849,118 @@ mod tests {
         assert_eq!(q.bytes(), 0, "its cursor is gone, and what only it held");
         let s = status(&c, &q);
         assert_eq!((s.monitors, s.monitor_overruns), (0, 1));
+    }
+
+    #[test]
+    fn a_processed_event_follows_its_queued_line_and_holds_nothing_in_the_queue() {
+        let mut q = Queue::new(GAP, true);
+        q.start_at(1);
+        let mut c = Clients::new(Instant::now());
+        let (both_tx, both) = unbounded();
+        let both_opts = MonitorOpts {
+            queued: true,
+            processed: true,
+            ..MonitorOpts::default()
+        };
+        c.attach_monitor(both_opts, both_tx, &mut q);
+        let (only_tx, only) = unbounded();
+        let only_opts = MonitorOpts {
+            env: true,
+            processed: true,
+            subsystems: vec!["usb".into()],
+            ..MonitorOpts::default()
+        };
+        c.attach_monitor(only_opts, only_tx, &mut q);
+        replies(&both);
+        replies(&only);
+        let now = Instant::now();
+        q.push(ev(1, "add", "usb", None), now);
+        q.push(ev(2, "add", "block", None), now);
+        // As the owner does for an event no rule matches: finished before the monitors
+        // are fed.
+        q.next(RUNNER);
+        let vars: [(&[u8], &[u8]); 5] = [
+            (b"ACTION", b"add"),
+            (b"DEVPATH", b"/devices/usb"),
+            (b"SUBSYSTEM", b"usb"),
+            (b"SEQNUM", b"1"),
+            (b"ID_X", b"1"),
+        ];
+        c.processed(&Event::from_vars(b"usb", vars).unwrap());
+        c.feed_monitors(&mut q);
+        assert_eq!(
+            lines(replies(&both)),
+            [
+                "QUEUED 1 add /devices/usb (usb)",
+                "QUEUED 2 add /devices/block (block)",
+                "PROCESSED 1 add /devices/usb (usb)"
+            ]
+        );
+        let got = lines(replies(&only));
+        assert_eq!(got[0], "PROCESSED 1 add /devices/usb (usb)");
+        assert!(got.contains(&"ID_X=1".to_owned()), "{got:?}");
+
+        // A processed event waits while this monitor's QUEUED line is still to come.
+        q.push(ev(3, "add", "usb", None), now);
+        c.feed_monitors(&mut q);
+        assert!(
+            replies(&both).is_empty(),
+            "its last batch is not written yet"
+        );
+        q.next(RUNNER);
+        let third = q.next(RUNNER).unwrap().clone();
+        c.processed(&third);
+        c.feed_monitors(&mut q);
+        assert!(replies(&both).is_empty());
+        c.monitor_ready(0);
+        c.feed_monitors(&mut q);
+        assert_eq!(
+            lines(replies(&both)),
+            [
+                "QUEUED 3 add /devices/usb (usb)",
+                "PROCESSED 3 add /devices/usb (usb)"
+            ]
+        );
+        c.drop_monitor(0, &mut q);
+        assert_eq!(q.bytes(), 0, "the processed-only monitor keeps no cursor");
+    }
+
+    #[test]
+    fn a_monitor_that_does_not_read_loses_processed_events_and_is_told_how_many() {
+        let mut q = Queue::new(GAP, true);
+        let mut c = Clients::new(Instant::now());
+        let (tx, rx) = unbounded();
+        let opts = MonitorOpts {
+            processed: true,
+            ..MonitorOpts::default()
+        };
+        c.attach_monitor(opts, tx, &mut q);
+        c.processed(&ev(1, "add", "usb", None));
+        c.feed_monitors(&mut q);
+        assert_eq!(replies(&rx).len(), 2, "its id, then one batch");
+        // Its connection never says it wrote that batch.
+        let extra = 5;
+        for s in 2..2 + MONITOR_HELD as u64 + extra {
+            c.processed(&ev(s, "add", "usb", None));
+            c.feed_monitors(&mut q);
+        }
+        assert!(replies(&rx).is_empty());
+        c.monitor_ready(0);
+        c.feed_monitors(&mut q);
+        let got = lines(replies(&rx));
+        assert_eq!(got.len(), MONITOR_HELD + 1);
+        assert_eq!(got[0], "PROCESSED 2 add /devices/usb (usb)");
+        assert_eq!(got[MONITOR_HELD], format!("LOST {extra}"));
+        // Still attached: the next one comes through.
+        c.monitor_ready(0);
+        c.processed(&ev(9999, "add", "usb", None));
+        c.feed_monitors(&mut q);
+        assert_eq!(
+            lines(replies(&rx)),
+            ["PROCESSED 9999 add /devices/usb (usb)"]
+        );
+        let s = status(&c, &q);
+        assert_eq!((s.monitors, s.monitor_overruns), (1, 0));
     }
 
     fn report(outcome: Outcome, started: Instant, ms: u64) -> Report {
@@ -838,7 +1018,7 @@ mod tests {
         q.start_at(1);
         let mut c = Clients::new(Instant::now());
         let (tx, _rx) = unbounded();
-        c.attach_monitor(MonitorOpts::default(), tx, &mut q);
+        c.attach_monitor(queued(), tx, &mut q);
         q.push(ev(1, "add", "usb", None), Instant::now());
         q.next(RUNNER);
         assert!(q.bytes() > 0);

@@ -101,8 +101,8 @@ impl Running {
 // ---- Rebroadcast (issue 17) -------------------------------------------------------------
 
 /// `ev` is handled: its handlers have ended (or, for background ones, started) and its
-/// node actions are done. Rebroadcast it if the config says so, then put it on record as
-/// done. Events are finished one at a time in the order the queue released them, so the
+/// node actions are done. Rebroadcast it if the config says so, put it on record as done,
+/// and show it to the monitors of processed events. Events are finished one at a time in the order the queue released them, so the
 /// sends follow SEQNUM order; coalesced, recalled and duplicate events never come here.
 ///
 /// The `done` record is the send's journal entry, written right after the send: a crash
@@ -110,9 +110,16 @@ impl Running {
 /// it then (never lost); a crash after the record's write sends nothing again (never
 /// repeated). Only a crash between the `sendto` and that `write` repeats it, handlers and
 /// all, exactly as an event whose last handler ended in that instant runs again.
-fn finish(book: &mut Book, rebroadcast: &mut Rebroadcast, cfg: &DaemonConfig, ev: &Event) {
+fn finish(
+    book: &mut Book,
+    rebroadcast: &mut Rebroadcast,
+    clients: &mut Clients,
+    cfg: &DaemonConfig,
+    ev: &Event,
+) {
     let sent = rebroadcast.send(cfg, ev);
     book.finished(ev);
+    clients.processed(ev);
     match sent {
         None => {}
         Some(ok) => {
@@ -166,7 +173,13 @@ impl Finisher<'_> {
             };
             record_device(self.db, self.devnodes, event, imported, &rules);
         }
-        finish(self.book, self.rebroadcast, &self.config.daemon, event);
+        finish(
+            self.book,
+            self.rebroadcast,
+            self.clients,
+            &self.config.daemon,
+            event,
+        );
         self.clients.count_tag(event);
     }
 }
