@@ -280,7 +280,8 @@ fn exclusive_events_run_alone() {
 
 /// A child's event held back by its parent's slow handler shows in `pending` and
 /// `status` as waiting for the parent's SEQNUM, while a stranger's event runs in another
-/// lane; the timeline puts runs in their lanes.
+/// lane; recall takes the held-back event but not the one running ahead of it; settle
+/// waits for every lane; the timeline puts runs in their lanes.
 #[test]
 fn a_blocked_event_shows_what_it_waits_for() {
     let env = Env::new();
@@ -325,10 +326,26 @@ fn a_blocked_event_shows_what_it_waits_for() {
         .unwrap()["waiting_on"];
     assert_eq!(child["seqnum"], 1);
     assert_eq!(child["devpath"], "/devices/slow");
-    for seq in 1..=3 {
+    // Recall: an event held back is still queued; one a lane took ahead of it is not.
+    assert!(env.event(4, "add", "/devices/slow/child2").success());
+    wait_for("4 queued", || {
+        env.ctl_ok(&["pending"])
+            .contains("4 add /devices/slow/child2")
+    });
+    env.ctl_ok(&["recall", "4"]);
+    assert!(!env.ctl(&["recall", "3"]).status.success(), "3 runs: taken");
+    // Settle waits for every lane: 3's end is not enough while 1 runs.
+    fs::write(env.path("gate-3"), "").unwrap();
+    wait_ended(&env, 1);
+    assert!(!env
+        .ctl(&["settle", "--seq", "4", "--timeout", "500ms"])
+        .status
+        .success());
+    for seq in 1..=2 {
         fs::write(env.path(&format!("gate-{seq}")), "").unwrap();
     }
-    let log = wait_ended(&env, 3);
+    env.ctl_ok(&["settle", "--seq", "4", "--timeout", "60s"]);
+    let log = lines(&env);
     check(&log, 3);
     let timeline: Value = serde_json::from_str(env.ctl_ok(&["timeline", "--json"]).trim()).unwrap();
     let lanes: Vec<(u64, u64)> = timeline
@@ -342,4 +359,24 @@ fn a_blocked_event_shows_what_it_waits_for() {
         lanes.contains(&(1, 0)) && lanes.contains(&(3, 1)),
         "{lanes:?}"
     );
+}
+
+/// Pause holds every lane; resume starts as many as may start.
+#[test]
+fn pause_holds_every_lane() {
+    let env = Env::new();
+    let run = handler(&env, "0.05", false);
+    let cfg = config(&env, 4, &run, "");
+    let _d = env.start(&cfg);
+    env.ctl_ok(&["pause"]);
+    for seq in 1..=6u64 {
+        assert!(env.event(seq, "add", &format!("/devices/p{seq}")).success());
+    }
+    wait_for("6 queued", || {
+        env.ctl_ok(&["status", "--json"]).contains("\"queued\":6")
+    });
+    assert!(lines(&env).is_empty(), "nothing ran while paused");
+    env.ctl_ok(&["resume"]);
+    let log = wait_ended(&env, 6);
+    assert!(check(&log, 6) >= 2);
 }
