@@ -180,7 +180,7 @@ impl Owner {
 
 /// Write (or for a remove, delete) the device's database entry.
 fn record_device(
-    db: &crate::db::Db,
+    db: &mut crate::db::Db,
     devnodes: &DevNodes,
     event: &Event,
     imported: &[Vec<u8>],
@@ -602,7 +602,7 @@ impl Owner {
                     log::info!("{}: no rule matched", ev.summary());
                 }
                 if self.config.daemon.device_db && (nodes_only || ev.action() == b"remove") {
-                    record_device(&self.db, &self.devnodes, ev, &[], &[]);
+                    record_device(&mut self.db, &self.devnodes, ev, &[], &[]);
                 }
                 finish(
                     &mut self.book,
@@ -669,7 +669,7 @@ impl Owner {
             let event = &work.event;
             if self.config.daemon.device_db {
                 let rules: Vec<&str> = work.jobs.iter().map(|j| j.rule.as_str()).collect();
-                record_device(&self.db, &self.devnodes, event, &work.imported, &rules);
+                record_device(&mut self.db, &self.devnodes, event, &work.imported, &rules);
             }
             finish(
                 &mut self.book,
