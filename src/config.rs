@@ -148,8 +148,10 @@ pub struct DaemonConfig {
     /// Netlink multicast groups each handled event is sent to again, as a mask (mdevd's
     /// `-O`); 0: none. Never includes the kernel's group 1.
     pub rebroadcast: u32,
-    /// The device database (issue 17): keep RUNTIME/db/ entries. Off by default for now:
-    /// an entry written per handled event costs dispatch 7 % (BENCHMARKS.md's target is 5).
+    /// The device database (issue 17): keep RUNTIME/db/ entries (`crate::db`). Off by
+    /// default for now: an entry costs the runner about 20 µs of CPU per event, between
+    /// one handler's exit and the next one's spawn, which leaves dispatch at 0.95x of the
+    /// bare loop, the target's edge (BENCHMARKS.md, "The device database").
     pub device_db: bool,
     /// Only events of these subsystems are rebroadcast; empty: all.
     pub rebroadcast_subsystems: Vec<String>,

@@ -28,15 +28,27 @@
 //! restart, clean or not, and is lost only with the runtime dir itself (at a reboot, for
 //! `/run`), when a coldplug rebuilds it.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
 
 use crate::event::Event;
 
 /// The database's directory under the runtime dir.
 pub const DIR: &str = "db";
+
+/// The temporary file an entry is written to before its rename. `~` is outside the
+/// bytes a [`file_name`] keeps, so no device's entry can have this name.
+pub const TMP: &str = ".entry.tmp~";
 
 /// What one entry records besides the event itself.
 pub struct Entry<'a> {
@@ -48,22 +60,58 @@ pub struct Entry<'a> {
 }
 
 /// `RUNTIME/db`, and what goes in and out of it.
-#[derive(Debug, Clone)]
+///
+/// The daemon's writer is on the path from one handler's exit to the next one's spawn,
+/// so it keeps what it can between events: the directory open (every call is `*at`
+/// relative to it, no path walked), the entry and its name built into reused buffers,
+/// the entry written with one `write()`. No `fsync`: the directory is on the runtime
+/// dir's tmpfs, which a power loss empties anyway.
+#[derive(Debug)]
 pub struct Db {
     dir: PathBuf,
+    /// `dir`, opened at the first write; dropped when it is found gone, to open again.
+    fd: Option<OwnedFd>,
+    text: Vec<u8>,
+    name: Vec<u8>,
+    /// The failures logged since the last entry written: each cause (step and errno)
+    /// once, so a full or missing directory costs one warning, not one per event.
+    logged: Vec<(Step, Errno)>,
+    failed: u64,
+}
+
+/// What a failed write was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    OpenDir,
+    Write,
+    Rename,
+    Remove,
 }
 
 /// The file name for `devpath`; `None` if it would pass 255 bytes.
 pub fn file_name(devpath: &[u8]) -> Option<String> {
-    let mut out = String::with_capacity(devpath.len() + 16);
+    let mut out = Vec::with_capacity(devpath.len() + 16);
+    // Only ASCII goes in.
+    name_into(&mut out, devpath).then(|| String::from_utf8(out).unwrap_or_default())
+}
+
+/// [`file_name`] into `out` (cleared first); false if it would pass 255 bytes.
+fn name_into(out: &mut Vec<u8>, devpath: &[u8]) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.clear();
     for &b in devpath {
         if b.is_ascii_alphanumeric() || b"_.:@+-".contains(&b) {
-            out.push(b as char);
+            out.push(b);
         } else {
-            out.push_str(&format!("\\x{b:02x}"));
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
         }
     }
-    (!out.is_empty() && out.len() <= 255).then_some(out)
+    !out.is_empty() && out.len() <= 255
 }
 
 fn escaped(out: &mut Vec<u8>, value: &[u8]) {
@@ -82,34 +130,48 @@ fn record(out: &mut Vec<u8>, tag: &[u8], value: &[u8]) {
     out.push(b'\n');
 }
 
-/// An entry's text, as [`Db::write`] puts it on file.
+/// An entry's text, as [`Db::update`] puts it on file.
 pub fn render(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entry.event.payload().len() + 256);
+    render_into(&mut out, entry);
+    out
+}
+
+/// [`render`] into `out`, cleared first.
+fn render_into(out: &mut Vec<u8>, entry: &Entry) {
     let ev = entry.event;
-    let mut out = Vec::with_capacity(ev.payload().len() + 256);
-    record(&mut out, b"D:", ev.devpath());
+    out.clear();
+    record(out, b"D:", ev.devpath());
     if let Some(seq) = ev.seqnum() {
-        record(&mut out, b"S:", seq.to_string().as_bytes());
+        out.extend_from_slice(b"S:");
+        // Digits only: nothing to escape.
+        use std::io::Write;
+        let _ = writeln!(out, "{seq}");
     }
     for var in ev.var_strings() {
         // Without its NUL.
-        record(&mut out, b"P:", &var[..var.len().saturating_sub(1)]);
+        record(out, b"P:", &var[..var.len().saturating_sub(1)]);
     }
     for key in entry.imported {
-        record(&mut out, b"I:", key);
+        record(out, b"I:", key);
     }
     for link in &entry.links {
-        record(&mut out, b"L:", link);
+        record(out, b"L:", link);
     }
     for rule in &entry.rules {
-        record(&mut out, b"R:", rule.as_bytes());
+        record(out, b"R:", rule.as_bytes());
     }
-    out
 }
 
 impl Db {
     pub fn new(runtime_dir: &Path) -> Db {
         Db {
             dir: runtime_dir.join(DIR),
+            fd: None,
+            text: Vec::with_capacity(4096),
+            name: Vec::with_capacity(256),
+            logged: Vec::new(),
+            failed: 0,
         }
     }
 
@@ -130,40 +192,115 @@ impl Db {
         file_name(devpath).map(|n| self.dir.join(n))
     }
 
-    /// Record the event's device, or for a `remove` forget it. Failures are logged with
-    /// the event and the file: the database is for the curious, the event goes on.
-    pub fn update(&self, entry: &Entry) {
+    /// Record the event's device, or for a `remove` forget it. The database is for the
+    /// curious: a failure never costs the event. It is logged with the file, once per
+    /// cause until an entry is written again.
+    pub fn update(&mut self, entry: &Entry) {
         let ev = entry.event;
-        let Some(path) = self.path(ev.devpath()) else {
+        if !name_into(&mut self.name, ev.devpath()) {
             log::warn!("{}: DEVPATH too long for a database entry", ev.summary());
             return;
-        };
-        let result = if ev.action() == b"remove" {
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                r => r,
+        }
+        let remove = ev.action() == b"remove";
+        if !remove {
+            render_into(&mut self.text, entry);
+        }
+        let mut result = self.apply(remove);
+        if let Err((_, Errno::ENOENT)) = result {
+            // The directory went away (removed by hand, or the runtime dir's contents
+            // cleared): made again, as at start, and tried once more.
+            self.fd = None;
+            if self.create().is_ok() {
+                result = self.apply(remove);
             }
-        } else {
-            self.write(&path, &render(entry))
-        };
-        if let Err(e) = result {
-            log::warn!("{}: database {}: {e}", ev.summary(), path.display());
+        }
+        match result {
+            Ok(()) => {
+                if self.failed > 0 {
+                    log::info!(
+                        "database {}: entries written again, after {} failed",
+                        self.dir.display(),
+                        self.failed
+                    );
+                    self.failed = 0;
+                    self.logged.clear();
+                }
+            }
+            Err((step, e)) => {
+                self.failed += 1;
+                if !self.logged.contains(&(step, e)) {
+                    self.logged.push((step, e));
+                    let file = match step {
+                        Step::OpenDir => self.dir.clone(),
+                        Step::Write => self.dir.join(TMP),
+                        Step::Rename | Step::Remove => self.dir.join(OsStr::from_bytes(&self.name)),
+                    };
+                    log::warn!(
+                        "{}: database {}: {}: {e} (the event goes on; until an entry is \
+                         written again, further failures of this kind are not logged)",
+                        ev.summary(),
+                        file.display(),
+                        match step {
+                            Step::OpenDir => "open",
+                            Step::Write => "write",
+                            Step::Rename => "rename",
+                            Step::Remove => "remove",
+                        }
+                    );
+                }
+            }
         }
     }
 
-    fn write(&self, path: &Path, text: &[u8]) -> io::Result<()> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        f.write_all(text)?;
-        drop(f);
-        fs::rename(&tmp, path)
+    /// Write `self.text` as the entry `self.name` (or remove it): a temporary file of
+    /// a fixed name (one writer, the owner under its lock) renamed over the entry, so a
+    /// reader sees the old entry or the new one, whole.
+    fn apply(&mut self, remove: bool) -> Result<(), (Step, Errno)> {
+        let dir = match &self.fd {
+            Some(fd) => fd.as_raw_fd(),
+            None => {
+                let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+                let fd = nix::fcntl::open(&self.dir, flags, Mode::empty())
+                    .map_err(|e| (Step::OpenDir, e))?;
+                // SAFETY: open returned it, and nothing else owns it.
+                let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                self.fd.insert(fd).as_raw_fd()
+            }
+        };
+        let name = OsStr::from_bytes(&self.name);
+        if remove {
+            return match nix::unistd::unlinkat(Some(dir), name, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {
+                    // ENOENT of the directory itself shows as a failed open next time;
+                    // here it is the usual case of a device without an entry.
+                    Ok(())
+                }
+                Err(e) => Err((Step::Remove, e)),
+            };
+        }
+        let flags = OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_TRUNC
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC;
+        let tmp = nix::fcntl::openat(Some(dir), TMP, flags, Mode::from_bits_truncate(0o644))
+            .map_err(|e| (Step::Write, e))?;
+        // SAFETY: openat returned it, and nothing else owns it.
+        let tmp = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(tmp) };
+        let mut rest = &self.text[..];
+        while !rest.is_empty() {
+            match nix::unistd::write(&tmp, rest) {
+                Ok(n) if n > 0 => rest = &rest[n..],
+                Err(Errno::EINTR) => {}
+                r => {
+                    // A full file system keeps no half entry either.
+                    let _ = nix::unistd::unlinkat(Some(dir), TMP, UnlinkatFlags::NoRemoveDir);
+                    return Err((Step::Write, r.err().unwrap_or(Errno::ENOSPC)));
+                }
+            }
+        }
+        drop(tmp);
+        nix::fcntl::renameat(Some(dir), TMP, Some(dir), name).map_err(|e| (Step::Rename, e))
     }
 }
 
@@ -256,7 +393,7 @@ mod tests {
     #[test]
     fn write_read_remove() {
         let tmp = tempfile::tempdir().unwrap();
-        let db = Db::new(tmp.path());
+        let mut db = Db::new(tmp.path());
         db.create().unwrap();
         let e = ev("add", &[("ID_FS_UUID", "12\n34")]);
         let imported = vec![b"ID_FS_UUID".to_vec()];

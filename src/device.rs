@@ -240,12 +240,8 @@ pub struct DbEntry {
     pub rules: Vec<String>,
 }
 
-/// The database file of `devpath`: `RUNTIME/db/` + DEVPATH in the control protocol's
-/// escaped form with `/` as `\x2f`, so each device is one file of a flat directory.
-///
-/// ASSUMPTION, until the database lands (issue 17): this name, and lines `E:KEY=VALUE`
-/// (a property), `L:LINK` (a link, relative to `dev_dir`), `R:RULE` (a rule that
-/// matched); other lines are skipped. [`read_db`] is the only reader.
+/// The database file of `devpath`: `RUNTIME/db/` + [`crate::db::file_name`], so each
+/// device is one file of a flat directory. [`read_db`] is the only reader.
 pub fn db_file(runtime_dir: &Path, devpath: &str) -> PathBuf {
     let db = runtime_dir.join("db");
     match crate::db::file_name(devpath.as_bytes()) {

@@ -256,3 +256,281 @@ fn monitors_show_imported_properties_on_processed_events_not_queued_ones() {
     }
     d.stop();
 }
+
+/// The entry of `devpath` under this env's runtime dir, parsed; `None` if there is none.
+fn entry_of(env: &Env, devpath: &str) -> Option<hotplugd::db::Record> {
+    let name = hotplugd::db::file_name(devpath.as_bytes()).unwrap();
+    let text = fs::read(env.runtime().join("db").join(name)).ok()?;
+    Some(hotplugd::db::parse(&text))
+}
+
+#[test]
+fn a_trigger_rebuilds_entries_current_stale_and_missing() {
+    let env = Env::new();
+    // A fake sysfs: three devices, each with the `uevent` file a trigger writes to.
+    let sys = env.path("sys");
+    fs::create_dir_all(sys.join("class/test")).unwrap();
+    let names = ["a", "b", "c"];
+    for name in names {
+        let dev = sys.join("devices/fake").join(name);
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(dev.join("uevent"), format!("DEVNAME={name}\n")).unwrap();
+        std::os::unix::fs::symlink("../../../class/test", dev.join("subsystem")).unwrap();
+    }
+    let config = env.config("device_db = true", "");
+    let d = env.start(&config);
+    // a: an entry of its own from an earlier event, with what it had then.
+    env.shim(&[
+        ("ACTION", "add"),
+        ("DEVPATH", "/devices/fake/a"),
+        ("SUBSYSTEM", "test"),
+        ("MODEL", "old"),
+        ("SEQNUM", "1"),
+    ]);
+    env.ctl_ok(&["settle", "--seq", "1"]);
+    let a = entry_of(&env, "/devices/fake/a").expect("an entry");
+    assert!(a.properties.contains(&(b"MODEL".to_vec(), b"old".to_vec())));
+    // b: a stale entry, left by hand; c: none.
+    fs::write(
+        env.runtime()
+            .join("db")
+            .join(hotplugd::db::file_name(b"/devices/fake/b").unwrap()),
+        "D:/devices/fake/b\nS:0\nP:MODEL=stale\nR:gone\n",
+    )
+    .unwrap();
+    assert!(entry_of(&env, "/devices/fake/c").is_none());
+
+    let sys_s = sys.to_str().unwrap();
+    let mut trigger = std::process::Command::new(CTL)
+        .arg("--runtime-dir")
+        .arg(env.runtime())
+        .args(["trigger", "--sysfs", sys_s, "--settle", "--timeout", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(trigger.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let tag = first
+        .strip_prefix("3 devices triggered (add, SYNTH_UUID=")
+        .and_then(|r| r.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .to_owned();
+    // As the kernel would: each write to a `uevent` file becomes an event, with the
+    // device's properties as they are now.
+    for (i, name) in names.iter().enumerate() {
+        let dev = sys.join("devices/fake").join(name);
+        assert_eq!(
+            fs::read_to_string(dev.join("uevent")).unwrap(),
+            format!("add {tag}")
+        );
+        let seq = (i + 2).to_string();
+        let devpath = format!("/devices/fake/{name}");
+        assert!(env
+            .shim(&[
+                ("ACTION", "add"),
+                ("DEVPATH", &devpath),
+                ("SUBSYSTEM", "test"),
+                ("DEVNAME", name),
+                ("MODEL", "new"),
+                ("SEQNUM", &seq),
+                ("SYNTH_UUID", &tag),
+            ])
+            .success());
+    }
+    let out = trigger.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "trigger --settle: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --settle returned, so the entries are on file already: each is the trigger's
+    // event, and nothing of what was there before.
+    for (i, name) in names.iter().enumerate() {
+        let devpath = format!("/devices/fake/{name}");
+        let r = entry_of(&env, &devpath).unwrap_or_else(|| panic!("no entry for {devpath}"));
+        assert_eq!(r.devpath, devpath.as_bytes());
+        assert_eq!(r.seqnum, Some(i as u64 + 2), "{devpath}");
+        let props: Vec<String> = r
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect();
+        let seq = format!("SEQNUM={}", i + 2);
+        for want in [
+            "ACTION=add",
+            &format!("DEVPATH={devpath}"),
+            "SUBSYSTEM=test",
+            &format!("DEVNAME={name}"),
+            "MODEL=new",
+            &seq,
+            &format!("SYNTH_UUID={tag}"),
+        ] {
+            assert!(
+                props.iter().any(|p| p == want),
+                "{devpath}: {want} in {props:?}"
+            );
+        }
+        assert_eq!(
+            props.iter().filter(|p| p.starts_with("MODEL=")).count(),
+            1,
+            "{devpath}: {props:?}"
+        );
+        assert_eq!(r.rules, ["record"], "{devpath}");
+    }
+    d.stop();
+}
+
+#[test]
+fn a_failing_database_write_is_logged_once_and_costs_no_event() {
+    let env = Env::new();
+    let d = env.start(&env.config("device_db = true", ""));
+    let db = env.runtime().join("db");
+    // Where the next entry's temporary file goes, a directory: every write fails.
+    let tmp = db.join(hotplugd::db::TMP);
+    fs::create_dir(&tmp).unwrap();
+    for seq in 1..=3 {
+        env.event(seq, "add", &format!("/devices/fail/{seq}"));
+    }
+    env.ctl_ok(&["settle", "--seq", "3"]);
+    assert_eq!(env.record().seqs, [1, 2, 3], "every event was handled");
+    let log = d.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("database")).collect();
+    assert_eq!(warnings.len(), 1, "one warning for one cause:\n{log}");
+    assert!(
+        warnings[0].contains(&tmp.display().to_string()),
+        "it names the file: {}",
+        warnings[0]
+    );
+    assert!(entry_of(&env, "/devices/fail/1").is_none());
+
+    // The cause gone, entries are written again, and that is said once.
+    fs::remove_dir(&tmp).unwrap();
+    env.event(4, "add", "/devices/fail/4");
+    env.ctl_ok(&["settle", "--seq", "4"]);
+    assert_eq!(entry_of(&env, "/devices/fail/4").unwrap().seqnum, Some(4));
+    d.wait_log("entries written again, after 3 failed");
+
+    // The whole directory removed under the daemon: made again at the next write.
+    fs::remove_dir_all(&db).unwrap();
+    env.event(5, "add", "/devices/fail/5");
+    env.ctl_ok(&["settle", "--seq", "5"]);
+    assert_eq!(entry_of(&env, "/devices/fail/5").unwrap().seqnum, Some(5));
+    let log = d.log_text();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("database")).count(),
+        2,
+        "a missing directory is made again without a warning:\n{log}"
+    );
+    d.stop();
+}
+
+/// The database's cost per event, off the daemon: what `record_device` does after an
+/// event's last handler. Run with
+/// `scripts/cargo-static test --release --test props db_bench -- --ignored --nocapture`
+/// (HOTPLUGD_DB_N events per round, default 20000), on /dev/shm when it is a tmpfs as
+/// /run is. The end-to-end number is dispatch in `benches/run.sh` (BENCHMARKS.md).
+#[test]
+#[ignore]
+fn db_bench() {
+    use std::time::Instant;
+    let n: u64 = std::env::var("HOTPLUGD_DB_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    // The 11-variable USB event of benches/c/event.h; a new device each time (a boot,
+    // or the dispatch bench) or the same one again (a trigger, `change` events).
+    let ev = |seq: u64, new: bool| {
+        let devpath = format!(
+            "/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/bench{}",
+            if new { seq } else { 0 }
+        );
+        let seq = seq.to_string();
+        let vars: [(&[u8], &[u8]); 11] = [
+            (b"ACTION", b"add"),
+            (b"DEVPATH", devpath.as_bytes()),
+            (b"SUBSYSTEM", b"usb"),
+            (b"DEVTYPE", b"usb_interface"),
+            (b"PRODUCT", b"46d/c52b/1211"),
+            (b"TYPE", b"0/0/0"),
+            (b"INTERFACE", b"3/1/1"),
+            (
+                b"MODALIAS",
+                b"usb:v046DpC52Bd1211dc00dsc00dp00ic03isc01ip01in00",
+            ),
+            (b"HOME", b"/"),
+            (b"PATH", b"/sbin:/bin:/usr/sbin:/usr/bin"),
+            (b"SEQNUM", seq.as_bytes()),
+        ];
+        hotplugd::event::Event::from_vars(b"usb", vars).unwrap()
+    };
+    let base = if Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm").unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("| database write (N = {n} per round, median of 5) | µs/event |");
+    println!("| --- | --- |");
+    for new in [true, false] {
+        let events: Vec<_> = (1..=n).map(|s| ev(s, new)).collect();
+        let what = if new {
+            "a new device"
+        } else {
+            "the same device"
+        };
+        let (mut db_us, mut path_us) = (Vec::new(), Vec::new());
+        for round in 0..5 {
+            let run = base.path().join(format!("{new}-{round}"));
+            fs::create_dir(&run).unwrap();
+            let mut db = hotplugd::db::Db::new(&run);
+            db.create().unwrap();
+            let t = Instant::now();
+            for e in &events {
+                db.update(&hotplugd::db::Entry {
+                    event: e,
+                    imported: &[],
+                    links: vec![],
+                    rules: vec!["true"],
+                });
+            }
+            db_us.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            // What the first writer did, for comparison: paths walked from the root,
+            // a fresh buffer and name per event.
+            let dir = run.join("db");
+            let t = Instant::now();
+            for e in &events {
+                let text = hotplugd::db::render(&hotplugd::db::Entry {
+                    event: e,
+                    imported: &[],
+                    links: vec![],
+                    rules: vec!["true"],
+                });
+                let path = dir.join(hotplugd::db::file_name(e.devpath()).unwrap());
+                let mut tmp = path.as_os_str().to_owned();
+                tmp.push(".tmp");
+                fs::write(&tmp, &text).unwrap();
+                fs::rename(&tmp, &path).unwrap();
+            }
+            path_us.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            fs::remove_dir_all(&run).unwrap();
+        }
+        println!("| Db::update, {what} | {:.2} |", median(db_us));
+        println!("| by path (std::fs), {what} | {:.2} |", median(path_us));
+    }
+}

@@ -139,7 +139,7 @@ fn finish(
 /// may still hold the event.
 struct Finisher<'a> {
     config: &'a Config,
-    db: &'a crate::db::Db,
+    db: &'a mut crate::db::Db,
     devnodes: &'a DevNodes,
     book: &'a mut Book,
     rebroadcast: &'a mut Rebroadcast,
@@ -150,7 +150,7 @@ macro_rules! finisher {
     ($o:ident) => {
         Finisher {
             config: &$o.config,
-            db: &$o.db,
+            db: &mut $o.db,
             devnodes: &$o.devnodes,
             book: &mut $o.book,
             rebroadcast: &mut $o.rebroadcast,
@@ -273,7 +273,7 @@ impl Owner {
 
 /// Write (or for a remove, delete) the device's database entry.
 fn record_device(
-    db: &crate::db::Db,
+    db: &mut crate::db::Db,
     devnodes: &DevNodes,
     event: &Event,
     imported: &[Vec<u8>],
