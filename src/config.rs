@@ -148,10 +148,8 @@ pub struct DaemonConfig {
     /// Netlink multicast groups each handled event is sent to again, as a mask (mdevd's
     /// `-O`); 0: none. Never includes the kernel's group 1.
     pub rebroadcast: u32,
-    /// The device database (issue 17): keep RUNTIME/db/ entries (`crate::db`). Off by
-    /// default for now: an entry costs the runner about 20 µs of CPU per event, between
-    /// one handler's exit and the next one's spawn, which leaves dispatch at 0.95x of the
-    /// bare loop, the target's edge (BENCHMARKS.md, "The device database").
+    /// The device database (issue 17): keep RUNTIME/db/ entries (`crate::db`). Written
+    /// while the next handler runs, so its cost is off the dispatch path.
     pub device_db: bool,
     /// Only events of these subsystems are rebroadcast; empty: all.
     pub rebroadcast_subsystems: Vec<String>,
@@ -193,7 +191,7 @@ impl Default for DaemonConfig {
             // Rebroadcast (issue 17).
             rebroadcast: 0,
             rebroadcast_subsystems: Vec::new(),
-            device_db: false,
+            device_db: true,
             // Lanes (issue 18).
             workers: 1,
             exclusive_subsystems: vec!["module".to_owned()],

@@ -359,16 +359,20 @@ impl Clients {
 
     /// Answer the settles and tag waits whose condition now holds; report progress.
     /// `running`: the runner's event, which counts as pending.
+    /// `db`: device database entries not yet on file, which count as pending for a
+    /// settle and for any `wait-device`.
     pub fn check_waiters<'e>(
         &mut self,
         queue: &Queue,
         unfinished: impl Iterator<Item = &'e Event> + Clone,
+        db: usize,
     ) {
-        let pending = queue.pending() + unfinished.clone().count();
+        let pending = queue.pending() + unfinished.clone().count() + db;
         // Only the queue's events are looked at, not its length: another device's slow
         // handler or a long queue does not hold this one up.
         self.device_waits.retain(|w| {
-            let busy = unfinished.clone().any(|e| e.devpath() == &w.devpath[..])
+            let busy = db > 0
+                || unfinished.clone().any(|e| e.devpath() == &w.devpath[..])
                 || queue.has_pending_devpath(&w.devpath);
             if !busy {
                 let _ = w.tx.send(Reply::End(End::Ok(String::new())));
@@ -403,13 +407,19 @@ impl Clients {
                 .iter()
                 .find(|(t, _)| *t == w.tag)
                 .map_or(0, |(_, n)| *n);
-            if done >= w.count {
+            // Their entries on file too, as for a settle.
+            if done >= w.count && db == 0 {
                 let _ = w.tx.send(Reply::End(End::Ok(format!("{done} handled"))));
                 false
             } else {
                 true
             }
         });
+    }
+
+    /// Whether a settle, tag wait or device wait is waiting.
+    pub fn has_waiters(&self) -> bool {
+        !(self.settles.is_empty() && self.tag_waits.is_empty() && self.device_waits.is_empty())
     }
 
     /// The timeline as the protocol's `run START END SEQNUM RULE OUTCOME[ background]`
@@ -618,21 +628,21 @@ mod tests {
         let mut c = Clients::new(Instant::now());
         let (tx, rx) = unbounded();
         c.settle(Some(3), tx);
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         let first = replies(&rx);
         assert_eq!(lines(first), ["pending 2"], "progress is reported at once");
 
         // Drained, but SEQNUM 3 has not been through the queue yet.
         while q.next(RUNNER).is_some() {}
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), None);
 
         // 3 is taken by the runner: pending while it runs, settled once it is done.
         q.push(ev(3, "change", "usb", None), Instant::now());
         assert!(q.next(RUNNER).is_some());
-        c.check_waiters(&q, std::iter::once(&ev(9, "change", "usb", None)));
+        c.check_waiters(&q, std::iter::once(&ev(9, "change", "usb", None)), 0);
         assert_eq!(ended_ok(&replies(&rx)), None);
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some(""));
         assert!(c.settles.is_empty());
     }
@@ -653,7 +663,7 @@ mod tests {
         c.wait_device(b"/devices/usb".to_vec(), usb_tx);
         c.wait_device(b"/devices/gone".to_vec(), gone_tx);
         let running = q.next(RUNNER).unwrap().clone();
-        c.check_waiters(&q, std::iter::once(&running));
+        c.check_waiters(&q, std::iter::once(&running), 0);
         assert_eq!(
             ended_ok(&replies(&gone_rx)),
             Some(""),
@@ -663,14 +673,14 @@ mod tests {
         assert_eq!(ended_ok(&replies(&net_rx)), None);
         // 1 done; 2 (usb) taken and running: /devices/net's 3 still queued.
         let running = q.next(RUNNER).unwrap().clone();
-        c.check_waiters(&q, std::iter::once(&running));
+        c.check_waiters(&q, std::iter::once(&running), 0);
         assert_eq!(ended_ok(&replies(&usb_rx)), None, "its second event runs");
         // 2 done, 3 running: usb is answered while the net event still runs.
         let running = q.next(RUNNER).unwrap().clone();
-        c.check_waiters(&q, std::iter::once(&running));
+        c.check_waiters(&q, std::iter::once(&running), 0);
         assert_eq!(ended_ok(&replies(&usb_rx)), Some(""));
         assert_eq!(ended_ok(&replies(&net_rx)), None);
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&net_rx)), Some(""));
         assert!(c.device_waits.is_empty());
     }
@@ -681,15 +691,15 @@ mod tests {
         let mut c = Clients::new(Instant::now());
         let (tx, rx) = unbounded();
         c.settle(None, tx);
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(lines(replies(&rx)), ["pending 1"]);
         // Same count again: no second progress line.
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert!(replies(&rx).is_empty());
         q.next(RUNNER);
-        c.check_waiters(&q, std::iter::once(&ev(9, "change", "usb", None)));
+        c.check_waiters(&q, std::iter::once(&ev(9, "change", "usb", None)), 0);
         assert_eq!(ended_ok(&replies(&rx)), None);
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some(""));
     }
 
@@ -700,7 +710,7 @@ mod tests {
         let (tx, rx) = unbounded();
         c.settle(None, tx);
         drop(rx);
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert!(c.settles.is_empty());
     }
 
@@ -713,16 +723,16 @@ mod tests {
         c.count_tag(&ev(1, "add", "usb", Some("t1")));
         c.count_tag(&ev(2, "add", "usb", Some("other")));
         c.count_tag(&ev(3, "add", "usb", None));
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert!(replies(&rx).is_empty(), "one of two so far");
         c.count_tag(&ev(4, "add", "usb", Some("t1")));
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some("2 handled"));
 
         // Counts are remembered: a late wait is answered at once.
         let (tx, rx) = unbounded();
         c.wait_tag("t1".into(), 1, tx);
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some("2 handled"));
     }
 
@@ -746,7 +756,7 @@ mod tests {
         for done in [&add, &remove, &recalled] {
             c.count_tag(done);
         }
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some("3 handled"));
     }
 
@@ -761,7 +771,7 @@ mod tests {
         assert_eq!(c.tags_done.len(), MAX_TAGS);
         let (tx, rx) = unbounded();
         c.wait_tag("first".into(), 1, tx);
-        c.check_waiters(&q, std::iter::empty());
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert!(replies(&rx).is_empty(), "the oldest tag was forgotten");
     }
 

@@ -162,6 +162,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         netlink: netlink.is_some(),
     };
     let mut owner = Owner::new(config, runtime, opts, journal, notifier, live);
+    // A flush wakes the main thread when a settle waits for the entries it wrote.
+    owner.db.set_waker(idle_tx.clone());
     owner.keeper = keeper.clone();
     // Before anything is queued: a request from the spool or the journal may still be
     // waiting in the kernel.
@@ -376,7 +378,21 @@ fn run_lane(
     } else {
         runner::Runner::new()
     };
-    for work in work_rx {
+    let db = lock(&owner).db.clone();
+    let flush = db.clone();
+    handlers.set_after_spawn(Box::new(move || flush.flush()));
+    loop {
+        // Entries still pending go on file before this thread waits for work.
+        let work = match work_rx.try_recv() {
+            Ok(work) => work,
+            Err(_) => {
+                db.flush();
+                match work_rx.recv() {
+                    Ok(work) => work,
+                    Err(_) => return,
+                }
+            }
+        };
         // An import may replace the work (the event with its properties, and the
         // rules after the importer planned again): the loop goes on in the new one.
         let mut work = work;
@@ -454,6 +470,7 @@ fn start_background(
 /// The main thread's loop: wait for intake, requests, signals or the gap deadline, and
 /// handle each under the owner's lock. Returns when the daemon is to stop.
 fn serve(owner: &Mutex<Owner>, ch: &Channels) {
+    let db = lock(owner).db.clone();
     loop {
         let gap = {
             let mut o = lock(owner);
@@ -463,6 +480,10 @@ fn serve(owner: &Mutex<Owner>, ch: &Channels) {
                 None => never(),
             }
         };
+        // Entries of events that ran no handler (finished at dispatch, just now): no
+        // runner writes them, as none spawns for them. A settle waiting for them is
+        // woken by the flush.
+        db.flush();
         select! {
             recv(ch.input) -> msg => match msg {
                 Ok(input) => lock(owner).on_input(input),
@@ -547,5 +568,10 @@ fn finish(owner: &Mutex<Owner>, ch: &Channels, fifo_reader: Option<&sources::Fif
             }
         }
     }
-    lock(owner).hand_over(sources_done);
+    let db = {
+        let mut owner = lock(owner);
+        owner.hand_over(sources_done);
+        owner.db.clone()
+    };
+    db.flush();
 }

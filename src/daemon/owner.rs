@@ -139,7 +139,7 @@ fn finish(
 /// may still hold the event.
 struct Finisher<'a> {
     config: &'a Config,
-    db: &'a mut crate::db::Db,
+    db: &'a crate::db::Deferred,
     devnodes: &'a DevNodes,
     book: &'a mut Book,
     rebroadcast: &'a mut Rebroadcast,
@@ -150,7 +150,7 @@ macro_rules! finisher {
     ($o:ident) => {
         Finisher {
             config: &$o.config,
-            db: &mut $o.db,
+            db: &$o.db,
             devnodes: &$o.devnodes,
             book: &mut $o.book,
             rebroadcast: &mut $o.rebroadcast,
@@ -273,13 +273,13 @@ impl Owner {
 
 /// Write (or for a remove, delete) the device's database entry.
 fn record_device(
-    db: &mut crate::db::Db,
+    db: &crate::db::Deferred,
     devnodes: &DevNodes,
     event: &Event,
     imported: &[Vec<u8>],
     rules: &[&str],
 ) {
-    db.update(&crate::db::Entry {
+    db.submit(&crate::db::Entry {
         event,
         imported,
         links: devnodes.links_of(event.devpath()).collect(),
@@ -402,7 +402,7 @@ pub(super) struct Owner {
     /// Rebroadcast (issue 17): the send socket.
     rebroadcast: Rebroadcast,
     /// The device database under the runtime dir.
-    db: crate::db::Db,
+    pub db: crate::db::Deferred,
 }
 
 impl Owner {
@@ -422,7 +422,7 @@ impl Owner {
             Box::new(move |id| reader.load(id)),
         );
         let started = Instant::now();
-        let db = crate::db::Db::new(&runtime.dir);
+        let db = crate::db::Deferred::new(&runtime.dir);
         Owner {
             config,
             runtime,
@@ -546,7 +546,10 @@ impl Owner {
                 .iter()
                 .filter_map(|f| f.done.as_ref().map(Done::event)),
         );
-        self.clients.check_waiters(&self.queue, unfinished);
+        // Entries not yet on file count as unfinished work for a settle.
+        let db = self.db.pending();
+        self.clients.check_waiters(&self.queue, unfinished, db);
+        self.db.want_wake(db > 0 && self.clients.has_waiters());
         if self.last_status.elapsed() >= Duration::from_secs(1) {
             self.last_status = Instant::now();
             self.notifier
