@@ -380,3 +380,36 @@ fn pause_holds_every_lane() {
     let log = wait_ended(&env, 6);
     assert!(check(&log, 6) >= 2);
 }
+
+/// An event that ended while an older one waited is finished once that one is gone:
+/// here the older one is recalled while paused, and a settle returns at once, without
+/// another event finishing to move things on.
+#[test]
+fn a_recall_of_the_event_others_wait_behind_lets_them_finish() {
+    let env = Env::new();
+    let run = handler(&env, "", true);
+    let cfg = config(&env, 2, &run, "");
+    let _d = env.start(&cfg);
+    assert!(env.event(1, "add", "/devices/slow").success());
+    assert!(env.event(2, "add", "/devices/slow/child").success());
+    assert!(env.event(3, "add", "/devices/other").success());
+    wait_for("1 and 3 running", || {
+        let l = lines(&env);
+        [1, 3]
+            .iter()
+            .all(|s| l.iter().any(|x| x.start && x.seq == *s))
+    });
+    fs::write(env.path("gate-3"), "").unwrap();
+    wait_ended(&env, 1);
+    env.ctl_ok(&["pause"]);
+    fs::write(env.path("gate-1"), "").unwrap();
+    wait_ended(&env, 2);
+    // 3 is done but waits, unfinished, behind 2, which is paused.
+    assert!(!env
+        .ctl(&["settle", "--seq", "3", "--timeout", "300ms"])
+        .status
+        .success());
+    env.ctl_ok(&["recall", "2"]);
+    env.ctl_ok(&["settle", "--seq", "3", "--timeout", "10s"]);
+    assert_eq!(lines(&env).iter().filter(|l| l.start).count(), 2);
+}

@@ -538,6 +538,8 @@ impl Owner {
     /// What follows every change, whoever made it: the done records on file, the next
     /// event to an idle runner, monitors and settles served, the supervisor's STATUS.
     pub fn after_change(&mut self, work: &Sender<Work>) {
+        // A recall or a coalesced pair may have been all that held finished events back.
+        self.retire();
         self.book.flush();
         self.dispatch(work);
         self.clients.feed_monitors(&mut self.queue);
