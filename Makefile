@@ -59,13 +59,16 @@ MAN7 = man/hotplugd.7
 MAN8 = man/hotplug.8 man/hotplugd.8 man/hotplugctl.8
 UNITS = contrib/systemd/hotplugd.service contrib/systemd/hotplugd.socket \
 	contrib/systemd/hotplugd-trigger.service contrib/systemd/hotplugd-settle.service
-HANDLERS = contrib/handlers/devperms contrib/handlers/netif contrib/handlers/usb-mount
+HANDLERS = contrib/handlers/blkid-import contrib/handlers/devperms contrib/handlers/input-import \
+	contrib/handlers/netif contrib/handlers/usb-mount
 CONFIGS = config/hotplugd.toml contrib/handlers/devperms.conf
 # Rules that act on hardware by themselves (mount USB disks, bring interfaces up and
 # run DHCP) are not switched on by an install: they go to PKGDATADIR/examples/rules.d,
 # to copy or link into CONFDIR/rules.d. The rest load modules, set device node modes
-# and log, what a hotplug helper is expected to do.
-EXAMPLE_RULES = config/rules.d/50-net.toml config/rules.d/60-usb-disk.toml
+# and log, what a hotplug helper is expected to do. The importers (blkid, input) only
+# read, but they add a process to every block and input event: examples too.
+EXAMPLE_RULES = config/rules.d/40-blkid.toml config/rules.d/41-input.toml \
+	config/rules.d/50-net.toml config/rules.d/60-usb-disk.toml
 RULES = $(filter-out $(EXAMPLE_RULES),$(wildcard config/rules.d/*.toml))
 # Copied to PKGDATADIR for the admin to put in place (see contrib/README.md): each
 # init system has its own home for them, and installing them there unasked would

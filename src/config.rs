@@ -42,6 +42,11 @@ const DAEMON_FIELDS: &[&str] = &[
     "dev_dir",
     // Background handlers.
     "max_background",
+    // Rebroadcast (issue 17).
+    "rebroadcast",
+    "rebroadcast_subsystems",
+    // The device database (issue 17).
+    "device_db",
 ];
 
 /// Where events come from.
@@ -135,6 +140,16 @@ pub struct DaemonConfig {
     /// Background handlers running at once; past it, the next one waits for a slot.
     /// 0 runs `background` rules in the foreground.
     pub max_background: usize,
+
+    // Rebroadcast (issue 17).
+    /// Netlink multicast groups each handled event is sent to again, as a mask (mdevd's
+    /// `-O`); 0: none. Never includes the kernel's group 1.
+    pub rebroadcast: u32,
+    /// The device database (issue 17): keep RUNTIME/db/ entries. Off by default for now:
+    /// an entry written per handled event costs dispatch 7 % (BENCHMARKS.md's target is 5).
+    pub device_db: bool,
+    /// Only events of these subsystems are rebroadcast; empty: all.
+    pub rebroadcast_subsystems: Vec<String>,
 }
 
 impl Default for DaemonConfig {
@@ -158,6 +173,10 @@ impl Default for DaemonConfig {
             dev_dir: PathBuf::from("/dev"),
             // Background handlers.
             max_background: 16,
+            // Rebroadcast (issue 17).
+            rebroadcast: 0,
+            rebroadcast_subsystems: Vec::new(),
+            device_db: false,
         }
     }
 }
@@ -329,10 +348,59 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             "dev_dir" => set(&mut cfg.dev_dir, dev_dir(d, &v)),
             // Background handlers.
             "max_background" => set(&mut cfg.max_background, d.unsigned(&v)),
+            // Rebroadcast (issue 17).
+            "rebroadcast" => set(&mut cfg.rebroadcast, rebroadcast(d, &v)),
+            "rebroadcast_subsystems" => set(&mut cfg.rebroadcast_subsystems, subsystems(d, &v)),
+            "device_db" => set(&mut cfg.device_db, d.boolean(&v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
 }
+
+// ---- Rebroadcast (issue 17) -------------------------------------------------------------
+
+/// `rebroadcast`: a netlink group mask of 32 bits, without the kernel's group 1 (a
+/// listener there would take our copy for the kernel's event).
+fn rebroadcast(d: &mut Diag, v: &Value) -> Option<u32> {
+    let n = d.unsigned(v)?;
+    let Ok(mask) = u32::try_from(n) else {
+        d.error(
+            &v.span,
+            format!("rebroadcast {n} is not a 32-bit group mask"),
+        );
+        return None;
+    };
+    if mask & 1 != 0 {
+        d.error(
+            &v.span,
+            format!(
+                "rebroadcast {mask} includes group 1, the kernel's own uevents; \
+                 libudev listens on 4 (rebroadcast = 4)"
+            ),
+        );
+        return None;
+    }
+    Some(mask)
+}
+
+/// `rebroadcast_subsystems`: an array of subsystem names.
+fn subsystems(d: &mut Diag, v: &Value) -> Option<Vec<String>> {
+    let Node::Array(items) = &v.node else {
+        d.invalid_type(v, "an array of subsystem names");
+        return None;
+    };
+    let mut out = Vec::new();
+    for item in items {
+        match d.string(item) {
+            Some("") => d.error(&item.span, "an empty subsystem name"),
+            Some(s) => out.push(s.to_owned()),
+            None => return None,
+        }
+    }
+    Some(out)
+}
+
+// ---- end of rebroadcast -----------------------------------------------------------------
 
 fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(v) = value {
@@ -623,6 +691,34 @@ mod tests {
         assert_eq!(d.max_background, 0);
     }
 
+    // Rebroadcast (issue 17).
+    #[test]
+    fn rebroadcast_mask_and_subsystems() {
+        let c = Config::parse("", Path::new("/nonexistent/main.toml")).unwrap();
+        assert_eq!(c.daemon.rebroadcast, 0, "off by default");
+        assert!(c.daemon.rebroadcast_subsystems.is_empty());
+        let c = Config::parse(
+            "[daemon]\nrebroadcast = 6\nrebroadcast_subsystems = [\"input\", \"block\"]\n",
+            Path::new("/nonexistent/main.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.daemon.rebroadcast, 6);
+        assert_eq!(c.daemon.rebroadcast_subsystems, ["input", "block"]);
+        assert_eq!(
+            one_err("[daemon]\nrebroadcast = 5\n"),
+            "main.toml:2:15: rebroadcast 5 includes group 1, the kernel's own uevents; \
+             libudev listens on 4 (rebroadcast = 4)"
+        );
+        assert_eq!(
+            one_err("[daemon]\nrebroadcast = 4294967296\n"),
+            "main.toml:2:15: rebroadcast 4294967296 is not a 32-bit group mask"
+        );
+        assert_eq!(
+            one_err("[daemon]\nrebroadcast_subsystems = [\"\"]\n"),
+            "main.toml:2:27: an empty subsystem name"
+        );
+    }
+
     #[test]
     fn bad_sources() {
         assert_eq!(
@@ -721,7 +817,8 @@ mod tests {
             one_err("[daemon]\nbogus = 1\n"),
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, \
-             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`"
+             `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`, `rebroadcast`, \
+             `rebroadcast_subsystems`, `device_db`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -730,7 +827,7 @@ mod tests {
         assert_eq!(
             one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\n  when = 1\n"),
             "main.toml:4:3: unknown field `when`, expected one of `name`, `match`, `run`, \
-             `timeout`, `last`, `owner`, `group`, `mode`, `links`, `link_priority`, `background`"
+             `timeout`, `last`, `owner`, `group`, `mode`, `links`, `link_priority`, `background`, `import`"
         );
         // Bad glob.
         assert_eq!(
@@ -824,7 +921,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`, `rebroadcast`, `rebroadcast_subsystems`, `device_db`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",

@@ -15,7 +15,7 @@
 //! faked by data. Event values are escaped: bytes outside printable ASCII, and `\`, are
 //! written `\xNN`. Requests: `status`, `pending [json]`, `monitor [env] [handled] [subsystem=S]...`,
 //! `settle [SEQNUM]`, `reload`, `recall SEQNUM`, `pause`, `resume`, `log-level LEVEL`,
-//! `inject`, `wait-tag UUID COUNT`, `timeline`. Replies per command are in hotplugctl(8).
+//! `inject`, `wait-tag UUID COUNT`, `wait-device DEVPATH`, `timeline`. Replies per command are in hotplugctl(8).
 //!
 //! Every connection is checked with `SO_PEERCRED`: only uid 0 and the daemon's own uid may
 //! talk to it; anyone else gets `%error permission denied` and the attempt is logged.
@@ -144,6 +144,8 @@ pub enum Request {
         tag: String,
         count: u64,
     },
+    /// Wait until no event for this DEVPATH is queued, waiting or running.
+    WaitDevice(Vec<u8>),
 }
 
 /// What a monitor wants to see.
@@ -211,6 +213,14 @@ pub fn parse_request(
                 count: n.parse().map_err(|_| format!("bad count {n:?}"))?,
             }),
             _ => Err("usage: wait-tag UUID COUNT".into()),
+        },
+        "wait-device" => match args[..] {
+            [p] => {
+                Ok(Request::WaitDevice(unescape(p).ok_or_else(|| {
+                    format!("wait-device: bad escape in {p:?}")
+                })?))
+            }
+            _ => Err("usage: wait-device DEVPATH".into()),
         },
         "monitor" => {
             let mut opts = MonitorOpts::default();

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::control::{self, Client, ClientError, End};
 use crate::event::Event;
 use crate::helper;
+use crate::import;
 use crate::rules::glob_match;
 use crate::spool::{DEFAULT_RUNTIME_DIR, RUNTIME_DIR_ENV};
 use crate::status::{Pending, Status};
@@ -80,6 +81,10 @@ enum Cmd {
     Trigger(TriggerArgs),
     /// Show which rules match an event and what each would run; needs no daemon
     Test(TestArgs),
+    /// Show a device: its kernel variables, database entry, links and rules; needs no daemon
+    Info(InfoArgs),
+    /// Wait until a device's latest event has been handled
+    Wait(WaitArgs),
     /// List the events not yet handled
     Pending,
     /// Show the handler runs and gap waits the daemon remembers
@@ -90,6 +95,10 @@ enum Cmd {
     },
     /// Read or set the kernel's uevent helper; needs no daemon
     Helper(HelperArgs),
+    /// Translate a udev rules file into TOML rules on standard output; needs no daemon
+    ImportUdev(ImportUdevArgs),
+    /// Translate an mdev.conf into TOML rules on standard output; needs no daemon
+    ImportMdev(ImportMdevArgs),
     /// Print a shell completion script (make install runs this)
     #[command(hide = true)]
     Completions {
@@ -180,9 +189,64 @@ struct TestArgs {
     /// the embedded one]
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The event's variables; ACTION and DEVPATH are required. Values are bytes, UTF-8 or not
-    #[arg(value_name = "KEY=VALUE", required = true)]
+    /// A device (a sysfs path, a /dev node or a DEVPATH) whose event to build from its
+    /// uevent file, then variables to add or override; or only the event's variables
+    /// (ACTION and DEVPATH required). Values are bytes, UTF-8 or not
+    #[arg(value_name = "DEVICE|KEY=VALUE", required = true)]
     vars: Vec<OsString>,
+    /// The ACTION of a DEVICE's event
+    #[arg(long, short = 'a', value_name = "ACTION", default_value = "add")]
+    action: String,
+    /// The sysfs tree DEVICE is in and rules read [default: the config's sysfs_dir]
+    #[arg(long, value_name = "DIR")]
+    sys_dir: Option<PathBuf>,
+    /// Run the importer rules too (the only thing test ever runs)
+    #[arg(long)]
+    import: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct InfoArgs {
+    /// A sysfs path, a /dev node or a DEVPATH (/devices/...)
+    #[arg(value_name = "DEVICE")]
+    device: PathBuf,
+    /// Print the attributes of the device and its parents as rule match keys
+    #[arg(long, short = 'a')]
+    attribute_walk: bool,
+    /// The sysfs tree to read
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    sys_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct WaitArgs {
+    /// A sysfs path, a /dev node or a DEVPATH (/devices/...)
+    #[arg(value_name = "DEVICE")]
+    device: PathBuf,
+    /// Give up after this long
+    #[arg(long, short = 't', value_name = "DURATION", default_value = "120", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// The sysfs tree to resolve DEVICE in (a DEVPATH is taken as it is)
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    sys_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImportUdevArgs {
+    /// The udev rules file
+    #[arg(value_name = "FILE.rules")]
+    file: PathBuf,
+    /// Approximate TAG+="uaccess" by giving GROUP read-write access (else such lines are
+    /// listed as not translated)
+    #[arg(long, value_name = "GROUP")]
+    uaccess_group: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImportMdevArgs {
+    /// The mdev.conf file
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -298,11 +362,37 @@ fn run(cli: Cli) -> Result<(), Fail> {
             trigger(&dir, a)
         }
         Cmd::Test(a) => test(a, json),
+        Cmd::Info(a) => {
+            if a.attribute_walk {
+                no_json("info --attribute-walk")?;
+            }
+            info(&dir, a, json)
+        }
+        Cmd::Wait(a) => {
+            no_json("wait")?;
+            wait_device(&dir, a)
+        }
         Cmd::Helper(a) => {
             no_json("helper")?;
             helper(&dir, a)
         }
         Cmd::Timeline { svg } => timeline(&dir, svg, json),
+        Cmd::ImportUdev(a) => {
+            no_json("import-udev")?;
+            if let Some(g) = a.uaccess_group.as_deref().filter(|g| !import::plain_id(g)) {
+                return Err(usage(format!("--uaccess-group {g:?} is not a group name")));
+            }
+            let opts = import::udev::Options {
+                uaccess_group: a.uaccess_group,
+            };
+            import_file(&a.file, "udev rules", |src, stem| {
+                import::udev::translate(src, stem, &opts)
+            })
+        }
+        Cmd::ImportMdev(a) => {
+            no_json("import-mdev")?;
+            import_file(&a.file, "mdev.conf", import::mdev::translate)
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -313,6 +403,39 @@ fn run(cli: Cli) -> Result<(), Fail> {
             Ok(())
         }
     }
+}
+
+/// Read a file, print its rules as TOML and list the lines left out on stderr; exit 1
+/// when any was, so a script notices a partial translation.
+fn import_file(
+    path: &Path,
+    kind: &str,
+    translate: impl FnOnce(&str, &str) -> import::Import,
+) -> Result<(), Fail> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Fail(format!("cannot read {}: {e}", path.display()), 1))?;
+    // A stray Latin-1 byte in a comment should not lose the whole file.
+    let src = String::from_utf8_lossy(&bytes);
+    let mut imp = translate(&src, &import::stem(path));
+    for w in imp.check_ids(Path::new("/etc/passwd"), Path::new("/etc/group")) {
+        eprintln!("hotplugctl: warning: {w}");
+    }
+    let shown = path.display().to_string();
+    let mut out = std::io::stdout().lock();
+    out.write_all(imp.render(&shown, kind).as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Fail(format!("standard output: {e}"), 1))?;
+    if imp.skipped.is_empty() {
+        return Ok(());
+    }
+    eprint!("{}", imp.report(&shown));
+    Err(Fail(
+        format!(
+            "{} of {shown}'s lines not translated (listed at the top of the output)",
+            imp.skipped.len()
+        ),
+        1,
+    ))
 }
 
 /// Print one value as a line of JSON.
@@ -730,10 +853,22 @@ fn trigger(dir: &Path, args: TriggerArgs) -> Result<(), Fail> {
     }
     let mut client = Client::request(dir, &format!("wait-tag {tag} {sent}\n"))?;
     client.set_timeout(Some(timeout));
+    await_end(&mut client, || {
+        format!(
+            "trigger --settle: timed out after {:.1} s",
+            timeout.as_secs_f64()
+        )
+    })?;
+    result
+}
+
+/// Read a reply to its end: `Ok` once the daemon says so, its error as exit 1, and the
+/// client's timeout as exit 1 with `timed_out`'s message.
+fn await_end(client: &mut Client, timed_out: impl FnOnce() -> String) -> Result<(), Fail> {
     loop {
         match client.next_line() {
             Ok(Ok(_)) => {}
-            Ok(Err(End::Ok(_))) => return result,
+            Ok(Err(End::Ok(_))) => return Ok(()),
             Ok(Err(End::Error(e))) => return Err(Fail(e, 1)),
             Err(ClientError::Io { source, .. })
                 if matches!(
@@ -741,13 +876,7 @@ fn trigger(dir: &Path, args: TriggerArgs) -> Result<(), Fail> {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(Fail(
-                    format!(
-                        "trigger --settle: timed out after {:.1} s",
-                        timeout.as_secs_f64()
-                    ),
-                    1,
-                ))
+                return Err(Fail(timed_out(), 1))
             }
             Err(e) => return Err(e.into()),
         }
@@ -881,6 +1010,25 @@ struct TestResult {
     config: Option<String>,
     rules: usize,
     jobs: Vec<TestJob>,
+    /// With a DEVICE: each rule looked at, key by key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    checks: Vec<TestRule>,
+}
+
+#[derive(Debug, Serialize)]
+struct TestRule {
+    rule: String,
+    matched: bool,
+    keys: Vec<TestKey>,
+}
+
+/// Values escaped as in [`TestEvent`]; `seen` null for a missing variable or file.
+#[derive(Debug, Serialize)]
+struct TestKey {
+    key: String,
+    seen: Option<String>,
+    matched: bool,
+    at: Option<String>,
 }
 
 /// Values in the control protocol's escaped form, so bytes that are not UTF-8 survive.
@@ -901,13 +1049,42 @@ struct TestJob {
     background: bool,
 }
 
+/// Whether a `test` argument names a device rather than a variable.
+fn is_device_arg(arg: &OsString) -> bool {
+    let b = arg.as_bytes();
+    b.starts_with(b"/") && !b.contains(&b'=')
+}
+
 fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
-    let TestArgs { config, vars: args } = args;
-    let mut vars: Vec<(&[u8], &[u8])> = Vec::new();
+    let TestArgs {
+        config,
+        vars: mut args,
+        action,
+        sys_dir,
+        import,
+    } = args;
+    let config = Config::load(config.as_deref()).map_err(|e| Fail(e.to_string(), 1))?;
+    let sysfs_root = sys_dir.unwrap_or_else(|| config.daemon.sysfs_dir.clone());
+    let rules = config.rules.clone().with_sysfs_dir(&sysfs_root);
+    // A DEVICE first: its event's variables, then the arguments' on top.
+    let mut device_vars: Vec<(String, String)> = Vec::new();
+    let device = args.first().is_some_and(is_device_arg);
+    if device {
+        let arg = PathBuf::from(args.remove(0));
+        let found = crate::device::resolve(&arg, &sysfs_root).map_err(|e| Fail(e, 1))?;
+        device_vars = crate::device::event_vars(&found, &action).map_err(|e| Fail(e, 1))?;
+    }
+    let mut vars: Vec<(&[u8], &[u8])> = device_vars
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
     for kv in &args {
         let kv = kv.as_bytes();
         match kv.iter().position(|&b| b == b'=') {
-            Some(i) if i > 0 && kv[0] != b'-' => vars.push((&kv[..i], &kv[i + 1..])),
+            Some(i) if i > 0 && kv[0] != b'-' => {
+                vars.retain(|(k, _)| *k != &kv[..i]);
+                vars.push((&kv[..i], &kv[i + 1..]))
+            }
             _ => {
                 return Err(usage(format!(
                     "test: {:?} is not KEY=VALUE",
@@ -916,17 +1093,24 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
             }
         }
     }
-    let config = Config::load(config.as_deref()).map_err(|e| Fail(e.to_string(), 1))?;
     let sub = vars
         .iter()
         .find(|(k, _)| *k == b"SUBSYSTEM")
         .map_or(&b""[..], |(_, v)| v);
-    let ev = Event::from_vars(sub, vars.iter().copied())
+    let mut ev = Event::from_vars(sub, vars.iter().copied())
         .map_err(|e| usage(format!("test: not an event: {e}")))?;
-    let jobs = config.rules.plan(&ev);
+    if import {
+        ev = run_importers(&rules, ev, config.daemon.handler_timeout);
+    }
+    let jobs = rules.plan(&ev);
+    let checks = if device {
+        rules.explain(&ev)
+    } else {
+        Vec::new()
+    };
     let timeout = |t: Option<Duration>| t.unwrap_or(config.daemon.handler_timeout).as_secs_f64();
+    let esc = control::escape;
     if json {
-        let esc = control::escape;
         return print_json(&TestResult {
             event: TestEvent {
                 seqnum: ev.seqnum(),
@@ -943,6 +1127,23 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
                     argv: j.argv.iter().map(|a| esc(a.as_bytes())).collect(),
                     timeout_s: timeout(j.timeout),
                     background: j.background,
+                })
+                .collect(),
+            checks: checks
+                .iter()
+                .map(|c| TestRule {
+                    rule: c.rule.clone(),
+                    matched: c.matched,
+                    keys: c
+                        .keys
+                        .iter()
+                        .map(|k| TestKey {
+                            key: k.key.clone(),
+                            seen: k.seen.as_deref().map(esc),
+                            matched: k.matched,
+                            at: k.at.as_deref().map(esc),
+                        })
+                        .collect(),
                 })
                 .collect(),
         });
@@ -966,7 +1167,10 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
         out.extend_from_slice(sep);
     }
     out.extend_from_slice(format!("config: {from} ({} rules)\n", config.rules.len()).as_bytes());
-    let nodes = config.rules.node_actions(&ev);
+    for c in &checks {
+        out.extend_from_slice(&check_lines(c));
+    }
+    let nodes = rules.node_actions(&ev);
     if let Some(n) = &nodes {
         out.extend_from_slice(&node_line(n));
     }
@@ -987,6 +1191,95 @@ fn test(args: TestArgs, json: bool) -> Result<(), Fail> {
     std::io::stdout()
         .write_all(&out)
         .map_err(|e| Fail(format!("stdout: {e}"), 1))
+}
+
+/// `test --import`: run the importers (`import = true` rules) the event matches, in
+/// order, as the daemon would, merging what each prints into the event, so the rules
+/// after them are planned against the merged event. Nothing else runs.
+fn run_importers(rules: &crate::rules::RuleSet, ev: Event, handler_timeout: Duration) -> Event {
+    let mut ev = ev;
+    let mut runner = crate::runner::Runner::new();
+    let mut jobs = rules.plan(&ev);
+    let mut i = 0;
+    while i < jobs.len() {
+        let job = &jobs[i];
+        i += 1;
+        if !job.import {
+            continue;
+        }
+        let report = runner.run(&crate::runner::Spec {
+            rule: &job.rule,
+            argv: &job.argv,
+            event: &ev,
+            timeout: job.timeout.unwrap_or(handler_timeout),
+            kill_grace: crate::daemon::KILL_GRACE,
+            max_output_bytes: 64 * 1024,
+            import: true,
+        });
+        let who = format!("importer {}", job.rule);
+        if !report.outcome.success() {
+            eprintln!("hotplugctl: {who}: {}; nothing imported", report.outcome);
+            continue;
+        }
+        let props = crate::props::parse(&report.captured, &who);
+        for (k, v) in &props {
+            eprintln!(
+                "imported by {}: {}={}",
+                job.rule,
+                String::from_utf8_lossy(k),
+                control::escape(v)
+            );
+        }
+        if props.is_empty() {
+            continue;
+        }
+        match crate::props::merge(&ev, &props) {
+            Ok(merged) => {
+                let pos = job.pos;
+                ev = merged;
+                jobs = rules.plan_after(&ev, pos);
+                i = 0;
+            }
+            Err(e) => eprintln!("hotplugctl: {who}: import ignored: {e}"),
+        }
+    }
+    ev
+}
+
+/// `match NAME: yes|no` and a `  ✓ KEY VALUE` / `  ✗ KEY VALUE` line per key.
+fn check_lines(c: &crate::rules::RuleCheck) -> Vec<u8> {
+    let verdict = match (c.matched, c.last) {
+        (true, true) => "yes (last: no rule after it is looked at)",
+        (true, false) => "yes",
+        (false, _) => "no",
+    };
+    let mut out = format!("match {}: {verdict}\n", c.rule).into_bytes();
+    if c.keys.is_empty() {
+        out.extend_from_slice("  ✓ (no match keys: every event)\n".as_bytes());
+    }
+    for k in &c.keys {
+        let mark = if k.matched { "✓" } else { "✗" };
+        out.extend_from_slice(format!("  {mark} {} ", k.key).as_bytes());
+        match &k.seen {
+            Some(v) => {
+                out.push(b'"');
+                out.extend_from_slice(control::escape(v).replace('"', "\\x22").as_bytes());
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"(missing)"),
+        }
+        if let Some(at) = &k.at {
+            out.extend_from_slice(b" at ");
+            out.extend_from_slice(at);
+        }
+        out.push(b'\n');
+    }
+    if !c.matched && c.keys.iter().all(|k| k.matched) {
+        out.extend_from_slice(
+            "  ✗ the parent keys hold on different parents; they must all hold on one\n".as_bytes(),
+        );
+    }
+    out
 }
 
 /// `node: owner 0 group 6 mode 0660 links a b`: what the node keys would do (text only).
@@ -1034,4 +1327,87 @@ fn shell_quote(s: &[u8]) -> Vec<u8> {
         out.push(b'\'');
         out
     }
+}
+
+/// `info --json`.
+#[derive(Debug, Serialize)]
+struct InfoReport {
+    devpath: String,
+    syspath: String,
+    /// The event's variables from the device's uevent file, DEVPATH and SUBSYSTEM first.
+    kernel: Vec<(String, String)>,
+    /// Its database entry, if the daemon keeps one for it.
+    db: Option<crate::device::DbEntry>,
+}
+
+fn info(dir: &Path, args: InfoArgs, json: bool) -> Result<(), Fail> {
+    let InfoArgs {
+        device,
+        attribute_walk,
+        sys_dir,
+    } = args;
+    let found = crate::device::resolve(&device, &sys_dir).map_err(|e| Fail(e, 1))?;
+    if attribute_walk {
+        print!("{}", crate::device::attribute_walk(&found));
+        return Ok(());
+    }
+    let mut kernel = crate::device::event_vars(&found, "").map_err(|e| Fail(e, 1))?;
+    kernel.retain(|(k, _)| k != "ACTION");
+    let db = crate::device::read_db(dir, &found.devpath).map_err(|e| Fail(e, 1))?;
+    if json {
+        return print_json(&InfoReport {
+            devpath: found.devpath,
+            syspath: found.dir.display().to_string(),
+            kernel,
+            db,
+        });
+    }
+    println!("device: {}", found.dir.display());
+    for (k, v) in &kernel {
+        println!("{k}={v}");
+    }
+    let Some(db) = db else {
+        let file = crate::device::db_file(dir, &found.devpath);
+        println!("db: no entry ({})", file.display());
+        return Ok(());
+    };
+    println!("db: {}", db.path);
+    for (k, v) in &db.properties {
+        println!("  {k}={v}");
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(" ")
+        }
+    };
+    println!("links: {}", list(&db.links));
+    println!("rules: {}", list(&db.rules));
+    Ok(())
+}
+
+fn wait_device(dir: &Path, args: WaitArgs) -> Result<(), Fail> {
+    let WaitArgs {
+        device,
+        timeout,
+        sys_dir,
+    } = args;
+    // A DEVPATH is taken as given: the device may be gone, its remove event the one to wait for.
+    let devpath = if device.starts_with("/devices") {
+        device.display().to_string()
+    } else {
+        crate::device::resolve(&device, &sys_dir)
+            .map_err(|e| Fail(e, 1))?
+            .devpath
+    };
+    let req = format!("wait-device {}\n", control::escape_word(devpath.as_bytes()));
+    let mut client = Client::request(dir, &req)?;
+    client.set_timeout(Some(timeout));
+    await_end(&mut client, || {
+        format!(
+            "wait: timed out after {:.1} s: an event for {devpath} is still pending",
+            timeout.as_secs_f64()
+        )
+    })
 }

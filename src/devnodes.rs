@@ -129,6 +129,11 @@ impl DevNodes {
         !self.links.is_empty() || !self.created.is_empty()
     }
 
+    /// The links `devpath`'s device holds, for the device database.
+    pub fn links_of<'a>(&'a self, devpath: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.links.held_by(devpath)
+    }
+
     /// An add or change event with node actions: make and set the node, claim the links.
     pub fn apply(&mut self, dev_dir: &Path, ev: &Event, actions: &NodeActions) {
         let summary = ev.summary();

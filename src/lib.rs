@@ -6,19 +6,24 @@
 //! the [`rules`] and has the [`runner`] run each handler.
 
 pub mod activation;
+pub mod broadcast;
 pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod db;
 pub mod demo;
+pub mod device;
 pub mod devnodes;
 pub mod event;
 pub mod firmware;
 pub mod helper;
 pub mod holder;
+pub mod import;
 pub mod journal;
 pub mod message;
 pub mod netlink;
+pub mod props;
 pub mod queue;
 pub mod rules;
 pub mod runner;

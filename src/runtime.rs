@@ -97,6 +97,10 @@ impl Runtime {
         let spool = Spool::new(dir);
         spool.create().map_err(io_err(spool.dir()))?;
         spool::check_private_dir(spool.dir()).map_err(RuntimeError::Refused)?;
+        // The device database: made if missing, never emptied (see `crate::db`).
+        let db = crate::db::Db::new(dir);
+        db.create().map_err(io_err(db.dir()))?;
+        spool::check_private_dir(db.dir()).map_err(RuntimeError::Refused)?;
         Ok(Runtime {
             dir: dir.to_owned(),
             spool,

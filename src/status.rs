@@ -152,6 +152,11 @@ status! {
     monitor_overruns: u64,
     recovered: u64,
     monitors: u64,
+    // Rebroadcast (issue 17).
+    /// Handled events sent again on netlink (`[daemon] rebroadcast`), and those whose
+    /// send failed (not tried again: the event is done).
+    rebroadcast_sent: u64,
+    rebroadcast_lost: u64,
     /// The sources open now, such as `fifo,netlink`.
     sources: String,
     /// What the kernel's helper setting names, and whether it is our shim.

@@ -224,10 +224,35 @@ fn hold_fifo(mut rest: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
+/// `hotplugd --listen-uevents MASK`: the real-kernel suite's rebroadcast listener (see
+/// `hotplugd::broadcast::listen`). Undocumented: a test tool, not a user's.
+fn listen_uevents(mut rest: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let arg = hotplugd::broadcast::LISTEN_ARG;
+    let mask = match (rest.next(), rest.next()) {
+        (Some(m), None) => m.to_str().and_then(|m| m.parse::<u32>().ok()),
+        _ => None,
+    };
+    let Some(mask) = mask else {
+        eprintln!("usage: hotplugd {arg} MASK");
+        return ExitCode::from(2);
+    };
+    match hotplugd::broadcast::listen(mask, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hotplugd {arg} {mask}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut argv = std::env::args_os().skip(1);
-    if argv.next().is_some_and(|a| a == HOLDER_ARG) {
+    let first = argv.next();
+    if first.as_ref().is_some_and(|a| a == HOLDER_ARG) {
         return hold_fifo(argv);
+    }
+    if first.is_some_and(|a| a == hotplugd::broadcast::LISTEN_ARG) {
+        return listen_uevents(argv);
     }
     let args = match parse_args()
         .and_then(|a| init_logging(a.log_level.as_deref(), a.log_format).map(|_| a))

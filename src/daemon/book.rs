@@ -29,6 +29,10 @@ pub struct Stats {
     pub last_handled: Option<u64>,
     /// Background handlers reaped (their failures count in `failed` and `timed_out`).
     pub background_ended: u64,
+    // Rebroadcast (issue 17).
+    /// Events sent again on netlink, and sends that failed.
+    pub rebroadcast_sent: u64,
+    pub rebroadcast_lost: u64,
 }
 
 /// The journal with the limiter on its error lines, and the counters.

@@ -57,6 +57,12 @@ struct TagWait {
     tx: Sender<Reply>,
 }
 
+/// A `wait-device`: until no event for `devpath` is queued, waiting or running.
+struct DeviceWait {
+    devpath: Vec<u8>,
+    tx: Sender<Reply>,
+}
+
 /// One entry of the timeline.
 enum Mark {
     Run {
@@ -101,6 +107,7 @@ pub(super) struct Clients {
     overruns: u64,
     settles: Vec<Settle>,
     tag_waits: Vec<TagWait>,
+    device_waits: Vec<DeviceWait>,
     /// Done counts of the latest tags, oldest first.
     tags_done: VecDeque<(String, u64)>,
     /// Handler runs and gap waits, formatted only when `hotplugctl timeline` asks.
@@ -117,6 +124,7 @@ impl Clients {
             overruns: 0,
             settles: Vec::new(),
             tag_waits: Vec::new(),
+            device_waits: Vec::new(),
             tags_done: VecDeque::new(),
             timeline: VecDeque::new(),
         }
@@ -269,6 +277,11 @@ impl Clients {
         self.tag_waits.push(TagWait { tag, count, tx });
     }
 
+    /// A `wait-device`: answered at the next check once nothing for `devpath` is pending.
+    pub fn wait_device(&mut self, devpath: Vec<u8>, tx: Sender<Reply>) {
+        self.device_waits.push(DeviceWait { devpath, tx });
+    }
+
     /// `ev` is done with, handled or not (recalled, coalesced, no rule matched): it counts
     /// towards the waits for its tag, if it has one.
     pub fn count_tag(&mut self, ev: &Event) {
@@ -286,9 +299,19 @@ impl Clients {
     }
 
     /// Answer the settles and tag waits whose condition now holds; report progress.
-    /// `running`: the runner has an event, which counts as pending.
-    pub fn check_waiters(&mut self, queue: &Queue, running: bool) {
-        let pending = queue.pending() + usize::from(running);
+    /// `running`: the runner's event, which counts as pending.
+    pub fn check_waiters(&mut self, queue: &Queue, running: Option<&Event>) {
+        let pending = queue.pending() + usize::from(running.is_some());
+        // Only the queue's events are looked at, not its length: another device's slow
+        // handler or a long queue does not hold this one up.
+        self.device_waits.retain(|w| {
+            let busy = running.is_some_and(|e| e.devpath() == &w.devpath[..])
+                || queue.has_pending_devpath(&w.devpath);
+            if !busy {
+                let _ = w.tx.send(Reply::End(End::Ok(String::new())));
+            }
+            busy
+        });
         let now = Instant::now();
         self.settles.retain_mut(|w| {
             let done = pending == 0 && w.upto.is_none_or(|s| queue.released_through(s));
@@ -402,6 +425,9 @@ impl Clients {
             monitor_overruns: self.overruns,
             recovered: s.recovered,
             monitors: (self.monitors.len() + self.handled.len()) as u64,
+            // Rebroadcast (issue 17).
+            rebroadcast_sent: s.rebroadcast_sent,
+            rebroadcast_lost: s.rebroadcast_lost,
             sources: o.sources.to_string(),
             // Read again each time: an admin may change the helper while we run.
             kernel_helper: helper.to_string(),
@@ -497,23 +523,61 @@ mod tests {
         let mut c = Clients::new(Instant::now());
         let (tx, rx) = unbounded();
         c.settle(Some(3), tx);
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         let first = replies(&rx);
         assert_eq!(lines(first), ["pending 2"], "progress is reported at once");
 
         // Drained, but SEQNUM 3 has not been through the queue yet.
         while q.next(RUNNER).is_some() {}
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert_eq!(ended_ok(&replies(&rx)), None);
 
         // 3 is taken by the runner: pending while it runs, settled once it is done.
         q.push(ev(3, "change", "usb", None), Instant::now());
         assert!(q.next(RUNNER).is_some());
-        c.check_waiters(&q, true);
+        c.check_waiters(&q, Some(&ev(9, "change", "usb", None)));
         assert_eq!(ended_ok(&replies(&rx)), None);
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert_eq!(ended_ok(&replies(&rx)), Some(""));
         assert!(c.settles.is_empty());
+    }
+
+    #[test]
+    fn a_device_wait_looks_only_at_that_devices_events() {
+        // 1 for /devices/usb is running, 2 for /devices/usb and 3 for /devices/net queued.
+        let mut q = Queue::new(GAP, true);
+        q.start_at(1);
+        for (s, sub) in [(1, "usb"), (2, "usb"), (3, "net")] {
+            q.push(ev(s, "change", sub, None), Instant::now());
+        }
+        let mut c = Clients::new(Instant::now());
+        let (net_tx, net_rx) = unbounded();
+        let (usb_tx, usb_rx) = unbounded();
+        let (gone_tx, gone_rx) = unbounded();
+        c.wait_device(b"/devices/net".to_vec(), net_tx);
+        c.wait_device(b"/devices/usb".to_vec(), usb_tx);
+        c.wait_device(b"/devices/gone".to_vec(), gone_tx);
+        let running = q.next(RUNNER).unwrap().clone();
+        c.check_waiters(&q, Some(&running));
+        assert_eq!(
+            ended_ok(&replies(&gone_rx)),
+            Some(""),
+            "nothing of it pending"
+        );
+        assert_eq!(ended_ok(&replies(&usb_rx)), None);
+        assert_eq!(ended_ok(&replies(&net_rx)), None);
+        // 1 done; 2 (usb) taken and running: /devices/net's 3 still queued.
+        let running = q.next(RUNNER).unwrap().clone();
+        c.check_waiters(&q, Some(&running));
+        assert_eq!(ended_ok(&replies(&usb_rx)), None, "its second event runs");
+        // 2 done, 3 running: usb is answered while the net event still runs.
+        let running = q.next(RUNNER).unwrap().clone();
+        c.check_waiters(&q, Some(&running));
+        assert_eq!(ended_ok(&replies(&usb_rx)), Some(""));
+        assert_eq!(ended_ok(&replies(&net_rx)), None);
+        c.check_waiters(&q, None);
+        assert_eq!(ended_ok(&replies(&net_rx)), Some(""));
+        assert!(c.device_waits.is_empty());
     }
 
     #[test]
@@ -522,15 +586,15 @@ mod tests {
         let mut c = Clients::new(Instant::now());
         let (tx, rx) = unbounded();
         c.settle(None, tx);
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert_eq!(lines(replies(&rx)), ["pending 1"]);
         // Same count again: no second progress line.
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert!(replies(&rx).is_empty());
         q.next(RUNNER);
-        c.check_waiters(&q, true);
+        c.check_waiters(&q, Some(&ev(9, "change", "usb", None)));
         assert_eq!(ended_ok(&replies(&rx)), None);
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert_eq!(ended_ok(&replies(&rx)), Some(""));
     }
 
@@ -541,7 +605,7 @@ mod tests {
         let (tx, rx) = unbounded();
         c.settle(None, tx);
         drop(rx);
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert!(c.settles.is_empty());
     }
 
@@ -554,16 +618,16 @@ mod tests {
         c.count_tag(&ev(1, "add", "usb", Some("t1")));
         c.count_tag(&ev(2, "add", "usb", Some("other")));
         c.count_tag(&ev(3, "add", "usb", None));
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert!(replies(&rx).is_empty(), "one of two so far");
         c.count_tag(&ev(4, "add", "usb", Some("t1")));
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert_eq!(ended_ok(&replies(&rx)), Some("2 handled"));
 
         // Counts are remembered: a late wait is answered at once.
         let (tx, rx) = unbounded();
         c.wait_tag("t1".into(), 1, tx);
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert_eq!(ended_ok(&replies(&rx)), Some("2 handled"));
     }
 
@@ -587,7 +651,7 @@ mod tests {
         for done in [&add, &remove, &recalled] {
             c.count_tag(done);
         }
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert_eq!(ended_ok(&replies(&rx)), Some("3 handled"));
     }
 
@@ -602,7 +666,7 @@ mod tests {
         assert_eq!(c.tags_done.len(), MAX_TAGS);
         let (tx, rx) = unbounded();
         c.wait_tag("first".into(), 1, tx);
-        c.check_waiters(&q, false);
+        c.check_waiters(&q, None);
         assert!(replies(&rx).is_empty(), "the oldest tag was forgotten");
     }
 
@@ -695,6 +759,7 @@ mod tests {
             started,
             duration: Duration::from_millis(ms),
             pid: None,
+            captured: Vec::new(),
         }
     }
 

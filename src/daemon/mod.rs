@@ -348,7 +348,11 @@ fn spawn_runner(
         .spawn(move || {
             let mut handlers = runner::Runner::with_blocked_sigchld();
             for work in work_rx {
-                for (i, job) in work.jobs.iter().enumerate() {
+                // An import may replace the work (the event with its properties, and the
+                // rules after the importer planned again): the loop goes on in the new one.
+                let mut work = work;
+                let mut i = 0;
+                while let Some(job) = work.jobs.get(i) {
                     let spec = runner::Spec {
                         rule: &job.rule,
                         argv: &job.argv,
@@ -356,8 +360,10 @@ fn spawn_runner(
                         timeout: job.timeout.unwrap_or(Duration::from_secs(30)),
                         kill_grace: KILL_GRACE,
                         max_output_bytes: work.max_output,
+                        import: job.import,
                     };
                     let last = i + 1 == work.jobs.len();
+                    i += 1;
                     let report = if job.background && work.max_background > 0 {
                         match start_background(&mut handlers, &background, &spec, &work) {
                             Ok(handler) => {
@@ -377,11 +383,15 @@ fn spawn_runner(
                         handlers.run(&spec)
                     };
                     let mut owner = lock(&owner);
-                    owner.on_runner(&report, last);
+                    let replaced = owner.on_runner(&report, last);
                     owner.after_change(&work_tx);
                     if owner.running.is_none() {
                         // Whoever waits for the runner (a stopping daemon) may go on.
                         let _ = idle_tx.try_send(());
+                    }
+                    drop(owner);
+                    if let Some(new) = replaced {
+                        work = new;
                     }
                 }
             }

@@ -13,7 +13,8 @@ use super::book::Book;
 use super::clients::{Clients, OwnerStatus};
 use super::Options;
 use crate::activation::Notifier;
-use crate::config::{Config, Sources};
+use crate::broadcast::Rebroadcast;
+use crate::config::{Config, DaemonConfig, Sources};
 use crate::control::{End, Reply, Request, ToOwner};
 use crate::devnodes::DevNodes;
 use crate::event::Event;
@@ -34,6 +35,8 @@ pub(super) struct Dispatch {
     pub max_output: usize,
     /// Background handlers: `max_background` at dispatch.
     pub max_background: usize,
+    /// Keys that imports set on `event` so far (see [`Owner::import`]).
+    pub imported: Vec<Vec<u8>>,
 }
 
 pub(super) type Work = Arc<Dispatch>;
@@ -53,6 +56,36 @@ impl Running {
         self.work.event.seqnum()
     }
 }
+
+// ---- Rebroadcast (issue 17) -------------------------------------------------------------
+
+/// `ev` is handled: its handlers have ended (or, for background ones, started) and its
+/// node actions are done. Rebroadcast it if the config says so, then put it on record as
+/// done. Events are finished one at a time in the order the queue released them, so the
+/// sends follow SEQNUM order; coalesced, recalled and duplicate events never come here.
+///
+/// The `done` record is the send's journal entry, written right after the send: a crash
+/// before the send leaves the event not done, so the next start runs it again and sends
+/// it then (never lost); a crash after the record's write sends nothing again (never
+/// repeated). Only a crash between the `sendto` and that `write` repeats it, handlers and
+/// all, exactly as an event whose last handler ended in that instant runs again.
+fn finish(book: &mut Book, rebroadcast: &mut Rebroadcast, cfg: &DaemonConfig, ev: &Event) {
+    let sent = rebroadcast.send(cfg, ev);
+    book.finished(ev);
+    match sent {
+        None => {}
+        Some(ok) => {
+            if ok {
+                book.stats.rebroadcast_sent += 1;
+            } else {
+                book.stats.rebroadcast_lost += 1;
+            }
+            book.flush();
+        }
+    }
+}
+
+// ---- end of rebroadcast ----------------------------------------------------------------
 
 fn rule_of(work: &Dispatch, job: usize) -> &str {
     work.jobs.get(job).map_or("-", |j| j.rule.as_str())
@@ -136,6 +169,91 @@ impl Owner {
 
 // ---- end of background handlers --------------------------------------------------------
 
+// ---- Imported properties and the device database ---------------------------------------
+
+/// Write (or for a remove, delete) the device's database entry.
+fn record_device(
+    db: &crate::db::Db,
+    devnodes: &DevNodes,
+    event: &Event,
+    imported: &[Vec<u8>],
+    rules: &[&str],
+) {
+    db.update(&crate::db::Entry {
+        event,
+        imported,
+        links: devnodes.links_of(event.devpath()).collect(),
+        rules: rules.to_vec(),
+    });
+}
+
+impl Owner {
+    /// An importer ended: merge the properties it printed (only after exit 0) into the
+    /// event, apply the node actions again with them (links may name them), and plan
+    /// the rules after the importer's against the merged event. `None` if nothing was
+    /// imported: the plan made at dispatch stands.
+    fn import(&mut self, running: &Running, report: &Report) -> Option<Work> {
+        let work = &running.work;
+        let job = &work.jobs[running.job];
+        let who = format!("{}: rule {}", work.event.summary(), job.rule);
+        if !report.outcome.success() {
+            if !report.captured.is_empty() {
+                log::warn!("{who}: import ignored, as the importer failed");
+            }
+            return None;
+        }
+        let props = crate::props::parse(&report.captured, &who);
+        if props.is_empty() {
+            return None;
+        }
+        let event = match crate::props::merge(&work.event, &props) {
+            Ok(ev) => ev,
+            Err(e) => {
+                log::warn!("{who}: import ignored: {e}");
+                return None;
+            }
+        };
+        log::debug!(
+            "{who}: imported {}",
+            props
+                .iter()
+                .map(|(k, _)| String::from_utf8_lossy(k))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut imported = work.imported.clone();
+        for (k, _) in props {
+            if !imported.contains(&k) {
+                imported.push(k);
+            }
+        }
+        if self.config.rules.has_nodes() {
+            if let Some(actions) = self.config.rules.node_actions(&event) {
+                self.devnodes
+                    .apply(&self.config.daemon.dev_dir, &event, &actions);
+            }
+        }
+        let rest = self.config.rules.plan_after(&event, job.pos);
+        let rest = self
+            .firmware
+            .without_loaders(&event, &self.config.rules, rest);
+        let mut jobs = work.jobs[..=running.job].to_vec();
+        jobs.extend(rest.into_iter().map(|mut j| {
+            j.timeout.get_or_insert(self.config.daemon.handler_timeout);
+            j
+        }));
+        Some(Arc::new(Dispatch {
+            event,
+            jobs,
+            max_output: work.max_output,
+            max_background: work.max_background,
+            imported,
+        }))
+    }
+}
+
+// ---- end of imported properties and the device database --------------------------------
+
 /// The queue's owner and everything only it touches, in parts:
 ///
 /// - what it was started with: `config`, `opts`, `runtime`, `sources`, `keeper`,
@@ -175,6 +293,10 @@ pub(super) struct Owner {
     pub firmware: crate::firmware::Intake,
     /// Nodes made and links held, for the rules' node keys.
     devnodes: DevNodes,
+    /// Rebroadcast (issue 17): the send socket.
+    rebroadcast: Rebroadcast,
+    /// The device database under the runtime dir.
+    db: crate::db::Db,
 }
 
 impl Owner {
@@ -194,6 +316,7 @@ impl Owner {
             Box::new(move |id| reader.load(id)),
         );
         let started = Instant::now();
+        let db = crate::db::Db::new(&runtime.dir);
         Owner {
             config,
             runtime,
@@ -212,6 +335,8 @@ impl Owner {
             clients: Clients::new(started),
             firmware: Default::default(),
             devnodes: DevNodes::default(),
+            rebroadcast: Rebroadcast::default(),
+            db,
         }
     }
 
@@ -309,7 +434,7 @@ impl Owner {
         self.dispatch(work);
         self.clients.feed_monitors(&mut self.queue);
         self.clients
-            .check_waiters(&self.queue, self.running.is_some());
+            .check_waiters(&self.queue, self.running.as_ref().map(|r| &r.work.event));
         if self.last_status.elapsed() >= Duration::from_secs(1) {
             self.last_status = Instant::now();
             self.notifier
@@ -469,7 +594,15 @@ impl Owner {
                 } else {
                     log::info!("{}: no rule matched", ev.summary());
                 }
-                self.book.finished(ev);
+                if self.config.daemon.device_db && (nodes_only || ev.action() == b"remove") {
+                    record_device(&self.db, &self.devnodes, ev, &[], &[]);
+                }
+                finish(
+                    &mut self.book,
+                    &mut self.rebroadcast,
+                    &self.config.daemon,
+                    ev,
+                );
                 self.clients.count_tag(ev);
                 continue;
             }
@@ -488,6 +621,7 @@ impl Owner {
                 jobs,
                 max_output: self.config.daemon.max_output_bytes,
                 max_background: self.config.daemon.max_background,
+                imported: Vec::new(),
             });
             self.running = Some(Running {
                 work: Arc::clone(&work),
@@ -499,21 +633,42 @@ impl Owner {
         }
     }
 
-    /// A handler run ended; `last` if it was its event's last.
-    pub fn on_runner(&mut self, report: &Report, last: bool) {
-        let Some(running) = self.running.take() else {
-            return;
-        };
+    /// A handler run ended; `last` if it was its event's last. After an import that
+    /// set properties, the event's work changes (see [`Owner::import`]): the new one is
+    /// returned, for the runner to go on with from the next job.
+    pub fn on_runner(&mut self, report: &Report, last: bool) -> Option<Work> {
+        let mut running = self.running.take()?;
         self.log_outcome(&running.work, running.job, report, false);
+        let mut replaced = None;
+        let mut last = last;
+        if running.work.jobs[running.job].import {
+            if let Some(work) = self.import(&running, report) {
+                last = running.job + 1 == work.jobs.len();
+                running.work = Arc::clone(&work);
+                replaced = Some(work);
+            }
+        }
         self.next_job(running, last);
+        replaced
     }
 
     /// The running job is over for the runner: on to the event's next one, or the event
     /// is done.
     fn next_job(&mut self, running: Running, last: bool) {
         if last {
-            let event = &running.work.event;
-            self.book.finished(event);
+            let work = &running.work;
+            // The event with its imported properties: recorded and sent as it is.
+            let event = &work.event;
+            if self.config.daemon.device_db {
+                let rules: Vec<&str> = work.jobs.iter().map(|j| j.rule.as_str()).collect();
+                record_device(&self.db, &self.devnodes, event, &work.imported, &rules);
+            }
+            finish(
+                &mut self.book,
+                &mut self.rebroadcast,
+                &self.config.daemon,
+                event,
+            );
             self.clients.count_tag(event);
         } else {
             // The runner goes straight on to the event's next handler.
@@ -668,6 +823,7 @@ impl Owner {
                 ok(&tx, "queued");
             }
             Request::WaitTag { tag, count } => self.clients.wait_tag(tag, count, tx),
+            Request::WaitDevice(devpath) => self.clients.wait_device(devpath, tx),
             Request::Timeline => {
                 let _ = tx.send(Reply::Lines(self.clients.timeline_lines()));
                 ok(&tx, "");

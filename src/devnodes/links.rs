@@ -55,6 +55,22 @@ impl Links {
         self.by_device.is_empty()
     }
 
+    /// The links `device` holds now (claimed, and not lost to a higher claim), for the
+    /// device database.
+    pub fn held_by<'a>(&'a self, device: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.by_device
+            .get(device)
+            .into_iter()
+            .flatten()
+            .filter(move |l| {
+                self.by_link
+                    .get(&l[..])
+                    .and_then(|c| holder(c))
+                    .is_some_and(|h| &h.device[..] == device)
+            })
+            .map(|l| &l[..])
+    }
+
     /// The device `device` (its DEVPATH), whose node is `target`, now claims exactly
     /// `links` (link path, priority): links it claimed before and not now are released.
     /// Returns a change for every link whose holder changed, and a `Point` for every

@@ -762,6 +762,21 @@ impl Queue {
             .collect()
     }
 
+    /// Whether an event for `devpath` is still to be taken by the runner (a waiting one
+    /// included). A spilled event's DEVPATH is on disk, so any spilled one counts: a
+    /// `wait-device` then waits a little longer rather than answer too soon.
+    pub fn has_pending_devpath(&self, devpath: &[u8]) -> bool {
+        let from = (self.runner_cursor() - self.base) as usize;
+        self.log.iter_from(from).any(|slot| match slot {
+            Slot::Mem(ev) => ev.devpath() == devpath,
+            Slot::Stub { id, .. } => *id != 0,
+        }) || self
+            .waiting
+            .values()
+            .flatten()
+            .any(|e| e.devpath() == devpath)
+    }
+
     /// Heap bytes of the events held.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -190,6 +190,60 @@ impl SysMatch {
     }
 }
 
+impl SysKey {
+    /// The key as a rule writes it.
+    fn name(&self, parent: bool) -> String {
+        let s = if parent { "S" } else { "" };
+        match &self.what {
+            What::Attr(n) => format!("ATTR{s}{{{}}}", String::from_utf8_lossy(n)),
+            What::Driver => format!("DRIVER{s}"),
+            What::Subsystem => "SUBSYSTEMS".into(),
+            What::Kernel => "KERNELS".into(),
+        }
+    }
+}
+
+impl SysMatch {
+    /// Each key with the value it saw, for [`super::RuleSet::explain`]: own keys on the
+    /// device; parent keys on the level where they all hold, else each on the first level
+    /// where it alone holds (the rule then fails: they must hold on one), else on the
+    /// device itself.
+    pub(crate) fn explain<'e>(&'e self, dev: &mut Device<'e>) -> Vec<super::KeyCheck> {
+        dev.open();
+        let Some(me) = dev.device_level() else {
+            return self
+                .own
+                .iter()
+                .map(|k| (k, false))
+                .chain(self.parent.iter().map(|k| (k, true)))
+                .map(|(k, parent)| super::KeyCheck {
+                    key: k.name(parent),
+                    seen: None,
+                    matched: k.patterns.iter().any(|p| p.matches(None)),
+                    at: None,
+                })
+                .collect();
+        };
+        let mut out: Vec<_> = self.own.iter().map(|k| dev.check(me, k, false)).collect();
+        let levels: Vec<usize> = std::iter::once(me).chain((1..me).rev()).collect();
+        let together = levels.iter().copied().find(|&level| {
+            self.parent.iter().all(|k| dev.key_matches(level, k))
+                && (level == me || dev.is_device(level))
+        });
+        for k in &self.parent {
+            let level = together.unwrap_or_else(|| {
+                levels
+                    .iter()
+                    .copied()
+                    .find(|&l| dev.key_matches(l, k) && (l == me || dev.is_device(l)))
+                    .unwrap_or(me)
+            });
+            out.push(dev.check(level, k, true));
+        }
+        out
+    }
+}
+
 struct Cached<'e> {
     level: usize,
     what: &'e What,
@@ -376,6 +430,16 @@ impl<'e> Device<'e> {
             },
         };
         is_reg(&st) && st.st_dev == fs
+    }
+
+    fn check(&mut self, level: usize, key: &'e SysKey, parent: bool) -> super::KeyCheck {
+        let matched = self.key_matches(level, key);
+        super::KeyCheck {
+            key: key.name(parent),
+            seen: self.value(level, &key.what).map(<[u8]>::to_vec),
+            matched,
+            at: Some(self.ev.devpath()[..self.ends[level]].to_vec()),
+        }
     }
 
     fn key_matches(&mut self, level: usize, key: &'e SysKey) -> bool {

@@ -44,6 +44,12 @@ pub struct Job {
     /// Started without waiting for its exit (the rule's `background`); see
     /// `crate::runner::background`.
     pub background: bool,
+    /// The rule's `import`: its `KEY=VALUE` output is merged into the event, and the
+    /// rules after it are planned again against the merged event ([`RuleSet::plan_after`]).
+    pub import: bool,
+    /// The rule's index in the set, where planning goes on after an import; `usize::MAX`
+    /// for a hotplug.d script.
+    pub pos: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -54,9 +60,39 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     fn matches(&self, ev: &Event) -> bool {
-        let value = lookup(ev, &self.key);
-        self.patterns.iter().any(|p| p.matches(value))
+        self.check(ev).1
     }
+
+    /// The value the key sees and whether a pattern matches it.
+    fn check<'e>(&self, ev: &'e Event) -> (Option<&'e [u8]>, bool) {
+        let value = lookup(ev, &self.key);
+        (value, self.patterns.iter().any(|p| p.matches(value)))
+    }
+}
+
+/// One `match` key as [`RuleSet::explain`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// As written in the rule: `ACTION`, `ATTRS{idVendor}`.
+    pub key: String,
+    /// The value it saw; `None` when the variable or the file is missing.
+    pub seen: Option<Vec<u8>>,
+    pub matched: bool,
+    /// For keys read on the device or a parent: the DEVPATH of the directory read.
+    pub at: Option<Vec<u8>>,
+}
+
+/// One rule as [`RuleSet::explain`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCheck {
+    pub rule: String,
+    pub keys: Vec<KeyCheck>,
+    /// What the daemon would decide: the same test as [`RuleSet::plan`] makes.
+    pub matched: bool,
+    /// Its handler, when it matched and has one.
+    pub job: Option<Job>,
+    /// A `last = true` rule: when it matched, no rule after it was looked at.
+    pub last: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +105,8 @@ pub(crate) struct Rule {
     last: bool,
     nodes: Option<NodeSpec>,
     background: bool,
+    /// `import = true`: see [`Job::import`].
+    import: bool,
     /// Keys read from sysfs; `None` for most rules, which then never touch it.
     sysfs: Option<Box<attrs::SysMatch>>,
 }
@@ -89,7 +127,7 @@ impl Rule {
             && self.sysfs.as_ref().is_none_or(|s| s.matches(dev))
     }
 
-    fn job(&self, ev: &Event) -> Job {
+    fn job(&self, ev: &Event, pos: usize) -> Job {
         Job {
             rule: self.name.clone(),
             argv: self
@@ -99,6 +137,8 @@ impl Rule {
                 .collect(),
             timeout: self.timeout,
             background: self.background,
+            import: self.import,
+            pos,
         }
     }
 }
@@ -124,6 +164,8 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     hotplug_d: Option<PathBuf>,
     has_nodes: bool,
+    /// Some rule has `import = true`: its events are planned again after each import.
+    has_imports: bool,
     /// `sysfs_dir`; `None` is [`attrs::DEFAULT_SYSFS_DIR`].
     sysfs_dir: Option<PathBuf>,
 }
@@ -133,12 +175,31 @@ impl RuleSet {
     /// directories (if configured) on every call, so scripts added while the daemon runs
     /// take effect without a reload.
     pub fn plan(&self, ev: &Event) -> Vec<Job> {
+        self.plan_from(ev, 0)
+    }
+
+    /// The handlers that follow an import by rule `pos`, planned against the event with
+    /// its imported properties: the rules after `pos`, then hotplug.d. Empty when `pos`
+    /// is a hotplug.d script's, or when a `last` rule ended the plan there.
+    pub fn plan_after(&self, ev: &Event, pos: usize) -> Vec<Job> {
+        match pos.checked_add(1) {
+            Some(start) if pos < self.rules.len() => {
+                if self.rules[pos].last {
+                    return Vec::new();
+                }
+                self.plan_from(ev, start)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn plan_from(&self, ev: &Event, start: usize) -> Vec<Job> {
         let mut jobs = Vec::new();
         let mut dev = attrs::Device::new(self.sysfs_root(), ev);
-        for rule in &self.rules {
+        for (pos, rule) in self.rules.iter().enumerate().skip(start) {
             if rule.matches(ev, &mut dev) {
                 if !rule.run.is_empty() {
-                    jobs.push(rule.job(ev));
+                    jobs.push(rule.job(ev, pos));
                 }
                 if rule.last {
                     return jobs;
@@ -151,11 +212,55 @@ impl RuleSet {
         jobs
     }
 
+    /// Each rule up to the first `last` one that matches, with every one of its keys and
+    /// the value it saw, for `hotplugctl test`. Unlike [`RuleSet::plan`], it reads every
+    /// key of a rule even after one failed, so the reader sees them all; whether the rule
+    /// matched is still the plan's own test.
+    pub fn explain(&self, ev: &Event) -> Vec<RuleCheck> {
+        let mut out = Vec::new();
+        let mut dev = attrs::Device::new(self.sysfs_root(), ev);
+        for (pos, rule) in self.rules.iter().enumerate() {
+            let mut keys: Vec<KeyCheck> = rule
+                .matchers
+                .iter()
+                .map(|m| {
+                    let (seen, matched) = m.check(ev);
+                    KeyCheck {
+                        key: String::from_utf8_lossy(&m.key).into_owned(),
+                        seen: seen.map(<[u8]>::to_vec),
+                        matched,
+                        at: None,
+                    }
+                })
+                .collect();
+            if let Some(s) = &rule.sysfs {
+                keys.extend(s.explain(&mut dev));
+            }
+            let matched = rule.matches(ev, &mut dev);
+            out.push(RuleCheck {
+                rule: rule.name.clone(),
+                keys,
+                matched,
+                job: (matched && !rule.run.is_empty()).then(|| rule.job(ev, pos)),
+                last: rule.last,
+            });
+            if matched && rule.last {
+                break;
+            }
+        }
+        out
+    }
+
     /// Where the rules' sysfs keys read devices.
     fn sysfs_root(&self) -> &Path {
         self.sysfs_dir
             .as_deref()
             .unwrap_or(Path::new(attrs::DEFAULT_SYSFS_DIR))
+    }
+
+    /// Whether some rule has `import = true`.
+    pub fn has_imports(&self) -> bool {
+        self.has_imports
     }
 
     /// Whether some rule has node keys: without, events skip [`RuleSet::node_actions`].
@@ -254,6 +359,8 @@ fn hotplug_d_jobs(dir: &Path, subsystem: &[u8], jobs: &mut Vec<Job>) {
                 ],
                 timeout: None,
                 background: false,
+                import: false,
+                pos: usize::MAX,
             });
         }
     }
@@ -323,6 +430,7 @@ impl RuleSetBuilder {
     pub(crate) fn build(self, hotplug_d: Option<PathBuf>) -> RuleSet {
         RuleSet {
             has_nodes: self.rules.iter().any(|r| r.nodes.is_some()),
+            has_imports: self.rules.iter().any(|r| r.import),
             rules: self.rules,
             hotplug_d,
             sysfs_dir: None,

@@ -20,6 +20,8 @@ const RULE_FIELDS: &[&str] = &[
     "link_priority",
     // Background handlers.
     "background",
+    // Imported properties.
+    "import",
 ];
 
 /// What came out of one `[[rule]]` table: the name even when the rest is wrong (so a
@@ -40,6 +42,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
     let mut last = false;
     let mut nodes = NodeSpec::default();
     let mut background = false;
+    let mut import = None;
     let Some(table) = d.table(v, "a rule table") else {
         return ParsedRule { name, rule: None };
     };
@@ -77,6 +80,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             "timeout" => timeout = d.duration(&value),
             "last" => last = d.boolean(&value).unwrap_or(false),
             "background" => background = d.boolean(&value).unwrap_or(false),
+            "import" => import = d.boolean(&value).map(|b| (b, value.span.clone())),
             _ if node_key(d, &key, &value, &mut nodes) => {}
             _ => d.unknown_field(&key, RULE_FIELDS),
         }
@@ -92,6 +96,23 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             "missing field `run` (or a node key: `owner`, `group`, `mode`, `links`)",
         );
     }
+    // An import's output must be read before the next rule is planned: it cannot run
+    // detached, and there is nothing to import without a program.
+    let import = match import {
+        Some((true, span)) if background => {
+            d.error(&span, "`import` and `background` exclude each other");
+            false
+        }
+        Some((true, span)) if !has_run => {
+            d.error(
+                &span,
+                "`import` needs `run` (the program that prints KEY=VALUE lines)",
+            );
+            false
+        }
+        Some((b, _)) => b,
+        None => false,
+    };
     let run = if has_run { run } else { Some(Box::default()) };
     let rule = match (&name, run) {
         (Some((n, _)), Some(run)) if d.errors.len() == errors_before => Some(Rule {
@@ -102,6 +123,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             last,
             nodes: has_nodes.then_some(nodes),
             background,
+            import,
             sysfs,
         }),
         _ => None,

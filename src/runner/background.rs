@@ -333,6 +333,7 @@ fn supervise(
                 started: w.d.started,
                 duration,
                 pid: Some(w.d.pid()),
+                captured: Vec::new(),
             };
             // Its pipe closes here: a straggler of its group that writes gets EPIPE.
             drop(w.pidfd.take());
@@ -372,6 +373,7 @@ mod tests {
             timeout,
             kill_grace: Duration::from_millis(200),
             max_output_bytes: 4096,
+            import: false,
         };
         runner.start(&spec).expect("started")
     }

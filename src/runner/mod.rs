@@ -83,6 +83,10 @@ pub struct Spec<'a> {
     pub kill_grace: Duration,
     /// Bytes of output logged before the rest is discarded (still drained).
     pub max_output_bytes: usize,
+    /// An importer (`import = true`): its `KEY=VALUE` lines, up to
+    /// [`crate::props::MAX_IMPORT`] bytes of output, go to [`Report::captured`] rather
+    /// than the log.
+    pub import: bool,
 }
 
 /// How a run ended.
@@ -132,6 +136,8 @@ pub struct Report {
     pub duration: Duration,
     /// The handler's pid, which is also its process group; `None` if it never started.
     pub pid: Option<u32>,
+    /// An importer's `KEY=VALUE` lines, each ended by a newline; empty for other runs.
+    pub captured: Vec<u8>,
 }
 
 /// Runs handlers one after another; owns what every run reuses.
@@ -213,6 +219,7 @@ impl Runner {
             started,
             duration: started.elapsed(),
             pid: None,
+            captured: Vec::new(),
         };
         let exe = program(spec).map_err(failed)?;
         let pipe = OutputPipe::new().map_err(failed)?;
@@ -334,6 +341,7 @@ mod tests {
             timeout,
             kill_grace: Duration::from_millis(300),
             max_output_bytes: 4096,
+            import: false,
         };
         let mut runner = Runner::new();
         runner.use_pidfd = pidfd;
@@ -588,6 +596,7 @@ mod tests {
                     timeout: GUARD,
                     kill_grace: Duration::from_millis(300),
                     max_output_bytes: 4096,
+                    import: false,
                 };
                 let r = runner.run(&spec);
                 let fd = runner.pipe.as_ref().map(|p| p.write.as_raw_fd());
@@ -611,6 +620,41 @@ mod tests {
             assert_eq!(r.outcome, Outcome::Exited(0));
             assert!(fresh.is_some());
         }
+    }
+
+    /// An importer's KEY=VALUE lines are captured, up to the cap; other lines are not.
+    #[test]
+    fn import_captures_key_value_lines_up_to_the_cap() {
+        let ev = event(&[]);
+        let args = argv(&[
+            "/bin/sh",
+            "-c",
+            "echo A=1; echo 'not a property'; echo 'B=x y' >&2; \
+             i=0; while [ $i -lt 2000 ]; do echo PAD_$i=0123456789; i=$((i+1)); done; echo LATE=1",
+        ]);
+        let spec = Spec {
+            rule: "test",
+            argv: &args,
+            event: &ev,
+            timeout: GUARD,
+            kill_grace: Duration::from_millis(300),
+            max_output_bytes: 100,
+            import: true,
+        };
+        let r = Runner::new().run(&spec);
+        assert_eq!(r.outcome, Outcome::Exited(0));
+        let text = String::from_utf8(r.captured).unwrap();
+        assert!(text.starts_with("A=1\nB=x y\nPAD_0=0123456789\n"), "{text}");
+        assert!(!text.contains("not a property"));
+        assert!(!text.contains("LATE"), "past the cap");
+        // The cap counts line bytes, newlines not included.
+        let bytes = text.len() - text.lines().count();
+        assert!(bytes <= crate::props::MAX_IMPORT, "{bytes}");
+        assert!(
+            text.len() > crate::props::MAX_IMPORT - 100,
+            "{}",
+            text.len()
+        );
     }
 
     #[test]

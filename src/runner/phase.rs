@@ -60,6 +60,7 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
                 started,
                 duration: started.elapsed(),
                 pid: None,
+                captured: Vec::new(),
             }
         }
     };
@@ -86,8 +87,26 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
     };
     let mut sigchld = runner.sigchld.as_mut();
 
-    let mut out = Output::new(spec.max_output_bytes);
-    let mut sink = |msg: Msg<'_>| log_msg(rule, seq, msg);
+    // An importer's output is read up to MAX_IMPORT: its property lines are captured,
+    // the rest logged as any handler's.
+    let mut captured = Vec::new();
+    let import = spec.import;
+    let mut out = Output::new(if import {
+        crate::props::MAX_IMPORT
+    } else {
+        spec.max_output_bytes
+    });
+    let mut sink = |msg: Msg<'_>| match msg {
+        Msg::Line(line, false) if import && crate::props::split_line(line).is_some() => {
+            captured.extend_from_slice(line);
+            captured.push(b'\n');
+        }
+        Msg::Truncated(n) if import => log::warn!(
+            target: "handler",
+            "[{rule} {seq}] import output capped at {n} bytes; the rest is ignored"
+        ),
+        msg => log_msg(rule, seq, msg),
+    };
     let buf = &mut runner.buf[..];
     let pipe = &runner.pipe.as_ref().expect("spawn made it").read;
     // Cleared on EOF or a read error: that pipe is done for.
@@ -170,6 +189,7 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
         started,
         duration,
         pid: Some(pid),
+        captured,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The example handlers of `contrib/handlers/` against fake events and fake tools:
-//! devperms, netif, usb-mount.
+//! blkid-import, devperms, input-import, netif, usb-mount.
 
 use super::*;
 
@@ -333,4 +333,154 @@ fn usb_mount_mounts_known_file_systems_and_unmounts() {
     assert_eq!(status(&out), 32, "{}", describe(&out));
     assert_eq!(f.take().len(), 2);
     assert!(!dir.exists());
+}
+
+// ---- blkid-import ---------------------------------------------------------------------
+
+#[test]
+fn blkid_import_prints_the_file_system_lines_of_blkid() {
+    let f = Fakes::new();
+    let h = handler("blkid-import");
+    // What `blkid -o udev -p` prints for a partition, with a label that is shell syntax,
+    // and lines that are not ID_FS_* or not KEY=VALUE at all.
+    f.fake(
+        "blkid",
+        "printf '%s\\n' ID_FS_UUID=0F3C-9A21 ID_FS_UUID_ENC=0F3C-9A21 ID_FS_VERSION=FAT32 \
+         ID_FS_TYPE=vfat ID_FS_USAGE=filesystem 'ID_FS_LABEL=$(touch${IFS}/tmp/pwned)' \
+         ID_PART_ENTRY_UUID=abcd DEVNAME=evil 'ID_FS_x y=1' 'not a property' ID_FS_",
+    );
+    let ev = [("ACTION", "add"), ("DEVNAME", "sdb1")];
+    let out = f.run(&h, &["/dev/sdb1"], &ev);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(f.take(), ["blkid [-o] [udev] [-p] [/dev/sdb1]"]);
+    assert_eq!(
+        text(&out.stdout),
+        "ID_FS_UUID=0F3C-9A21\nID_FS_UUID_ENC=0F3C-9A21\nID_FS_VERSION=FAT32\n\
+         ID_FS_TYPE=vfat\nID_FS_USAGE=filesystem\nID_FS_LABEL=$(touch${IFS}/tmp/pwned)\n"
+    );
+    // No file system (2: nothing identified, or no node), an ambivalent probe (8): no
+    // properties, and no failure. Whatever blkid printed before failing is not merged.
+    for code in [2, 8] {
+        f.fake("blkid", &format!("echo ID_FS_TYPE=half; exit {code}"));
+        let out = f.run(&h, &["/dev/sdb1"], &ev);
+        assert_eq!(status(&out), 0, "{code}: {}", describe(&out));
+        assert_eq!(text(&out.stdout), "", "{code}");
+        assert_eq!(f.take().len(), 1);
+    }
+    // Any other failure is blkid's status, again with nothing printed.
+    f.fake("blkid", "echo ID_FS_TYPE=half; exit 4");
+    let out = f.run(&h, &["/dev/sdb1"], &ev);
+    assert_eq!(status(&out), 4, "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "");
+    // Usage.
+    f.take();
+    for args in [&[][..], &[""][..], &["/dev/a", "/dev/b"][..]] {
+        let out = f.run(&h, args, &ev);
+        assert_eq!(status(&out), 2, "{args:?}: {}", describe(&out));
+    }
+    assert!(f.take().is_empty());
+}
+
+// ---- input-import ---------------------------------------------------------------------
+
+/// An input device `inputN` below `parent` in a fake sysfs, with its capability bitmaps
+/// (as the kernel prints them, 64-bit words) and an event node; the event's DEVPATH.
+fn fake_input(
+    sys: &Path,
+    parent: &str,
+    ev: &str,
+    key: &str,
+    rel: &str,
+    abs: &str,
+    props: &str,
+) -> String {
+    let input = format!("{parent}/input/input3");
+    let dir = sys.join(input.trim_start_matches('/'));
+    fs::create_dir_all(dir.join("capabilities")).unwrap();
+    fs::create_dir_all(dir.join("event3")).unwrap();
+    for (name, v) in [("ev", ev), ("key", key), ("rel", rel), ("abs", abs)] {
+        fs::write(dir.join("capabilities").join(name), format!("{v}\n")).unwrap();
+    }
+    fs::write(dir.join("properties"), format!("{props}\n")).unwrap();
+    format!("{input}/event3")
+}
+
+#[test]
+fn input_import_classifies_devices_by_their_capabilities() {
+    let f = Fakes::new();
+    let sys = f.path("sys");
+    let h = handler("input-import");
+    // Bitmaps copied from real devices: an AT keyboard, a PS/2 wheel mouse, a Synaptics
+    // touchpad, an Xbox pad, a touchscreen.
+    let cases = [
+        (
+            "kbd",
+            [
+                "120013",
+                "402000000 3803078f800d001 feffffdfffefffff fffffffffffffffe",
+                "0",
+                "0",
+                "0",
+            ],
+            &["ID_INPUT_KEY=1", "ID_INPUT_KEYBOARD=1"][..],
+        ),
+        (
+            "mouse",
+            ["17", "1f0000 0 0 0 0", "143", "0", "0"],
+            &["ID_INPUT_MOUSE=1"][..],
+        ),
+        (
+            "touchpad",
+            ["b", "e520 10000 0 0 0 0", "0", "660800011000003", "5"],
+            &["ID_INPUT_TOUCHPAD=1"][..],
+        ),
+        (
+            "pad",
+            ["20000b", "7cdb000000000000 0 0 0 0", "0", "3003f", "0"],
+            &["ID_INPUT_JOYSTICK=1"][..],
+        ),
+        // BTN_TOUCH and INPUT_PROP_DIRECT: none of our classes.
+        ("screen", ["b", "400 0 0 0 0 0", "0", "3", "2"], &[][..]),
+        // Power button: a key, not a keyboard.
+        (
+            "power",
+            ["3", "10000000000000 0", "0", "0", "0"],
+            &["ID_INPUT_KEY=1"][..],
+        ),
+    ];
+    for (name, [ev, key, rel, abs, props], want) in cases {
+        let devpath = fake_input(&sys, &format!("/devices/{name}"), ev, key, rel, abs, props);
+        let mut expected = vec!["ID_INPUT=1"];
+        expected.extend(want);
+        // The tree as the first argument, and as $SYSFS.
+        let out = f.run(&h, &[sys.to_str().unwrap()], &[("DEVPATH", &devpath)]);
+        assert_eq!(status(&out), 0, "{name}: {}", describe(&out));
+        assert_eq!(
+            text(&out.stdout).lines().collect::<Vec<_>>(),
+            expected,
+            "{name}"
+        );
+        let out = f.run(
+            &h,
+            &[],
+            &[("DEVPATH", &devpath), ("SYSFS", sys.to_str().unwrap())],
+        );
+        assert_eq!(
+            text(&out.stdout).lines().collect::<Vec<_>>(),
+            expected,
+            "{name}"
+        );
+    }
+    // No capabilities (not an input node, gone, or a DEVPATH that climbs): nothing.
+    for devpath in [
+        "/devices/none/event1",
+        "/devices/kbd/../kbd/input/input3/event3",
+        "",
+    ] {
+        let out = f.run(&h, &[sys.to_str().unwrap()], &[("DEVPATH", devpath)]);
+        assert_eq!(status(&out), 0, "{devpath}: {}", describe(&out));
+        assert_eq!(text(&out.stdout), "", "{devpath}");
+    }
+    // The handler needs no tool at all (getconf is optional).
+    assert!(f.take().is_empty());
 }

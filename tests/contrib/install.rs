@@ -34,7 +34,12 @@ pub(crate) fn make(args: &[&str], destdir: &Path) -> Output {
 }
 
 /// The shipped rule files that act on hardware by themselves, installed only as examples.
-pub(crate) const EXAMPLE_RULES: [&str; 2] = ["50-net.toml", "60-usb-disk.toml"];
+pub(crate) const EXAMPLE_RULES: [&str; 4] = [
+    "40-blkid.toml",
+    "41-input.toml",
+    "50-net.toml",
+    "60-usb-disk.toml",
+];
 
 pub(crate) fn example_rule_count() -> usize {
     EXAMPLE_RULES
@@ -192,7 +197,13 @@ fn make_install_and_uninstall_into_destdir() {
             .unwrap();
         assert!(out.status.success(), "bash -n: {}", describe(&out));
     }
-    for h in ["devperms", "netif", "usb-mount"] {
+    for h in [
+        "blkid-import",
+        "devperms",
+        "input-import",
+        "netif",
+        "usb-mount",
+    ] {
         assert_eq!(mode(&format!("/usr/libexec/hotplugd/{h}")), 0o755, "{h}");
     }
     // Paths rewritten to PREFIX=/usr in what names them.

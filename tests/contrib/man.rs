@@ -70,7 +70,8 @@ fn man_pages_document_every_config_key_and_option() {
             "mode",
             "links",
             "link_priority",
-            "background"
+            "background",
+            "import"
         ]
     );
     for key in &keys {

@@ -197,6 +197,7 @@ fn shipped_rules_match_the_events_they_are_for() {
             "SEQNUM=9",
         ]),
         [
+            "blkid: /usr/local/libexec/hotplugd/blkid-import /dev/sdb1".to_owned(),
             "usb-disk: /usr/local/libexec/hotplugd/usb-mount add /dev/sdb1 /media ro,nosuid,nodev,noexec"
                 .to_owned(),
             syslog("add", usb, "block", "9"),
@@ -216,7 +217,8 @@ fn shipped_rules_match_the_events_they_are_for() {
             syslog("remove", usb, "block", "10"),
         ]
     );
-    // A SATA disk is not mounted.
+    // A SATA disk is not mounted; its file system is probed, and an imported UUID makes
+    // its by-uuid link.
     assert_eq!(
         plan(&[
             "ACTION=add",
@@ -224,7 +226,45 @@ fn shipped_rules_match_the_events_they_are_for() {
             &format!("DEVPATH={sata}"),
             "DEVNAME=sda1",
         ]),
-        [syslog("add", sata, "block", ""),]
+        [
+            "blkid: /usr/local/libexec/hotplugd/blkid-import /dev/sda1".to_owned(),
+            syslog("add", sata, "block", ""),
+        ]
+    );
+    let out = Command::new(CTL)
+        .args(["test", "--config"])
+        .arg(root().join("config/hotplugd.toml"))
+        .args([
+            "ACTION=add",
+            "SUBSYSTEM=block",
+            "DEVNAME=sda1",
+            "ID_FS_UUID=0f3c-9a21",
+        ])
+        .arg(format!("DEVPATH={sata}"))
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains(" links disk/by-uuid/0f3c-9a21\n"),
+        "{}",
+        describe(&out)
+    );
+    // An input event node is classified; the input device above it is not.
+    let input = "/devices/platform/i8042/serio0/input/input3";
+    assert_eq!(
+        plan(&[
+            "ACTION=add",
+            "SUBSYSTEM=input",
+            &format!("DEVPATH={input}/event3"),
+            "DEVNAME=input/event3",
+        ]),
+        [
+            "input-id: /usr/local/libexec/hotplugd/input-import".to_owned(),
+            syslog("add", &format!("{input}/event3"), "input", ""),
+        ]
+    );
+    assert_eq!(
+        plan(&["ACTION=add", "SUBSYSTEM=input", &format!("DEVPATH={input}")]),
+        [syslog("add", input, "input", "")]
     );
     // Values stay one argument each, whatever they hold.
     assert_eq!(
@@ -338,6 +378,8 @@ fn shipped_rules_run_their_handlers_in_a_real_daemon() {
     f.fake("modprobe", "exit 0");
     f.fake("logger", "exit 0");
     f.fake("ip", "exit 0");
+    // No file system on the USB partition: blkid-import imports nothing.
+    f.fake("blkid", "exit 2");
     // The shipped rules, with the handlers taken from the source tree.
     let rules = env.path("rules.d");
     fs::create_dir(&rules).unwrap();
@@ -437,6 +479,7 @@ fn shipped_rules_run_their_handlers_in_a_real_daemon() {
             logger("add", pci, "pci", 1),
             logger("add", eth0, "net", 2),
             logger("remove", eth1, "net", 3),
+            "blkid [-o] [udev] [-p] [/dev/sdz9]".to_owned(),
             logger("add", usb, "block", 4),
         ],
         "daemon log:\n{}",
@@ -457,5 +500,74 @@ fn shipped_rules_run_their_handlers_in_a_real_daemon() {
         "{status}\n{}",
         daemon.log_text()
     );
+    assert!(daemon.stop().success());
+}
+
+/// The blkid example with its handler in a real daemon: a fake blkid's UUID is imported
+/// and becomes a by-uuid link in a private dev_dir, which goes with the device.
+#[test]
+fn shipped_blkid_rules_link_a_disk_by_its_uuid() {
+    let env = Env::new();
+    let f = Fakes::new();
+    f.fake(
+        "blkid",
+        "printf 'ID_FS_UUID=0f3c-9a21\\nID_FS_UUID_ENC=0f3c-9a21\\nID_FS_TYPE=ext4\\n'",
+    );
+    let seen = f.path("seen");
+    f.fake(
+        "seen",
+        &format!("echo \"$ID_FS_TYPE $1\" >> '{}'", seen.display()),
+    );
+    let rules = fs::read_to_string(root().join("config/rules.d/40-blkid.toml"))
+        .unwrap()
+        .replace(
+            "/usr/local/libexec/hotplugd/",
+            &format!("{}/", root().join("contrib/handlers").display()),
+        );
+    // A later rule of the admin's sees the imported keys too.
+    let rules = format!(
+        "{rules}\n[[rule]]\nname = \"seen\"\nmatch = {{ ID_FS_TYPE = \"ext4\" }}\nrun = [\"seen\", \"$ID_FS_UUID\"]\n"
+    );
+    let dev = env.path("dev");
+    fs::create_dir(&dev).unwrap();
+    let config = env.config(
+        &format!("dev_dir = \"{}\"\ndevice_db = true", dev.display()),
+        &rules,
+    );
+    let daemon = env.start(&config);
+    let path = f.bin();
+    let devpath = "/devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/block/sdz/sdz1";
+    let fire = |seq: &str, action: &str| {
+        assert!(env
+            .shim(&[
+                ("ACTION", action),
+                ("DEVPATH", devpath),
+                ("SUBSYSTEM", "block"),
+                ("DEVNAME", "sdz1"),
+                ("SEQNUM", seq),
+                ("PATH", path.to_str().unwrap()),
+            ])
+            .success());
+    };
+    fire("1", "add");
+    env.wait_handled(1);
+    assert_eq!(
+        fs::read_link(dev.join("disk/by-uuid/0f3c-9a21"))
+            .map(|t| t.to_string_lossy().into_owned())
+            .ok()
+            .as_deref(),
+        Some("../../sdz1"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(fs::read_to_string(&seen).unwrap(), "ext4 0f3c-9a21\n");
+    assert_eq!(f.take()[0], "blkid [-o] [udev] [-p] [/dev/sdz1]");
+    fire("2", "remove");
+    env.wait_handled(2);
+    wait_for("the link to go", || {
+        fs::symlink_metadata(dev.join("disk/by-uuid/0f3c-9a21")).is_err()
+    });
+    // The remove probes nothing.
+    assert_eq!(f.take(), Vec::<String>::new());
     assert!(daemon.stop().success());
 }

@@ -250,3 +250,33 @@ pub(crate) fn is(ev: &KernelEvent, pairs: &[(&str, &str)]) -> bool {
         None => ev.get(k) == Some(*v),
     })
 }
+
+/// Rebroadcast (issue 17): the listener heard every handled event once, in the order
+/// they were handled, each after its handler's `end`.
+pub(crate) fn check_rebroadcast(recs: &[Rec]) -> Result<(), String> {
+    let mut ended = BTreeSet::new();
+    let mut heard = Vec::new();
+    for r in recs {
+        match r {
+            Rec::End { seq } => {
+                ended.insert(*seq);
+            }
+            Rec::Rebroadcast { seq } => {
+                if !ended.contains(seq) {
+                    return Err(format!(
+                        "SEQNUM {seq} was rebroadcast before its handler ended"
+                    ));
+                }
+                heard.push(*seq);
+            }
+            _ => {}
+        }
+    }
+    let handled = started(recs);
+    if heard != handled {
+        return Err(format!(
+            "rebroadcast {heard:?}, but handled {handled:?}: each once, in that order, expected"
+        ));
+    }
+    Ok(())
+}

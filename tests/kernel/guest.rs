@@ -114,10 +114,11 @@ run = ["/test/node-snapshot.sh"]
         scenario == Scenario::Coalesce,
         scenario.gap_timeout(),
         scenario.sources(),
-        if scenario == Scenario::Overflow {
-            OVERFLOW_CONFIG
-        } else {
-            ""
+        match scenario {
+            Scenario::Overflow => OVERFLOW_CONFIG,
+            // Rebroadcast (issue 17): init.sh's listener on group 4 records each send.
+            Scenario::Main => "rebroadcast = 4",
+            _ => "",
         }
     )
 }

@@ -146,6 +146,10 @@ finish() {
     put provoked "$(seqnum)"
     log "provoked; waiting for the host"
     wait_until 120 '[ -e "$R/poweroff" ]'
+    if [ -n "$LISTENER_PID" ]; then
+        # The last event's send follows its handler's end by a moment.
+        wait_until 10 '[ "$(grep -c "^rebroadcast " "$R/handler.log")" -ge "$(grep -c "^end " "$R/handler.log")" ]'
+    fi
     if [ -n "$DAEMON_PID" ]; then
         kill -TERM "$DAEMON_PID" 2>/dev/null
         wait_until 3 '[ ! -d "/proc/$DAEMON_PID" ]'
@@ -166,6 +170,11 @@ log "init: scenario $scenario, kernel $(uname -r), uevent_seqnum $(seqnum), help
 
 case "$scenario" in
 main)
+    # Rebroadcast (issue 17): a listener on group 4 appends `rebroadcast SEQNUM ...` to
+    # the handler log as each message arrives, so the log's order shows each was sent
+    # after its handler's `end`.
+    /test/bin/hotplugd --listen-uevents 4 >> "$R/handler.log" 2>> "$R/guest.log" &
+    LISTENER_PID=$!
     start_daemon
     wait_until 20 '[ -p /run/hotplugd/events ]' && log "daemon FIFO is there"
     set_helper

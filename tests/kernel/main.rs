@@ -11,7 +11,8 @@
 //! `storm` (the benchmark).
 //!
 //! Seven boots, one per scenario, each its own `#[test]`:
-//! * `burst_is_handled_once_in_order`: daemon first, then the events.
+//! * `burst_is_handled_once_in_order`: daemon first, then the events; each rebroadcast
+//!   once on netlink group 4, after its handler, in order.
 //! * `early_events_spool_until_the_daemon_starts`: helper set with no daemon.
 //! * `sigkill_mid_burst_loses_nothing`: the daemon is SIGKILLed while a handler runs and
 //!   restarted.

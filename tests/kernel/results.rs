@@ -69,6 +69,10 @@ pub(crate) enum Rec {
     },
     Killed,
     Restarted,
+    /// Rebroadcast (issue 17): the guest's listener on group 4 heard this event.
+    Rebroadcast {
+        seq: u64,
+    },
 }
 
 /// /results/handler.log, written by handler.sh (and the `killed`/`restarted` marks of
@@ -116,6 +120,15 @@ pub(crate) fn read_handler_log(results: &Path) -> Result<Vec<Rec>, String> {
                 }
             }
             "end" => Rec::End { seq: seq_of(rest)? },
+            "rebroadcast" => Rec::Rebroadcast {
+                seq: seq_of(rest.split(' ').next().unwrap_or(""))?,
+            },
+            "malformed" => {
+                return Err(format!(
+                    "handler.log:{}: a rebroadcast libudev-zero would drop: {line:?}",
+                    i + 1
+                ))
+            }
             "killed" => Rec::Killed,
             "restarted" => Rec::Restarted,
             _ => return Err(bad()),

@@ -71,8 +71,13 @@ pub(crate) fn run(pre: &Prereqs, scenario: Scenario, dir: &Path) -> Result<Run, 
         let all_handled = trace
             .keys()
             .all(|s| handled.contains(s) || gone.contains(s));
-        // The last handler must have finished too.
-        let last_ended = log.lines().last().is_some_and(|l| l.starts_with("end "));
+        // The last handler must have finished too (the rebroadcast listener's lines
+        // come after it).
+        let last_ended = log
+            .lines()
+            .rev()
+            .find(|l| !l.starts_with("rebroadcast "))
+            .is_some_and(|l| l.starts_with("end "));
         if log.len() != last_len {
             (last_len, last_change) = (log.len(), Instant::now());
         }

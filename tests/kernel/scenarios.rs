@@ -114,9 +114,11 @@ fn burst_is_handled_once_in_order() {
         let late = declared_late(&run.results);
         check_once_in_order(run, &late)?;
         check_serialized(&run.recs, None)?;
+        check_rebroadcast(&run.recs)?;
         Ok(format!(
             "{} events handled once each, in order, one at a time, past the gaps {gaps:?} \
-             (helpers that came after their gap timed out, run late: {late:?})",
+             (helpers that came after their gap timed out, run late: {late:?}), each \
+             rebroadcast once after its handler, in order",
             run.trace.len()
         ))
     });
