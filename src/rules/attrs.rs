@@ -10,10 +10,12 @@
 //! No symlink followed: sysfs is full of them (`device`, `subsystem`, `driver`,
 //! `firmware_node`) leading anywhere, and a DEVPATH is whatever the event said. The
 //! device's directory is opened once per event refusing a symlink anywhere past
-//! `sysfs_dir` ([`open_below`]); every other lookup is relative to it, `../` once per
-//! parent level then the name ([`Device::relative`]), refusing symlinks and mount points
-//! ([`Rel::open`]), so a read never leaves `sysfs_dir + DEVPATH` or, should the kernel
-//! move the device meanwhile, the sysfs mount. Only the links `driver` and `subsystem`
+//! `sysfs_dir` ([`open_below`]); on sysfs every other lookup is relative to it, `../`
+//! once per parent level then the name ([`Device::relative`]), refusing symlinks and
+//! mount points ([`Rel::open`]), so a read never leaves `sysfs_dir + DEVPATH` or, should
+//! the kernel move the device meanwhile, the sysfs mount. Anywhere else (a fake tree)
+//! each lookup starts from `sysfs_dir`, as `..` from a directory someone moved could
+//! climb above it ([`Device::relative_here`]). Only the links `driver` and `subsystem`
 //! are read, as links (their target's last component is the name).
 //!
 //! Fast because sysfs path lookups are dear: each component of a path costs about a
@@ -33,6 +35,7 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::fcntl::{openat, openat2, readlinkat, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
+use nix::sys::statfs::{fstatfs, SYSFS_MAGIC};
 
 use super::Pattern;
 use crate::event::Event;
@@ -257,6 +260,9 @@ struct Base {
     level: usize,
     /// Its file system (`st_dev`), once a lookup needed it.
     fs: Option<u64>,
+    /// Whether it is on sysfs, where only the kernel moves a directory: see
+    /// [`Device::relative_here`].
+    sysfs: bool,
 }
 
 /// One event's view of its device's directory and parents: opened on first use, read
@@ -354,10 +360,12 @@ impl<'e> Device<'e> {
             for level in (0..self.ends.len()).rev() {
                 self.set_path(level, b"");
                 if let Ok(fd) = open_below(self.below(), flags) {
+                    let sysfs = fstatfs(&fd).is_ok_and(|s| s.filesystem_type() == SYSFS_MAGIC);
                     found = Some(Base {
                         fd,
                         level,
                         fs: None,
+                        sysfs,
                     });
                     break;
                 }
@@ -365,6 +373,25 @@ impl<'e> Device<'e> {
             self.base = Some(found);
         }
         self.base.as_mut().and_then(Option::as_mut)
+    }
+
+    /// Whether this event's lookups go relative to the base ([`Device::relative`]), or
+    /// each from `sysfs_dir` ([`open_below`]). Relative only on sysfs: `..` of the base
+    /// is the directory DEVPATH names above it only while nothing moves it, and the
+    /// number of `..` is bounded by DEVPATH, not by where the base is now. In a fake
+    /// tree (tests, `hotplugctl test`) anyone who may write there could move the device's
+    /// directory up, out of `sysfs_dir`, between the open and the reads, and the `..`
+    /// would climb above `sysfs_dir`; on sysfs only the kernel moves a device, and the
+    /// opens refuse to leave its mount (`RESOLVE_NO_XDEV`), the stats compare `st_dev`.
+    fn relative_here(&mut self) -> bool {
+        if OPENAT2.load(Ordering::Relaxed) == 2 {
+            return false;
+        }
+        match self.base() {
+            Some(base) => base.sysfs && fast(),
+            // Nothing of DEVPATH opened: nothing in it exists, no lookup needed.
+            None => fast(),
+        }
     }
 
     /// `file` in the directory of `level`, as a path relative to the base: `../` once
@@ -398,7 +425,7 @@ impl<'e> Device<'e> {
         if let Some(known) = self.is_dev[level] {
             return known;
         }
-        let known = if fast() {
+        let known = if self.relative_here() {
             self.relative(level, b"uevent")
                 .is_some_and(|fd| self.is_device_at(fd))
         } else {
@@ -470,7 +497,7 @@ impl<'e> Device<'e> {
         {
             return self.cache[i].value.as_deref();
         }
-        let value = if fast() {
+        let value = if self.relative_here() {
             match self.relative(level, file) {
                 None => None,
                 Some(fd) => {
@@ -1116,6 +1143,46 @@ mod tests {
         assert!(dev.cached_bytes <= CACHE_MAX);
         assert!(dev.cache.len() < names.len());
         assert_eq!(dev.value(me, &names[39]).unwrap()[0], b'9');
+    }
+
+    /// A fake `sysfs_dir` inside another directory: the device's directory moved up and
+    /// out of it while its event is planned must not let a parent's lookup climb to what
+    /// lies above `sysfs_dir` (with `..` counted from DEVPATH, it did).
+    #[test]
+    fn a_nested_sysfs_dir_is_never_left() {
+        let t = tempfile::tempdir().unwrap();
+        let outer = t.path();
+        fs::write(outer.join("id"), "secret\n").unwrap();
+        let root = outer.join("in/sys");
+        for d in ["devices/a", "devices/a/b", "devices/a/b/c"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+            fs::write(root.join(d).join("uevent"), "").unwrap();
+        }
+        fs::write(root.join("devices/a/b/c/dev"), "1:2\n").unwrap();
+        let e = ev("/devices/a/b/c", &[]);
+        let mut dev = Device::new(&root, &e);
+        dev.open();
+        let me = dev.device_level().unwrap();
+        // Two reads: the first one finds out whether openat2 works, the second one
+        // opens the device's directory.
+        let own = What::Attr(b"dev"[..].into());
+        let none = What::Attr(b"nope"[..].into());
+        assert_eq!(dev.value(me, &own), Some(&b"1:2"[..]));
+        assert_eq!(dev.value(me, &none), None);
+        fs::rename(root.join("devices/a/b/c"), outer.join("in/c")).unwrap();
+        let id = What::Attr(b"id"[..].into());
+        assert_eq!(dev.value(1, &id), None, "read above sysfs_dir");
+        assert!(!dev.relative_here(), "relative lookups outside sysfs");
+
+        // This machine's sysfs, where they are safe, keeps them.
+        let sys = Path::new("/sys");
+        if nix::sys::statfs::statfs(sys).is_ok_and(|s| s.filesystem_type() == SYSFS_MAGIC) && fast()
+        {
+            let e = ev("/devices/system/cpu", &[]);
+            let mut dev = Device::new(sys, &e);
+            dev.open();
+            assert!(dev.relative_here(), "no relative lookups on sysfs");
+        }
     }
 
     #[test]
