@@ -318,6 +318,62 @@ fn check_config_names_malformed_keys() {
 }
 
 /// µs per event for `n` plans of `ev` (median of 7 rounds).
+/// Attribute files stay open between events (opening one is the dearest step of a
+/// match), but no value does: a counter read for one event is read again for the next,
+/// and both times equal what reading the file says. The loopback's `rx_packets` under its
+/// `statistics` directory (taken as the event's own directory) grows by one datagram.
+#[test]
+fn an_attribute_is_read_afresh_for_each_event() {
+    let dir = Path::new("/sys/devices/virtual/net/lo/statistics");
+    let file = dir.join("rx_packets");
+    if !file.is_file() {
+        skip_or_fail("no /sys/devices/virtual/net/lo/statistics/rx_packets");
+        return;
+    }
+    let ev = hotplugd::event::Event::from_vars(
+        b"net",
+        [
+            (&b"ACTION"[..], &b"change"[..]),
+            (b"DEVPATH", b"/devices/virtual/net/lo/statistics"),
+            (b"SEQNUM", b"1"),
+        ],
+    )
+    .unwrap();
+    let read = || fs::read_to_string(&file).unwrap().trim().to_owned();
+    // Whether a rule for the value the file holds runs, where the file held it from
+    // before the plan to after (other traffic on lo could change it meanwhile).
+    let runs_for_the_current_value = || {
+        for _ in 0..50 {
+            let before = read();
+            let m = format!("\"ATTR{{rx_packets}}\" = {}", q(&before));
+            let ran = !bench_rules(Path::new("/sys"), &m).plan(&ev).is_empty();
+            if read() == before {
+                return (before, ran);
+            }
+        }
+        panic!("{} never held still", file.display());
+    };
+    let (first, ran) = runs_for_the_current_value();
+    assert!(ran, "rx_packets = {first} did not match");
+    let kept = fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .any(|e| fs::read_link(e.path()).is_ok_and(|t| t == file));
+    let relative = fs::read_to_string("/proc/sys/kernel/osrelease").is_ok_and(|r| {
+        let mut v = r.split(['.', '-']).map_while(|p| p.parse::<u32>().ok());
+        (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 6)
+    });
+    assert!(kept || !relative, "the attribute's file was not kept open");
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(b"x", socket.local_addr().unwrap()).unwrap();
+    let (second, ran) = runs_for_the_current_value();
+    assert_ne!(first, second, "a datagram on lo did not count");
+    assert!(
+        ran,
+        "rx_packets = {second} did not match: an old value was used"
+    );
+}
+
 fn per_event(rules: &hotplugd::rules::RuleSet, ev: &hotplugd::event::Event, n: u32) -> f64 {
     let mut rounds: Vec<f64> = (0..7)
         .map(|_| {

@@ -5,7 +5,9 @@
 //!
 //! Lazily: these keys cost syscalls, so a rule's event keys are checked first and the
 //! device's directory is opened only when a rule got that far; what was read is kept for
-//! the rest of the event's plan (up to [`CACHE_MAX`] bytes) and dropped with it.
+//! the rest of the event's plan (up to [`CACHE_MAX`] bytes) and dropped with it. What
+//! outlives the event is a few open attribute files of sysfs ([`OpenAttrs`]), read again
+//! from offset 0 for each event that finds them.
 //!
 //! No symlink followed: sysfs is full of them (`device`, `subsystem`, `driver`,
 //! `firmware_node`) leading anywhere, and a DEVPATH is whatever the event said. The
@@ -24,8 +26,6 @@
 //! kernel has no `openat2`, every lookup is an absolute path as when the base is opened.
 
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -569,12 +569,22 @@ impl Rel<'_> {
 /// than a failed open (no file is set up), and only a stat that found something is
 /// followed by the open that reads it. A path with a `/` is opened straight away: its
 /// inner components could be symlinks, which only `openat2` refuses.
+///
+/// Only ever on sysfs ([`Device::relative_here`]), so the file the stat found can be
+/// read through an fd kept open since an earlier event ([`OpenAttrs`]).
 fn read_attr_at(at: Rel<'_>) -> nix::Result<Option<Box<[u8]>>> {
+    let mut node = None;
     if is_plain(at.path) {
         match fstatat(Some(at.dir), at.path, AtFlags::AT_SYMLINK_NOFOLLOW) {
             // The open would refuse it.
             Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
                 return Ok(None)
+            }
+            Ok(st) if is_reg(&st) => {
+                node = Some(Node::of(&st));
+                if let Some(value) = OPEN_ATTRS.with_borrow_mut(|c| c.read(Node::of(&st))) {
+                    return Ok(Some(value));
+                }
             }
             Ok(_) => {}
             Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(None),
@@ -586,7 +596,84 @@ fn read_attr_at(at: Rel<'_>) -> nix::Result<Option<Box<[u8]>>> {
         Err(Errno::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
-    read_value(fd)
+    let value = read_value(&fd)?;
+    // Kept only if the open reached the node the stat found: the directory could have
+    // been renamed and another made in its place between the two.
+    if let (Some(node), Ok(st)) = (node, fstat(fd.as_raw_fd())) {
+        if Node::of(&st) == node {
+            OPEN_ATTRS.with_borrow_mut(|c| c.keep(node, fd));
+        }
+    }
+    Ok(value)
+}
+
+/// A sysfs file by identity: kernfs numbers its nodes with a 64-bit id (a 32-bit
+/// number and a generation, Linux 5.5), which is `st_ino` where `ino_t` has 64 bits,
+/// and never hands out an id twice. So while a lookup finds a node with this
+/// `(st_dev, st_ino)`, it is the very node an fd kept under that key was opened on,
+/// wherever it has moved since.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Node {
+    dev: u64,
+    ino: u64,
+}
+
+impl Node {
+    fn of(st: &FileStat) -> Node {
+        Node {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// How many attribute files each thread keeps open between events.
+const OPEN_ATTRS_MAX: usize = 32;
+
+/// Sysfs attribute files kept open between events, most recently used first. Opening
+/// one is the dearest step of a match (about 2 µs: kernfs sets up a `seq_file` per
+/// open, and closing tears it down) while reading an open one again from offset 0
+/// costs about 0.4: the value is not kept, only the file, and a `pread` at 0 asks the
+/// driver for it afresh, as a new open would. An fd is used only after a lookup
+/// this event, from the device's directory, found its node ([`Node`]), so it reads
+/// exactly what opening that path would have.
+#[derive(Default)]
+struct OpenAttrs {
+    open: Vec<(Node, OwnedFd)>,
+}
+
+thread_local! {
+    static OPEN_ATTRS: std::cell::RefCell<OpenAttrs> = std::cell::RefCell::default();
+}
+
+impl OpenAttrs {
+    /// `None` where no fd is kept for the node, or it failed (then it is closed, and
+    /// the caller opens the path).
+    fn read(&mut self, node: Node) -> Option<Box<[u8]>> {
+        if !cfg!(target_pointer_width = "64") {
+            return None;
+        }
+        let i = self.open.iter().position(|(n, _)| *n == node)?;
+        let mut buf = [0u8; ATTR_MAX + 1];
+        match nix::sys::uio::pread(&self.open[i].1, &mut buf, 0) {
+            Ok(n) if n <= ATTR_MAX => {
+                self.open[..=i].rotate_right(1);
+                Some(trimmed(&buf[..n]))
+            }
+            _ => {
+                self.open.remove(i);
+                None
+            }
+        }
+    }
+
+    fn keep(&mut self, node: Node, fd: OwnedFd) {
+        if !cfg!(target_pointer_width = "64") {
+            return;
+        }
+        self.open.truncate(OPEN_ATTRS_MAX - 1);
+        self.open.insert(0, (node, fd));
+    }
 }
 
 /// Whether a relative path is `..` components and then one name.
@@ -693,7 +780,7 @@ const ATTR_FLAGS: OFlag = OFlag::O_RDONLY
 /// An attribute, trimmed; anything that fails is a missing value.
 fn read_attr(at: Below<'_>) -> Option<Box<[u8]>> {
     let value = match open_below(at, ATTR_FLAGS) {
-        Ok(fd) => read_value(fd),
+        Ok(fd) => read_value(&fd),
         Err(Errno::ENOENT) => return None,
         Err(e) => Err(e),
     };
@@ -704,22 +791,25 @@ fn read_attr(at: Below<'_>) -> Option<Box<[u8]>> {
 }
 
 /// An open attribute's value, trimmed; EFBIG if it is longer than [`ATTR_MAX`].
-fn read_value(fd: OwnedFd) -> nix::Result<Option<Box<[u8]>>> {
+fn read_value(fd: &OwnedFd) -> nix::Result<Option<Box<[u8]>>> {
     let mut buf = [0u8; ATTR_MAX + 1];
     // One read: sysfs hands out an attribute whole, and a regular file reads short only
     // at its end; a value that fills the buffer is too long either way.
-    let len = match File::from(fd).read(&mut buf) {
-        Ok(n) if n <= ATTR_MAX => n,
+    match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+        Ok(n) if n <= ATTR_MAX => Ok(Some(trimmed(&buf[..n]))),
         // Logged by the caller, with the path, as any error: taken as missing.
-        Ok(_) => return Err(Errno::EFBIG),
-        Err(e) => return Err(e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)),
-    };
-    // udev trims trailing whitespace: sysfs values end in a newline.
-    let end = buf[..len]
+        Ok(_) => Err(Errno::EFBIG),
+        Err(e) => Err(e),
+    }
+}
+
+/// udev trims trailing whitespace: sysfs values end in a newline.
+fn trimmed(value: &[u8]) -> Box<[u8]> {
+    let end = value
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |i| i + 1);
-    Ok(Some(buf[..end].into()))
+    value[..end].into()
 }
 
 /// `KERNEL`: DEVPATH's last component.
@@ -732,7 +822,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::rules::RuleSet;
-    use std::fs;
+    use std::fs::{self, File};
     use std::os::unix::fs::symlink;
 
     /// A tree shaped like the real one: a USB serial adapter's tty, four devices deep,
@@ -1183,6 +1273,35 @@ mod tests {
             dev.open();
             assert!(dev.relative_here(), "no relative lookups on sysfs");
         }
+    }
+
+    /// At most [`OPEN_ATTRS_MAX`] files stay open, the last used kept; one that fails
+    /// to read is closed and counts as not kept (the caller opens the path again).
+    #[test]
+    fn open_attributes_are_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        let mut c = OpenAttrs::default();
+        let node = |i: u64| Node { dev: 1, ino: i };
+        for i in 0..40u64 {
+            let p = t.path().join(i.to_string());
+            fs::write(&p, format!("{i}\n")).unwrap();
+            c.keep(node(i), File::open(&p).unwrap().into());
+            if i == 20 {
+                assert_eq!(c.read(node(0)).as_deref(), Some(&b"0"[..]));
+            }
+        }
+        assert_eq!(c.open.len(), OPEN_ATTRS_MAX);
+        assert_eq!(c.read(node(39)).as_deref(), Some(&b"39"[..]));
+        assert_eq!(c.read(node(0)).as_deref(), Some(&b"0"[..]), "used, kept");
+        assert_eq!(c.read(node(1)), None, "not used, closed");
+        let dir = t.path().join("d");
+        fs::create_dir(&dir).unwrap();
+        c.keep(node(99), File::open(&dir).unwrap().into());
+        assert_eq!(c.read(node(99)), None);
+        assert!(
+            c.open.iter().all(|(n, _)| *n != node(99)),
+            "a failed one is closed"
+        );
     }
 
     #[test]
