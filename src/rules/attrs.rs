@@ -5,25 +5,37 @@
 //!
 //! Lazily: these keys cost syscalls, so a rule's event keys are checked first and the
 //! device's directory is opened only when a rule got that far; what was read is kept for
-//! the rest of the event's plan (up to [`CACHE_MAX`] bytes) and dropped with it.
+//! the rest of the event's plan (up to [`CACHE_MAX`] bytes) and dropped with it. What
+//! outlives the event is a few open attribute files of sysfs ([`OpenAttrs`]), read again
+//! from offset 0 for each event that finds them.
 //!
 //! No symlink followed: sysfs is full of them (`device`, `subsystem`, `driver`,
-//! `firmware_node`) leading anywhere, and a DEVPATH is whatever the event said. Every open
-//! refuses a symlink anywhere past `sysfs_dir` ([`open_below`]), so a read never leaves
-//! `sysfs_dir + DEVPATH`; only the links `driver` and `subsystem` are read, as links
-//! (their target's last component is the name).
+//! `firmware_node`) leading anywhere, and a DEVPATH is whatever the event said. The
+//! device's directory is opened once per event refusing a symlink anywhere past
+//! `sysfs_dir` ([`open_below`]); on sysfs every other lookup is relative to it, `../`
+//! once per parent level then the name ([`Device::relative`]), refusing symlinks and
+//! mount points ([`Rel::open`]), so a read never leaves `sysfs_dir + DEVPATH` or, should
+//! the kernel move the device meanwhile, the sysfs mount. Anywhere else (a fake tree)
+//! each lookup starts from `sysfs_dir`, as `..` from a directory someone moved could
+//! climb above it ([`Device::relative_here`]). Only the links `driver` and `subsystem`
+//! are read, as links (their target's last component is the name).
+//!
+//! Fast because sysfs path lookups are dear: each component of a path costs about a
+//! system call's worth (kernfs checks every directory in a locked slow walk), while `..`
+//! costs a fraction and a failed `fstatat` costs less than a failed open. Where the
+//! kernel has no `openat2`, every lookup is an absolute path as when the base is opened.
 
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::fcntl::{openat, openat2, readlinkat, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
+use nix::sys::statfs::{fstatfs, SYSFS_MAGIC};
 
 use super::Pattern;
 use crate::event::Event;
@@ -241,6 +253,18 @@ struct Cached<'e> {
     value: Option<Box<[u8]>>,
 }
 
+/// The deepest directory of DEVPATH that opened (the device's own, unless it is gone):
+/// every lookup is relative to it, `..` once per level up.
+struct Base {
+    fd: OwnedFd,
+    level: usize,
+    /// Its file system (`st_dev`), once a lookup needed it.
+    fs: Option<u64>,
+    /// Whether it is on sysfs, where only the kernel moves a directory: see
+    /// [`Device::relative_here`].
+    sysfs: bool,
+}
+
 /// One event's view of its device's directory and parents: opened on first use, read
 /// lazily, cached until the event's plan is made.
 pub(crate) struct Device<'e> {
@@ -251,11 +275,14 @@ pub(crate) struct Device<'e> {
     ends: Vec<usize>,
     /// Whether each level has a `uevent` file, once looked at.
     is_dev: Vec<Option<bool>>,
+    /// `None` until a value is read; then `Some(None)` if no directory opened at all.
+    base: Option<Option<Base>>,
     cache: Vec<Cached<'e>>,
     cached_bytes: usize,
     /// A value read past the cache's cap, lent out until the next read.
     spare: Option<Box<[u8]>>,
-    /// The path of the file being read, `sysfs_dir` first, reused.
+    /// The path being looked up, reused: absolute (`sysfs_dir` first) to open the base
+    /// or where the kernel has no `openat2`, else relative to the base.
     path: Vec<u8>,
 }
 
@@ -268,6 +295,7 @@ impl<'e> Device<'e> {
             opened: false,
             ends: Vec::new(),
             is_dev: Vec::new(),
+            base: None,
             cache: Vec::new(),
             cached_bytes: 0,
             spare: None,
@@ -283,6 +311,12 @@ impl<'e> Device<'e> {
         let Some(rest) = devpath.strip_prefix(b"/") else {
             return;
         };
+        // Sized once: grown a step at a time, these were a good part of the work done
+        // outside the kernel.
+        self.ends
+            .reserve(devpath.iter().filter(|&&b| b == b'/').count());
+        self.path
+            .reserve(self.root.as_os_str().len() + devpath.len() + 64);
         // A DEVPATH the kernel would not send reads nothing at all.
         let mut end = 0;
         for part in rest.split(|&b| b == b'/') {
@@ -300,15 +334,17 @@ impl<'e> Device<'e> {
         self.ends.len().checked_sub(1)
     }
 
-    /// `file` in the directory of `level`: `sysfs_dir/DEVPATH-prefix/file`.
+    /// The directory of `level`, or `file` in it: `sysfs_dir/DEVPATH-prefix[/file]`.
     fn set_path(&mut self, level: usize, file: &[u8]) {
         self.path.clear();
         self.path
             .extend_from_slice(self.root.as_os_str().as_bytes());
         self.path
             .extend_from_slice(&self.ev.devpath()[..self.ends[level]]);
-        self.path.push(b'/');
-        self.path.extend_from_slice(file);
+        if !file.is_empty() {
+            self.path.push(b'/');
+            self.path.extend_from_slice(file);
+        }
     }
 
     /// The current path as [`open_below`] takes it.
@@ -319,19 +355,114 @@ impl<'e> Device<'e> {
         }
     }
 
+    /// Open the device's directory, once per event, or the deepest parent's where it is
+    /// gone (a remove): a path from `sysfs_dir` is looked up component by component,
+    /// each a sysfs lookup that costs about as much as a system call, so it is done once
+    /// and every file after is a short walk up from here.
+    fn base(&mut self) -> Option<&mut Base> {
+        if self.base.is_none() {
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let mut found = None;
+            for level in (0..self.ends.len()).rev() {
+                self.set_path(level, b"");
+                if let Ok(fd) = open_below(self.below(), flags) {
+                    let sysfs = fstatfs(&fd).is_ok_and(|s| s.filesystem_type() == SYSFS_MAGIC);
+                    found = Some(Base {
+                        fd,
+                        level,
+                        fs: None,
+                        sysfs,
+                    });
+                    break;
+                }
+            }
+            self.base = Some(found);
+        }
+        self.base.as_mut().and_then(Option::as_mut)
+    }
+
+    /// Whether this event's lookups go relative to the base ([`Device::relative`]), or
+    /// each from `sysfs_dir` ([`open_below`]). Relative only on sysfs: `..` of the base
+    /// is the directory DEVPATH names above it only while nothing moves it, and the
+    /// number of `..` is bounded by DEVPATH, not by where the base is now. In a fake
+    /// tree (tests, `hotplugctl test`) anyone who may write there could move the device's
+    /// directory up, out of `sysfs_dir`, between the open and the reads, and the `..`
+    /// would climb above `sysfs_dir`; on sysfs only the kernel moves a device, and the
+    /// opens refuse to leave its mount (`RESOLVE_NO_XDEV`), the stats compare `st_dev`.
+    fn relative_here(&mut self) -> bool {
+        if OPENAT2.load(Ordering::Relaxed) == 2 {
+            return false;
+        }
+        match self.base() {
+            Some(base) => base.sysfs && fast(),
+            // Nothing of DEVPATH opened: nothing in it exists, no lookup needed.
+            None => fast(),
+        }
+    }
+
+    /// `file` in the directory of `level`, as a path relative to the base: `../` once
+    /// per level up, so no component but the file's own is ever a name from sysfs, and
+    /// `..` of a directory opened without following a symlink is the one DEVPATH names.
+    /// `None`: that directory did not open, so nothing in it exists.
+    fn relative(&mut self, level: usize, file: &[u8]) -> Option<RawFd> {
+        let base = self.base()?;
+        let up = base.level.checked_sub(level)?;
+        let fd = base.fd.as_raw_fd();
+        self.path.clear();
+        for _ in 0..up {
+            self.path.extend_from_slice(b"../");
+        }
+        self.path.extend_from_slice(file);
+        Some(fd)
+    }
+
+    /// For log lines: the absolute path of `file` at `level`.
+    fn shown(&self, level: usize, file: &[u8]) -> String {
+        let dir = &self.ev.devpath()[..self.ends[level]];
+        format!(
+            "{}{}/{}",
+            self.root.display(),
+            String::from_utf8_lossy(dir),
+            String::from_utf8_lossy(file)
+        )
+    }
+
     fn is_device(&mut self, level: usize) -> bool {
         if let Some(known) = self.is_dev[level] {
             return known;
         }
-        self.set_path(level, b"uevent");
-        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let known = open_below(self.below(), flags).is_ok_and(|fd| {
-            fstat(fd.as_raw_fd()).is_ok_and(|st| {
-                SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
-            })
-        });
+        let known = if self.relative_here() {
+            self.relative(level, b"uevent")
+                .is_some_and(|fd| self.is_device_at(fd))
+        } else {
+            self.set_path(level, b"uevent");
+            let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            open_below(self.below(), flags)
+                .is_ok_and(|fd| fstat(fd.as_raw_fd()).is_ok_and(|st| is_reg(&st)))
+        };
         self.is_dev[level] = Some(known);
         known
+    }
+
+    /// One `fstatat`, which opens nothing. A stat cannot refuse a mount point in the
+    /// walk as `RESOLVE_NO_XDEV` does, so the file must be on the base's file system:
+    /// with sysfs mounted at `sysfs_dir`, `..` cannot leave it even if the device's
+    /// directory is moved meanwhile (which the kernel may do).
+    fn is_device_at(&mut self, fd: RawFd) -> bool {
+        let Ok(st) = fstatat(Some(fd), &self.path[..], AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            return false;
+        };
+        let Some(base) = self.base.as_mut().and_then(Option::as_mut) else {
+            return false;
+        };
+        let fs = match base.fs {
+            Some(fs) => fs,
+            None => match fstat(fd) {
+                Ok(b) => *base.fs.insert(b.st_dev),
+                Err(_) => return false,
+            },
+        };
+        is_reg(&st) && st.st_dev == fs
     }
 
     fn check(&mut self, level: usize, key: &'e SysKey, parent: bool) -> super::KeyCheck {
@@ -372,10 +503,30 @@ impl<'e> Device<'e> {
         {
             return self.cache[i].value.as_deref();
         }
-        self.set_path(level, file);
-        let value = match what {
-            What::Attr(_) => read_attr(self.below()),
-            _ => read_link(self.below()),
+        let value = if self.relative_here() {
+            match self.relative(level, file) {
+                None => None,
+                Some(fd) => {
+                    let at = Rel {
+                        dir: fd,
+                        path: &self.path,
+                    };
+                    let value = match what {
+                        What::Attr(_) => read_attr_at(at),
+                        _ => read_link_at(at),
+                    };
+                    value.unwrap_or_else(|e| {
+                        log::debug!("{}: {e}", self.shown(level, file));
+                        None
+                    })
+                }
+            }
+        } else {
+            self.set_path(level, file);
+            match what {
+                What::Attr(_) => read_attr(self.below()),
+                _ => read_link(self.below()),
+            }
         };
         let cost = value.as_ref().map_or(0, |v| v.len()) + std::mem::size_of::<Cached>();
         if self.cached_bytes + cost > CACHE_MAX {
@@ -386,6 +537,166 @@ impl<'e> Device<'e> {
         self.cache.push(Cached { level, what, value });
         self.cache.last().and_then(|c| c.value.as_deref())
     }
+}
+
+fn is_reg(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+/// Whether lookups go relative to the base: where `openat2` is known to work (opening
+/// the base found out), as each open there needs `RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV`.
+fn fast() -> bool {
+    OPENAT2.load(Ordering::Relaxed) == 1
+}
+
+/// A path relative to the base, as [`Device::relative`] made it.
+#[derive(Clone, Copy)]
+struct Rel<'p> {
+    dir: RawFd,
+    path: &'p [u8],
+}
+
+impl Rel<'_> {
+    /// No symlink followed, and no mount point crossed: `..` stays in the file system
+    /// of the base, which is sysfs itself on a real system.
+    fn open(self, flags: OFlag) -> nix::Result<OwnedFd> {
+        let how = OpenHow::new()
+            .flags(flags)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_XDEV);
+        let fd = openat2(self.dir, self.path, how)?;
+        // SAFETY: openat2 returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// An attribute relative to the base; `Ok(None)` where it is missing, an `Err` (logged by
+/// the caller) also counts as missing. Most attributes a rule names are missing on most
+/// levels, so a plain name is looked at with `fstatat` first: a failed stat costs less
+/// than a failed open (no file is set up), and only a stat that found something is
+/// followed by the open that reads it. A path with a `/` is opened straight away: its
+/// inner components could be symlinks, which only `openat2` refuses.
+///
+/// Only ever on sysfs ([`Device::relative_here`]), so the file the stat found can be
+/// read through an fd kept open since an earlier event ([`OpenAttrs`]).
+fn read_attr_at(at: Rel<'_>) -> nix::Result<Option<Box<[u8]>>> {
+    let mut node = None;
+    if is_plain(at.path) {
+        match fstatat(Some(at.dir), at.path, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            // The open would refuse it.
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+                return Ok(None)
+            }
+            Ok(st) if is_reg(&st) => {
+                node = Some(Node::of(&st));
+                if let Some(value) = OPEN_ATTRS.with_borrow_mut(|c| c.read(Node::of(&st))) {
+                    return Ok(Some(value));
+                }
+            }
+            Ok(_) => {}
+            Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let fd = match at.open(ATTR_FLAGS) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let value = read_value(&fd)?;
+    // Kept only if the open reached the node the stat found: the directory could have
+    // been renamed and another made in its place between the two.
+    if let (Some(node), Ok(st)) = (node, fstat(fd.as_raw_fd())) {
+        if Node::of(&st) == node {
+            OPEN_ATTRS.with_borrow_mut(|c| c.keep(node, fd));
+        }
+    }
+    Ok(value)
+}
+
+/// A sysfs file by identity: kernfs numbers its nodes with a 64-bit id (a 32-bit
+/// number and a generation, Linux 5.5), which is `st_ino` where `ino_t` has 64 bits,
+/// and never hands out an id twice. So while a lookup finds a node with this
+/// `(st_dev, st_ino)`, it is the very node an fd kept under that key was opened on,
+/// wherever it has moved since.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Node {
+    dev: u64,
+    ino: u64,
+}
+
+impl Node {
+    fn of(st: &FileStat) -> Node {
+        Node {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// How many attribute files each thread keeps open between events.
+const OPEN_ATTRS_MAX: usize = 32;
+
+/// Sysfs attribute files kept open between events, most recently used first. Opening
+/// one is the dearest step of a match (about 2 µs: kernfs sets up a `seq_file` per
+/// open, and closing tears it down) while reading an open one again from offset 0
+/// costs about 0.4: the value is not kept, only the file, and a `pread` at 0 asks the
+/// driver for it afresh, as a new open would. An fd is used only after a lookup
+/// this event, from the device's directory, found its node ([`Node`]), so it reads
+/// exactly what opening that path would have.
+#[derive(Default)]
+struct OpenAttrs {
+    open: Vec<(Node, OwnedFd)>,
+}
+
+thread_local! {
+    static OPEN_ATTRS: std::cell::RefCell<OpenAttrs> = std::cell::RefCell::default();
+}
+
+impl OpenAttrs {
+    /// `None` where no fd is kept for the node, or it failed (then it is closed, and
+    /// the caller opens the path).
+    fn read(&mut self, node: Node) -> Option<Box<[u8]>> {
+        if !cfg!(target_pointer_width = "64") {
+            return None;
+        }
+        let i = self.open.iter().position(|(n, _)| *n == node)?;
+        let mut buf = [0u8; ATTR_MAX + 1];
+        match nix::sys::uio::pread(&self.open[i].1, &mut buf, 0) {
+            Ok(n) if n <= ATTR_MAX => {
+                self.open[..=i].rotate_right(1);
+                Some(trimmed(&buf[..n]))
+            }
+            _ => {
+                self.open.remove(i);
+                None
+            }
+        }
+    }
+
+    fn keep(&mut self, node: Node, fd: OwnedFd) {
+        if !cfg!(target_pointer_width = "64") {
+            return;
+        }
+        self.open.truncate(OPEN_ATTRS_MAX - 1);
+        self.open.insert(0, (node, fd));
+    }
+}
+
+/// Whether a relative path is `..` components and then one name.
+fn is_plain(path: &[u8]) -> bool {
+    let mut parts = path.rsplit(|&b| b == b'/');
+    parts.next();
+    parts.all(|p| p == b"..")
+}
+
+/// The last component of a link's target, relative to the base.
+fn read_link_at(at: Rel<'_>) -> nix::Result<Option<Box<[u8]>>> {
+    let fd = match at.open(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(link_name(&fd))
 }
 
 /// Whether this kernel has `openat2` (Linux 5.6): 0 not known yet, 1 yes, 2 no.
@@ -455,48 +766,56 @@ fn open_walk(at: Below<'_>, flags: OFlag) -> nix::Result<OwnedFd> {
 fn read_link(at: Below<'_>) -> Option<Box<[u8]>> {
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = open_below(at, flags).ok()?;
+    link_name(&fd)
+}
+
+/// The last component of the target of the link an `O_PATH | O_NOFOLLOW` fd stands for.
+fn link_name(fd: &OwnedFd) -> Option<Box<[u8]>> {
     // An empty path reads the link an O_PATH fd stands for.
     let target = readlinkat(Some(fd.as_raw_fd()), "").ok()?;
     let name = Path::new(&target).file_name()?;
     Some(name.as_bytes().into())
 }
 
+/// O_NONBLOCK: in a fake tree a FIFO must not stall the daemon.
+const ATTR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_NOCTTY)
+    .union(OFlag::O_CLOEXEC);
+
 /// An attribute, trimmed; anything that fails is a missing value.
 fn read_attr(at: Below<'_>) -> Option<Box<[u8]>> {
-    let path = at.path;
-    // O_NONBLOCK: in a fake tree a FIFO must not stall the daemon.
-    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let fd = match open_below(at, flags) {
-        Ok(fd) => fd,
+    let value = match open_below(at, ATTR_FLAGS) {
+        Ok(fd) => read_value(&fd),
         Err(Errno::ENOENT) => return None,
-        Err(e) => {
-            log::debug!("{}: {e}", String::from_utf8_lossy(path));
-            return None;
-        }
+        Err(e) => Err(e),
     };
+    value.unwrap_or_else(|e| {
+        log::debug!("{}: {e}", String::from_utf8_lossy(at.path));
+        None
+    })
+}
+
+/// An open attribute's value, trimmed; EFBIG if it is longer than [`ATTR_MAX`].
+fn read_value(fd: &OwnedFd) -> nix::Result<Option<Box<[u8]>>> {
     let mut buf = [0u8; ATTR_MAX + 1];
     // One read: sysfs hands out an attribute whole, and a regular file reads short only
     // at its end; a value that fills the buffer is too long either way.
-    let len = match File::from(fd).read(&mut buf) {
-        Ok(n) if n <= ATTR_MAX => n,
-        Ok(_) => {
-            log::debug!(
-                "{}: longer than {ATTR_MAX} bytes, taken as missing",
-                String::from_utf8_lossy(path)
-            );
-            return None;
-        }
-        Err(e) => {
-            log::debug!("{}: {e}", String::from_utf8_lossy(path));
-            return None;
-        }
-    };
-    // udev trims trailing whitespace: sysfs values end in a newline.
-    let end = buf[..len]
+    match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+        Ok(n) if n <= ATTR_MAX => Ok(Some(trimmed(&buf[..n]))),
+        // Logged by the caller, with the path, as any error: taken as missing.
+        Ok(_) => Err(Errno::EFBIG),
+        Err(e) => Err(e),
+    }
+}
+
+/// udev trims trailing whitespace: sysfs values end in a newline.
+fn trimmed(value: &[u8]) -> Box<[u8]> {
+    let end = value
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |i| i + 1);
-    Some(buf[..end].into())
+    value[..end].into()
 }
 
 /// `KERNEL`: DEVPATH's last component.
@@ -509,7 +828,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::rules::RuleSet;
-    use std::fs;
+    use std::fs::{self, File};
     use std::os::unix::fs::symlink;
 
     /// A tree shaped like the real one: a USB serial adapter's tty, four devices deep,
@@ -855,6 +1174,28 @@ mod tests {
     }
 
     #[test]
+    fn a_parent_is_a_device_only_by_a_regular_uevent() {
+        let t = tree();
+        let intf = t
+            .path()
+            .join("devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0");
+        let tty = intf.join("tty");
+        let cases = [("tty", r#""ATTRS{idVendor}" = "dead""#)];
+        // A symlink named uevent, even to a real one, or a directory, is not the file.
+        symlink(intf.join("uevent"), tty.join("uevent")).unwrap();
+        assert!(ran(t.path(), &cases, &ev(TTY, &[])).is_empty());
+        fs::remove_file(tty.join("uevent")).unwrap();
+        fs::create_dir(tty.join("uevent")).unwrap();
+        assert!(ran(t.path(), &cases, &ev(TTY, &[])).is_empty());
+        fs::remove_dir(tty.join("uevent")).unwrap();
+        fs::write(tty.join("uevent"), "").unwrap();
+        assert_eq!(ran(t.path(), &cases, &ev(TTY, &[])), ["tty"]);
+        // Also from a removed device's deepest parent that is still there.
+        let gone = TTY.replace("ttyUSB0", "ttyUSB9/sub");
+        assert_eq!(ran(t.path(), &cases, &ev(&gone, &[])), ["tty"]);
+    }
+
+    #[test]
     fn lazy_and_cached() {
         let t = tree();
         let rs = rules(
@@ -898,6 +1239,75 @@ mod tests {
         assert!(dev.cached_bytes <= CACHE_MAX);
         assert!(dev.cache.len() < names.len());
         assert_eq!(dev.value(me, &names[39]).unwrap()[0], b'9');
+    }
+
+    /// A fake `sysfs_dir` inside another directory: the device's directory moved up and
+    /// out of it while its event is planned must not let a parent's lookup climb to what
+    /// lies above `sysfs_dir` (with `..` counted from DEVPATH, it did).
+    #[test]
+    fn a_nested_sysfs_dir_is_never_left() {
+        let t = tempfile::tempdir().unwrap();
+        let outer = t.path();
+        fs::write(outer.join("id"), "secret\n").unwrap();
+        let root = outer.join("in/sys");
+        for d in ["devices/a", "devices/a/b", "devices/a/b/c"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+            fs::write(root.join(d).join("uevent"), "").unwrap();
+        }
+        fs::write(root.join("devices/a/b/c/dev"), "1:2\n").unwrap();
+        let e = ev("/devices/a/b/c", &[]);
+        let mut dev = Device::new(&root, &e);
+        dev.open();
+        let me = dev.device_level().unwrap();
+        // Two reads: the first one finds out whether openat2 works, the second one
+        // opens the device's directory.
+        let own = What::Attr(b"dev"[..].into());
+        let none = What::Attr(b"nope"[..].into());
+        assert_eq!(dev.value(me, &own), Some(&b"1:2"[..]));
+        assert_eq!(dev.value(me, &none), None);
+        fs::rename(root.join("devices/a/b/c"), outer.join("in/c")).unwrap();
+        let id = What::Attr(b"id"[..].into());
+        assert_eq!(dev.value(1, &id), None, "read above sysfs_dir");
+        assert!(!dev.relative_here(), "relative lookups outside sysfs");
+
+        // This machine's sysfs, where they are safe, keeps them.
+        let sys = Path::new("/sys");
+        if nix::sys::statfs::statfs(sys).is_ok_and(|s| s.filesystem_type() == SYSFS_MAGIC) && fast()
+        {
+            let e = ev("/devices/system/cpu", &[]);
+            let mut dev = Device::new(sys, &e);
+            dev.open();
+            assert!(dev.relative_here(), "no relative lookups on sysfs");
+        }
+    }
+
+    /// At most [`OPEN_ATTRS_MAX`] files stay open, the last used kept; one that fails
+    /// to read is closed and counts as not kept (the caller opens the path again).
+    #[test]
+    fn open_attributes_are_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        let mut c = OpenAttrs::default();
+        let node = |i: u64| Node { dev: 1, ino: i };
+        for i in 0..40u64 {
+            let p = t.path().join(i.to_string());
+            fs::write(&p, format!("{i}\n")).unwrap();
+            c.keep(node(i), File::open(&p).unwrap().into());
+            if i == 20 {
+                assert_eq!(c.read(node(0)).as_deref(), Some(&b"0"[..]));
+            }
+        }
+        assert_eq!(c.open.len(), OPEN_ATTRS_MAX);
+        assert_eq!(c.read(node(39)).as_deref(), Some(&b"39"[..]));
+        assert_eq!(c.read(node(0)).as_deref(), Some(&b"0"[..]), "used, kept");
+        assert_eq!(c.read(node(1)), None, "not used, closed");
+        let dir = t.path().join("d");
+        fs::create_dir(&dir).unwrap();
+        c.keep(node(99), File::open(&dir).unwrap().into());
+        assert_eq!(c.read(node(99)), None);
+        assert!(
+            c.open.iter().all(|(n, _)| *n != node(99)),
+            "a failed one is closed"
+        );
     }
 
     #[test]
