@@ -14,6 +14,8 @@
 # missing), gcc, cargo. Builds the release binaries and the C helpers in benches/c/
 # itself. Prints a table and writes BENCHMARKS.md-ready rows to target/bench/results.md
 # (under $CARGO_TARGET_DIR if set).
+# BENCH_DAEMON_EXTRA, if set, is added to the [daemon] table of every bench config, to
+# measure a setting's cost: BENCH_DAEMON_EXTRA=$'device_db = false\n' benches/run.sh ...
 # Machines are noisy: every comparison is made within one run, as a ratio of medians
 # of interleaved rounds.
 set -euo pipefail
@@ -168,7 +170,7 @@ wait_field() { # DIR FIELD VALUE TIMEOUT_S
 # FIFO only: the benches feed it, and the host's own netlink events must not mix in.
 daemon_header() {
     echo 0 >"$1/seqnum"
-    printf '[daemon]\nseqnum_file = "%s"\ngap_timeout = "%s"\nsources = ["fifo"]\n' "$1/seqnum" "$2"
+    printf '[daemon]\nseqnum_file = "%s"\ngap_timeout = "%s"\nsources = ["fifo"]\n%s' "$1/seqnum" "$2" "${BENCH_DAEMON_EXTRA:-}"
 }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
