@@ -64,6 +64,17 @@ pub(super) struct Running {
 /// most this many DEVPATH comparisons per running event).
 const LOOKAHEAD: usize = 64;
 
+/// The running events as the lanes' picker sees them.
+fn candidates(running: &[Running]) -> Vec<Candidate<'_>> {
+    running
+        .iter()
+        .map(|r| Candidate {
+            devpath: r.work.event.devpath(),
+            exclusive: r.exclusive,
+        })
+        .collect()
+}
+
 /// An event taken from the queue that cannot be finished yet (see [`Owner::retire`]):
 /// its handlers run, or they ended while an older event still runs or waits.
 struct Inflight {
@@ -739,8 +750,9 @@ impl Owner {
                     j
                 })
                 .collect();
-            // Every event done so far is on record before a handler starts: after a kill
-            // only the ones running now can run again.
+            // Every event finished so far is on record before a handler starts: after a
+            // kill only the ones running now (or, with lanes, done behind an older one)
+            // can run again.
             self.book.flush();
             self.next_id += 1;
             let work = Arc::new(Dispatch {
@@ -775,14 +787,7 @@ impl Owner {
             return (pos != u64::MAX).then_some((pos, false));
         }
         let rules = &self.config.rules;
-        let running: Vec<Candidate> = self
-            .running
-            .iter()
-            .map(|r| Candidate {
-                devpath: r.work.event.devpath(),
-                exclusive: r.exclusive,
-            })
-            .collect();
+        let running = candidates(&self.running);
         let mut picker = Picker::new(&running);
         for (pos, ev) in self.queue.untaken(LOOKAHEAD) {
             let exclusive = rules.exclusive(ev, &d.exclusive_subsystems);
@@ -807,14 +812,7 @@ impl Owner {
             return Vec::new();
         }
         let rules = &self.config.rules;
-        let running: Vec<Candidate> = self
-            .running
-            .iter()
-            .map(|r| Candidate {
-                devpath: r.work.event.devpath(),
-                exclusive: r.exclusive,
-            })
-            .collect();
+        let running = candidates(&self.running);
         let mut picker = Picker::new(&running);
         let mut seen: Vec<&Event> = Vec::new();
         let mut out = Vec::new();
