@@ -278,6 +278,24 @@ fn exclusive_events_run_alone() {
     }
 }
 
+/// Two lanes and gated handlers: SEQNUM 1 (/devices/slow) and 3 (/devices/other) run,
+/// 2 (/devices/slow/child) waits for 1. Returns once 1 and 3 have started.
+fn parent_child_stranger(env: &Env) -> Daemon {
+    let run = handler(env, "", true);
+    let cfg = config(env, 2, &run, "");
+    let d = env.start(&cfg);
+    assert!(env.event(1, "add", "/devices/slow").success());
+    assert!(env.event(2, "add", "/devices/slow/child").success());
+    assert!(env.event(3, "add", "/devices/other").success());
+    wait_for("1 and 3 running", || {
+        let l = lines(env);
+        [1, 3]
+            .iter()
+            .all(|s| l.iter().any(|x| x.start && x.seq == *s))
+    });
+    d
+}
+
 /// A child's event held back by its parent's slow handler shows in `pending` and
 /// `status` as waiting for the parent's SEQNUM, while a stranger's event runs in another
 /// lane; recall takes the held-back event but not the one running ahead of it; settle
@@ -285,18 +303,7 @@ fn exclusive_events_run_alone() {
 #[test]
 fn a_blocked_event_shows_what_it_waits_for() {
     let env = Env::new();
-    let run = handler(&env, "", true);
-    let cfg = config(&env, 2, &run, "");
-    let _d = env.start(&cfg);
-    assert!(env.event(1, "add", "/devices/slow").success());
-    assert!(env.event(2, "add", "/devices/slow/child").success());
-    assert!(env.event(3, "add", "/devices/other").success());
-    wait_for("1 and 3 running", || {
-        let l = lines(&env);
-        [1, 3]
-            .iter()
-            .all(|s| l.iter().any(|x| x.start && x.seq == *s))
-    });
+    let _d = parent_child_stranger(&env);
     let pending = env.ctl_ok(&["pending"]);
     assert!(
         pending.contains("2 add /devices/slow/child (test): waiting for SEQNUM 1 (/devices/slow)"),
@@ -387,18 +394,7 @@ fn pause_holds_every_lane() {
 #[test]
 fn a_recall_of_the_event_others_wait_behind_lets_them_finish() {
     let env = Env::new();
-    let run = handler(&env, "", true);
-    let cfg = config(&env, 2, &run, "");
-    let _d = env.start(&cfg);
-    assert!(env.event(1, "add", "/devices/slow").success());
-    assert!(env.event(2, "add", "/devices/slow/child").success());
-    assert!(env.event(3, "add", "/devices/other").success());
-    wait_for("1 and 3 running", || {
-        let l = lines(&env);
-        [1, 3]
-            .iter()
-            .all(|s| l.iter().any(|x| x.start && x.seq == *s))
-    });
+    let _d = parent_child_stranger(&env);
     fs::write(env.path("gate-3"), "").unwrap();
     wait_ended(&env, 1);
     env.ctl_ok(&["pause"]);
