@@ -533,15 +533,17 @@ marks_wait() {
 window_us() { awk -v l="$2" -v k="$3" 'NR == l {a = $2} NR == l + 1 {b = $2} END {printf "%.1f", (b - a) / 1e3 / k}' "$1"; }
 
 bench_dispatch() {
-    local d0=$WORK/dispatch0 dq=$WORK/dispatchq r dir
+    local d0=$WORK/dispatch0 dq=$WORK/dispatchq d2=$WORK/dispatch2 dq2=$WORK/dispatchq2 r dir
     # Rule "true" runs /bin/true for every event; rule "mark" also runs the timestamping
     # handler for marked events: the time between two marks K events apart is K runs of
-    # /bin/true (plus one handler run, < 0.1 % at K = 1000).
-    for dir in "$d0" "$dq"; do
+    # /bin/true (plus one handler run, < 0.1 % at K = 1000). d2 and dq2 are d0 and dq
+    # with two workers: fifo_pump gives every event its own DEVPATH, so two run at once.
+    for dir in "$d0" "$dq" "$d2" "$dq2"; do
         mkdir -p "$dir"
         {
             daemon_header "$dir" 600s
-            cat <<EOF
+            case $dir in "$d2" | "$dq2") echo "workers = 2" ;; esac
+            cat <<EOF2
 
 [[rule]]
 name = "true"
@@ -551,83 +553,121 @@ run = ["/bin/true"]
 name = "mark"
 match = { BENCH_MARK = "1" }
 run = ["$BIN/handler", "$dir/marks"]
-EOF
+EOF2
         } >"$dir/true.toml"
     done
-    log "dispatch: $DISP_R rounds of $DISP_K runs: bare loop; daemon, empty queue; daemon, $DISP_Q queued"
-    # Two daemons, each paused except while its window runs. The second holds DISP_Q
+    log "dispatch: $DISP_R rounds of $DISP_K runs: bare loop, 2 bare loops at once; daemon (workers 1, 2), empty queue and $DISP_Q queued"
+    # Four daemons, each paused except while its window runs. The queued ones hold DISP_Q
     # events behind a front of 2K per round, marked every K, so every window has about
     # DISP_Q events queued behind it.
-    local D0 DQ front=$((2 * DISP_K * DISP_R + 1)) marks=() m
+    local D0 DQ D2 DQ2 front=$((2 * DISP_K * DISP_R + 1)) marks=() m
+    for m in $(seq 1 "$DISP_K" "$front"); do marks+=(-m "$m"); done
     start_daemon "$d0" "$d0/true.toml" warn
     D0=$DPID
     "$CTL" --runtime-dir "$d0/run" pause >/dev/null
+    start_daemon "$d2" "$d2/true.toml" warn
+    D2=$DPID
+    "$CTL" --runtime-dir "$d2/run" pause >/dev/null
     start_daemon "$dq" "$dq/true.toml" warn
     DQ=$DPID
     "$CTL" --runtime-dir "$dq/run" pause >/dev/null
-    for m in $(seq 1 "$DISP_K" "$front"); do marks+=(-m "$m"); done
     "$BIN/fifo_pump" "${marks[@]}" "$dq/run/events" $((front + DISP_Q)) >/dev/null
     wait_field "$dq" received $((front + DISP_Q)) 300
-    local bare=() w0=() wq=() seq0=1 n0 i
+    start_daemon "$dq2" "$dq2/true.toml" warn
+    DQ2=$DPID
+    "$CTL" --runtime-dir "$dq2/run" pause >/dev/null
+    "$BIN/fifo_pump" "${marks[@]}" "$dq2/run/events" $((front + DISP_Q)) >/dev/null
+    wait_field "$dq2" received $((front + DISP_Q)) 300
+    local bare=() bare2=() w0=() wq=() w2=() wq2=() seq0=1 seq2=1 n0 i a b
+    # window_empty DIR SEQ: K+1 events from SEQ, first and last marked, resume until
+    # both marks are in, pause; prints µs per run.
+    window_empty() {
+        local n0
+        n0=$(wc -l 2>/dev/null <"$1/marks" || echo 0)
+        "$BIN/fifo_pump" -s "$2" -m "$2" -m $(($2 + DISP_K)) "$1/run/events" $((DISP_K + 1)) >/dev/null
+        wait_field "$1" received $(($2 + DISP_K)) 60
+        "$CTL" --runtime-dir "$1/run" resume >/dev/null
+        marks_wait "$1/marks" $((n0 + 2)) $((DISP_K / 50 + 60))
+        "$CTL" --runtime-dir "$1/run" pause >/dev/null
+        window_us "$1/marks" $((n0 + 1)) "$DISP_K"
+    }
+    # window_queued DIR: resume until two new marks, pause; prints µs per run.
+    window_queued() {
+        local n0
+        n0=$(wc -l 2>/dev/null <"$1/marks" || echo 0)
+        "$CTL" --runtime-dir "$1/run" resume >/dev/null
+        marks_wait "$1/marks" $((n0 + 2)) $((DISP_K / 25 + 60))
+        "$CTL" --runtime-dir "$1/run" pause >/dev/null
+        window_us "$1/marks" $((n0 + 1)) "$DISP_K"
+    }
     for r in $(seq 1 "$DISP_R"); do
-        for i in 0 1 2; do
-            case $(((i + r) % 3)) in
+        for i in 0 1 2 3 4 5; do
+            case $(((i + r) % 6)) in
             0)
                 read -r m _ < <("$BIN/spawn_loop" "$DISP_K" /bin/true)
                 bare+=("$m")
                 ;;
-            1)  # empty queue: K+1 events, first and last marked, then resume
-                n0=$(wc -l 2>/dev/null <"$d0/marks" || echo 0)
-                "$BIN/fifo_pump" -s "$seq0" -m "$seq0" -m $((seq0 + DISP_K)) "$d0/run/events" $((DISP_K + 1)) >/dev/null
-                seq0=$((seq0 + DISP_K + 1))
-                wait_field "$d0" received $((seq0 - 1)) 60
-                "$CTL" --runtime-dir "$d0/run" resume >/dev/null
-                marks_wait "$d0/marks" $((n0 + 2)) $((DISP_K / 50 + 60))
-                "$CTL" --runtime-dir "$d0/run" pause >/dev/null
-                w0+=("$(window_us "$d0/marks" $((n0 + 1)) "$DISP_K")")
+            1) w0+=("$(window_empty "$d0" "$seq0")") seq0=$((seq0 + DISP_K + 1)) ;;
+            2) wq+=("$(window_queued "$dq")") ;;
+            3)  # two bare loops side by side: 2K runs from the first spawn to the last exit
+                "$BIN/spawn_loop" "$DISP_K" /bin/true >"$WORK/bare2.a" &
+                a=$!
+                "$BIN/spawn_loop" "$DISP_K" /bin/true >"$WORK/bare2.b"
+                wait "$a"
+                bare2+=("$(cat "$WORK/bare2.a" "$WORK/bare2.b" | awk -v k="$DISP_K" '
+                    NR == 1 || $3 < t0 {t0 = $3} NR == 1 || $4 > t1 {t1 = $4}
+                    END {printf "%.1f", (t1 - t0) / 1e3 / (2 * k)}')")
                 ;;
-            2)  # DISP_Q queued behind: resume until two new marks, pause
-                n0=$(wc -l 2>/dev/null <"$dq/marks" || echo 0)
-                "$CTL" --runtime-dir "$dq/run" resume >/dev/null
-                marks_wait "$dq/marks" $((n0 + 2)) $((DISP_K / 25 + 60))
-                "$CTL" --runtime-dir "$dq/run" pause >/dev/null
-                wq+=("$(window_us "$dq/marks" $((n0 + 1)) "$DISP_K")")
-                ;;
+            4) w2+=("$(window_empty "$d2" "$seq2")") seq2=$((seq2 + DISP_K + 1)) ;;
+            5) wq2+=("$(window_queued "$dq2")") ;;
             esac
         done
     done
-    local qleft
-    qleft=$(status_field "$dq" queued)
+    local qleft qleft2
+    qleft=$(status_field "$dq" queued) qleft2=$(status_field "$dq2" queued)
     # SIGKILL: SIGTERM would hand the queued events to the spool first.
-    DPID=$D0 stop_daemon KILL
-    DPID=$DQ stop_daemon KILL
-    local mb m0 mq r0 rq
+    for m in "$D0" "$DQ" "$D2" "$DQ2"; do DPID=$m stop_daemon KILL; done
+    local mb m0 mq r0 rq mb2 m2 mq2 r2 rq2
     mb=$(calc "$(median "${bare[@]}")" 1) m0=$(calc "$(median "${w0[@]}")" 1) mq=$(calc "$(median "${wq[@]}")" 1)
-    r0=$(calc "$mb / $m0" 3) rq=$(calc "$mb / $mq" 3)
+    mb2=$(calc "$(median "${bare2[@]}")" 1) m2=$(calc "$(median "${w2[@]}")" 1) mq2=$(calc "$(median "${wq2[@]}")" 1)
+    r0=$(calc "$mb / $m0" 3) rq=$(calc "$mb / $mq" 3) r2=$(calc "$mb2 / $m2" 3) rq2=$(calc "$mb2 / $mq2" 3)
     emit "### 4. Dispatch: handler runs of /bin/true"
     emit ""
     emit "Bare: posix_spawn + wait of /bin/true in a C loop (spawn_loop), $DISP_K runs per round."
     emit "hotplugd (--log-level warn): the time between the handler timestamps of two marked events"
     emit "$DISP_K runs apart, the daemon resumed only for that window. Empty queue: the $((DISP_K + 1)) events of the"
     emit "window are all that is queued. Queued: the window is at the front of $DISP_Q + more events"
-    emit "($qleft still queued at the end). $DISP_R interleaved rounds, order rotated."
+    emit "($qleft still queued at the end with workers = 1, $qleft2 with workers = 2). $DISP_R interleaved rounds, order rotated."
+    emit "Workers = 2: the same daemons with \`workers = 2\` (every event has its own DEVPATH, so two"
+    emit "handlers run at once), against two bare loops run side by side, $DISP_K runs each, timed from"
+    emit "the first spawn to the last exit: the same two spawns in flight on the same CPUs, with"
+    emit "nothing in between. µs/run there is wall time per run of both together (per worker: twice"
+    emit "that)."
     emit ""
     emit "| runner | µs/run per round | median µs/run | runs/s | vs bare loop |"
     emit "| --- | --- | --- | --- | --- |"
     emit "| bare posix_spawn loop (C) | $(join_sp "${bare[@]}") | $mb | $(calc "1e6 / $mb" 0) | 1.00 |"
     emit "| **hotplugd**, empty queue | $(join_sp "${w0[@]}") | $m0 | $(calc "1e6 / $m0" 0) | $r0 |"
     emit "| **hotplugd**, $DISP_Q queued | $(join_sp "${wq[@]}") | $mq | $(calc "1e6 / $mq" 0) | $rq |"
-    local i p0=() pq=()
+    emit "| 2 bare posix_spawn loops side by side (C) | $(join_sp "${bare2[@]}") | $mb2 | $(calc "1e6 / $mb2" 0) | 1.00 |"
+    emit "| **hotplugd**, workers = 2, empty queue | $(join_sp "${w2[@]}") | $m2 | $(calc "1e6 / $m2" 0) | $r2 |"
+    emit "| **hotplugd**, workers = 2, $DISP_Q queued | $(join_sp "${wq2[@]}") | $mq2 | $(calc "1e6 / $mq2" 0) | $rq2 |"
+    local p0=() pq=() p2=() pq2=()
     for i in "${!bare[@]}"; do
         p0+=("$(calc "${bare[$i]} / ${w0[$i]}")") pq+=("$(calc "${bare[$i]} / ${wq[$i]}")")
+        p2+=("$(calc "${bare2[$i]} / ${w2[$i]}")") pq2+=("$(calc "${bare2[$i]} / ${wq2[$i]}")")
     done
     emit "| ratio within each round, empty queue | $(join_sp "${p0[@]}") | median $(calc "$(median "${p0[@]}")") | | |"
     emit "| ratio within each round, $DISP_Q queued | $(join_sp "${pq[@]}") | median $(calc "$(median "${pq[@]}")") | | |"
+    emit "| ratio within each round, workers = 2, empty queue | $(join_sp "${p2[@]}") | median $(calc "$(median "${p2[@]}")") | | |"
+    emit "| ratio within each round, workers = 2, $DISP_Q queued | $(join_sp "${pq2[@]}") | median $(calc "$(median "${pq2[@]}")") | | |"
     emit ""
     emit "The headline ratio divides the medians; the per-round ratios show how far the load on"
-    emit "the machine moved them (each round's three windows run back to back)."
+    emit "the machine moved them (each round's six windows run back to back). Two loops at once"
+    emit "against one: $(calc "$mb / $mb2")x the runs/s on $NPROC CPUs."
     emit ""
     TARGETS+=("| dispatch ≥ 0.95x the bare posix_spawn loop, unchanged with $DISP_Q queued | ${r0}x (empty queue), ${rq}x ($DISP_Q queued) | $(okmiss "$r0 >= 0.95 && $rq >= 0.95") |")
+    TARGETS+=("| dispatch, workers = 2: ≥ 0.95x two bare posix_spawn loops side by side, unchanged with $DISP_Q queued | ${r2}x (empty queue), ${rq2}x ($DISP_Q queued) | $(okmiss "$r2 >= 0.95 && $rq2 >= 0.95") |")
 }
 
 # ================================================================ 5. memory
