@@ -376,7 +376,10 @@ fn run_lane(
     } else {
         runner::Runner::new()
     };
-    for work in work_rx {
+    // The next event, when this lane took it as it went free (see
+    // `Owner::after_change_for_free_lane`).
+    let mut next: Option<Work> = None;
+    while let Some(work) = next.take().or_else(|| work_rx.recv().ok()) {
         // An import may replace the work (the event with its properties, and the
         // rules after the importer planned again): the loop goes on in the new one.
         let mut work = work;
@@ -403,7 +406,11 @@ fn run_lane(
                             handler.started(),
                             last,
                         );
-                        owner.after_change(&work_tx);
+                        if last {
+                            next = owner.after_change_for_free_lane(&work_tx);
+                        } else {
+                            owner.after_change(&work_tx);
+                        }
                         if owner.idle() {
                             let _ = idle_tx.try_send(());
                         }
@@ -418,7 +425,11 @@ fn run_lane(
             };
             let mut owner = lock(&owner);
             let replaced = owner.on_runner(work.id, &report, last);
-            owner.after_change(&work_tx);
+            if last && replaced.is_none() {
+                next = owner.after_change_for_free_lane(&work_tx);
+            } else {
+                owner.after_change(&work_tx);
+            }
             if owner.idle() {
                 // Whoever waits for the runner (a stopping daemon) may go on.
                 let _ = idle_tx.try_send(());
