@@ -6,7 +6,8 @@
 #   --quick      small sizes (tens of seconds in all); same code paths, for CI
 #   --only LIST  comma-separated subset of: shim,storm,intake,dispatch,memory
 #   --rounds R   interleaved rounds for shim/intake/dispatch (default 32/5/7, quick 2/1/2)
-#   --update     also replace the generated section of BENCHMARKS.md with this run
+#   --update     also replace the generated section of BENCHMARKS.md with this run (with
+#                --only, just those benchmarks' rows and sections: benches/update.sh)
 #   --profile    also record one intake run of the daemon with perf (if installed) into
 #                target/bench/intake-perf.txt
 #
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     --rounds=*) ROUNDS=${1#--rounds=} ;;
     --update) UPDATE=1 ;;
     --profile) PROFILE=1 ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -760,14 +761,6 @@ log ""
 log "rows written to $OUTDIR/results.md"
 
 if [ "$UPDATE" = 1 ]; then
-    md=$ROOT/BENCHMARKS.md
-    if [ -f "$md" ] && grep -q '<!-- bench:begin -->' "$md"; then
-        awk -v res="$OUTDIR/results.md" '
-            /<!-- bench:begin -->/ { print; while ((getline l < res) > 0) print l; skip = 1; next }
-            /<!-- bench:end -->/ { skip = 0 }
-            !skip' "$md" >"$md.tmp" && mv "$md.tmp" "$md"
-        log "updated $md"
-    else
-        log "BENCHMARKS.md has no <!-- bench:begin --> / <!-- bench:end --> markers; not updated"
-    fi
+    # With --only, only the benchmarks run are replaced; the others are kept, marked.
+    "$ROOT/benches/update.sh" "$OUTDIR/results.md" "$ROOT/BENCHMARKS.md" "$ONLY" || true
 fi
