@@ -11,8 +11,10 @@
 set -euo pipefail
 res=$1 md=$2 only=$3
 ALL=shim,storm,intake,dispatch,memory
-[ -f "$md" ] && grep -q '<!-- bench:begin -->' "$md" ||
-    { echo "update.sh: $md has no <!-- bench:begin --> / <!-- bench:end --> markers; not updated" >&2; exit 1; }
+if ! { [ -f "$md" ] && grep -q '<!-- bench:begin -->' "$md"; }; then
+    echo "update.sh: $md has no <!-- bench:begin --> / <!-- bench:end --> markers; not updated" >&2
+    exit 1
+fi
 
 if [ "$only" = "$ALL" ]; then
     block=$res
