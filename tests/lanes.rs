@@ -409,3 +409,60 @@ fn a_recall_of_the_event_others_wait_behind_lets_them_finish() {
     env.ctl_ok(&["settle", "--seq", "3", "--timeout", "10s"]);
     assert_eq!(lines(&env).iter().filter(|l| l.start).count(), 2);
 }
+
+/// Each runner thread's voluntary context switches so far, by thread name.
+fn runner_switches(pid: u32) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !comm.starts_with("runner") {
+            continue;
+        }
+        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let n = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        out.insert(comm.to_owned(), n);
+    }
+    out
+}
+
+/// One device's events run one at a time whatever `workers` says. The lane whose event
+/// ends takes the next one itself, so the idle lane is not woken for each event only to
+/// find nothing (on a busy machine such a wake-up cost a scheduler tick: a one-device
+/// storm ran at half the rate of one worker). Counted in the runner threads' voluntary
+/// context switches, not timed.
+#[test]
+fn a_lane_going_free_takes_the_next_event_without_waking_an_idle_one() {
+    const N: u64 = 40;
+    let env = Env::new();
+    let cfg = env.bare_config(
+        "workers = 2\ngap_timeout = \"20s\"\n",
+        "[[rule]]\nname = \"true\"\nrun = [\"/bin/true\"]\n",
+    );
+    let d = env.start(&cfg);
+    let pid = d.child.id();
+    env.ctl_ok(&["pause"]);
+    for seq in 1..=N {
+        assert!(env.event(seq, "change", "/devices/one/dev").success());
+    }
+    wait_for("every event queued", || {
+        env.ctl_ok(&["status", "--json"])
+            .contains(&format!("\"received\":{N}"))
+    });
+    let before = runner_switches(pid);
+    assert_eq!(before.len(), 2, "two runner threads: {before:?}");
+    env.ctl_ok(&["resume"]);
+    env.ctl_ok(&["settle", "--seq", &N.to_string(), "--timeout", "60"]);
+    let after = runner_switches(pid);
+    let woken: Vec<u64> = before.iter().map(|(t, n)| after[t] - n).collect();
+    eprintln!("voluntary switches of the two lanes for {N} events of one device: {woken:?}");
+    let least = *woken.iter().min().unwrap();
+    assert!(
+        least < N / 4,
+        "both lanes were woken about once per event ({woken:?} voluntary switches for {N} events of one device)"
+    );
+}

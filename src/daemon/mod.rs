@@ -381,11 +381,14 @@ fn run_lane(
     let db = lock(&owner).db.clone();
     let flush = db.clone();
     handlers.set_after_spawn(Box::new(move || flush.flush()));
+    // The next event, when this lane took it as it went free (see
+    // `Owner::after_change_for_free_lane`).
+    let mut next: Option<Work> = None;
     loop {
-        // Entries still pending go on file before this thread waits for work.
-        let work = match work_rx.try_recv() {
-            Ok(work) => work,
-            Err(_) => {
+        let work = match next.take().or_else(|| work_rx.try_recv().ok()) {
+            Some(work) => work,
+            None => {
+                // Entries still pending go on file before this thread waits for work.
                 db.flush();
                 match work_rx.recv() {
                     Ok(work) => work,
@@ -419,7 +422,11 @@ fn run_lane(
                             handler.started(),
                             last,
                         );
-                        owner.after_change(&work_tx);
+                        if last {
+                            next = owner.after_change_for_free_lane(&work_tx);
+                        } else {
+                            owner.after_change(&work_tx);
+                        }
                         if owner.idle() {
                             let _ = idle_tx.try_send(());
                         }
@@ -434,7 +441,11 @@ fn run_lane(
             };
             let mut owner = lock(&owner);
             let replaced = owner.on_runner(work.id, &report, last);
-            owner.after_change(&work_tx);
+            if last && replaced.is_none() {
+                next = owner.after_change_for_free_lane(&work_tx);
+            } else {
+                owner.after_change(&work_tx);
+            }
             if owner.idle() {
                 // Whoever waits for the runner (a stopping daemon) may go on.
                 let _ = idle_tx.try_send(());

@@ -398,6 +398,10 @@ pub(super) struct Owner {
     inflight: VecDeque<Inflight>,
     /// The next [`Dispatch::id`].
     next_id: u64,
+    /// Set while a lane that has just gone free asks for work: the first event dispatched
+    /// is kept here for it instead of sent, so no idle lane is woken for it.
+    keep_for_caller: bool,
+    kept: Option<Work>,
     /// Background handlers running now, oldest first.
     background: Vec<BackgroundRun>,
     paused: bool,
@@ -447,6 +451,8 @@ impl Owner {
             running: Vec::new(),
             inflight: VecDeque::new(),
             next_id: 0,
+            keep_for_caller: false,
+            kept: None,
             background: Vec::new(),
             paused: false,
             stopping: false,
@@ -544,6 +550,18 @@ impl Owner {
             log::info!("{} events from the spool", batch.len());
         }
         self.on_input(Input::Spooled(batch));
+    }
+
+    /// [`Owner::after_change`] for a lane that has just gone free: the first event that
+    /// may start is returned for it to run, not sent. Sending it would wake an idle lane
+    /// (the channel wakes a blocked receiver on every send) only for that lane to find
+    /// nothing, as the caller takes it first; on a busy machine such a wake-up can cost a
+    /// scheduler tick.
+    pub fn after_change_for_free_lane(&mut self, work: &Sender<Work>) -> Option<Work> {
+        self.keep_for_caller = true;
+        self.after_change(work);
+        self.keep_for_caller = false;
+        self.kept.take()
     }
 
     /// What follows every change, whoever made it: the done records on file, the next
@@ -773,7 +791,11 @@ impl Owner {
                 exclusive,
             });
             self.insert_inflight(pos, None);
-            let _ = work_tx.send(work);
+            if self.keep_for_caller && self.kept.is_none() {
+                self.kept = Some(work);
+            } else {
+                let _ = work_tx.send(work);
+            }
         }
     }
 
