@@ -5,8 +5,11 @@
 #
 #   storm_ns.sh VARIANT N JOBS WORKDIR BINDIR RELEASEDIR [RUNTIMEDIR]
 #
-# VARIANT: hotplugd | mdev | legacy. Every variant runs the same static C handler
-# (BINDIR/handler WORKDIR/records), which appends "SEQNUM MONOTONIC_NS" per run.
+# VARIANT: hotplugd[-wW] | tree[-wW] | mdev | legacy. Every variant runs the same static C
+# handler (BINDIR/handler WORKDIR/records), which appends "SEQNUM MONOTONIC_NS DEVPATH" per
+# run. hotplugd-wW runs the daemon with `workers = W` (default 1); tree-wW does the same
+# on a storm spread over 64 devices (8 hubs of a parent and 7 ports: STORM_DEVICES in
+# benches/c/storm.c) instead of mdev's one device.
 # Prints the driver's line "T0_NS T_REAPED_NS PEAK_PROCS FAILED_HELPERS"; on failure,
 # prints a reason on stderr and exits non-zero. For hotplugd, WORKDIR/daemon-threads gets
 # the daemon's thread count (run.sh turns the pids cgroup's peak task count into processes).
@@ -19,13 +22,17 @@ rm -f "$out"
 : >"$out"
 
 case $variant in
-hotplugd)
+hotplugd | hotplugd-w* | tree | tree-w*)
+    workers=1 devices=
+    case $variant in *-w*) workers=${variant##*-w} ;; esac
+    case $variant in tree*) devices=64 ;; esac
     echo 0 >"$w/seqnum"
     cat >"$w/hotplugd.toml" <<EOF
 [daemon]
 seqnum_file = "$w/seqnum"
 gap_timeout = "2s"
 sources = ["fifo"]
+workers = $workers
 
 [[rule]]
 name = "record"
@@ -40,7 +47,7 @@ EOF
         "$rel/hotplugctl" --runtime-dir "$rt" status >/dev/null 2>&1 && break
         sleep 0.05
     done
-    HOTPLUGD_RUNTIME_DIR=$rt "$bin/storm" "$n" "$jobs" "$rel/hotplug" mem >"$w/storm.out"
+    HOTPLUGD_RUNTIME_DIR=$rt STORM_DEVICES=$devices "$bin/storm" "$n" "$jobs" "$rel/hotplug" mem >"$w/storm.out"
     if ! "$rel/hotplugctl" --runtime-dir "$rt" settle --seq "$n" --timeout 600 >/dev/null; then
         echo "storm_ns: hotplugd did not settle" >&2
         kill -KILL "$daemon"

@@ -47,6 +47,9 @@ const DAEMON_FIELDS: &[&str] = &[
     "rebroadcast_subsystems",
     // The device database (issue 17).
     "device_db",
+    // Lanes (issue 18).
+    "workers",
+    "exclusive_subsystems",
 ];
 
 /// Where events come from.
@@ -145,14 +148,24 @@ pub struct DaemonConfig {
     /// Netlink multicast groups each handled event is sent to again, as a mask (mdevd's
     /// `-O`); 0: none. Never includes the kernel's group 1.
     pub rebroadcast: u32,
-    /// The device database (issue 17): keep RUNTIME/db/ entries (`crate::db`). Off by
-    /// default for now: an entry costs the runner about 20 µs of CPU per event, between
-    /// one handler's exit and the next one's spawn, which leaves dispatch at 0.95x of the
-    /// bare loop, the target's edge (BENCHMARKS.md, "The device database").
+    /// The device database (issue 17): keep RUNTIME/db/ entries (`crate::db`). Written
+    /// while the next handler runs, so its cost is off the dispatch path.
     pub device_db: bool,
     /// Only events of these subsystems are rebroadcast; empty: all.
     pub rebroadcast_subsystems: Vec<String>,
+
+    // Lanes (issue 18).
+    /// Events whose handlers may run at once (see [`crate::lanes`]); 1, the default,
+    /// runs one handler at a time in SEQNUM order.
+    pub workers: usize,
+    /// Events of these subsystems run alone, as a rule's `exclusive = true` makes its
+    /// events do.
+    pub exclusive_subsystems: Vec<String>,
 }
+
+/// Most `workers`: far past what a machine's devices need, so a typo does not fork a
+/// thousand threads.
+pub const MAX_WORKERS: usize = 64;
 
 impl Default for DaemonConfig {
     fn default() -> Self {
@@ -178,7 +191,10 @@ impl Default for DaemonConfig {
             // Rebroadcast (issue 17).
             rebroadcast: 0,
             rebroadcast_subsystems: Vec::new(),
-            device_db: false,
+            device_db: true,
+            // Lanes (issue 18).
+            workers: 1,
+            exclusive_subsystems: vec!["module".to_owned()],
         }
     }
 }
@@ -354,6 +370,9 @@ fn parse_daemon(d: &mut Diag, value: Value, cfg: &mut DaemonConfig) {
             "rebroadcast" => set(&mut cfg.rebroadcast, rebroadcast(d, &v)),
             "rebroadcast_subsystems" => set(&mut cfg.rebroadcast_subsystems, subsystems(d, &v)),
             "device_db" => set(&mut cfg.device_db, d.boolean(&v)),
+            // Lanes (issue 18).
+            "workers" => set(&mut cfg.workers, workers(d, &v)),
+            "exclusive_subsystems" => set(&mut cfg.exclusive_subsystems, subsystems(d, &v)),
             _ => d.unknown_field(&key, DAEMON_FIELDS),
         }
     }
@@ -403,6 +422,19 @@ fn subsystems(d: &mut Diag, v: &Value) -> Option<Vec<String>> {
 }
 
 // ---- end of rebroadcast -----------------------------------------------------------------
+
+/// `workers`: 1 to [`MAX_WORKERS`].
+fn workers(d: &mut Diag, v: &Value) -> Option<usize> {
+    let n = d.unsigned(v)?;
+    if n == 0 || n > MAX_WORKERS {
+        d.error(
+            &v.span,
+            format!("workers {n} is out of range: 1 (one handler at a time) to {MAX_WORKERS}"),
+        );
+        return None;
+    }
+    Some(n)
+}
 
 fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(v) = value {
@@ -820,7 +852,7 @@ mod tests {
             "main.toml:2:1: unknown field `bogus`, expected one of `gap_timeout`, \
              `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, \
              `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`, `rebroadcast`, \
-             `rebroadcast_subsystems`, `device_db`"
+             `rebroadcast_subsystems`, `device_db`, `workers`, `exclusive_subsystems`"
         );
         assert_eq!(
             one_err("top = 1\n"),
@@ -829,7 +861,7 @@ mod tests {
         assert_eq!(
             one_err("[[rule]]\nname = \"a\"\nrun = [\"/x\"]\n  when = 1\n"),
             "main.toml:4:3: unknown field `when`, expected one of `name`, `match`, `run`, \
-             `timeout`, `last`, `owner`, `group`, `mode`, `links`, `link_priority`, `background`, `import`"
+             `timeout`, `last`, `owner`, `group`, `mode`, `links`, `link_priority`, `background`, `import`, `exclusive`"
         );
         // Bad glob.
         assert_eq!(
@@ -890,6 +922,10 @@ mod tests {
             "main.toml:2:20: expected a non-negative integer, got -1"
         );
         assert_eq!(
+            one_err("[daemon]\nworkers = 0\n"),
+            "main.toml:2:11: workers 0 is out of range: 1 (one handler at a time) to 64"
+        );
+        assert_eq!(
             one_err("[daemon]\nmax_background = -1\n"),
             "main.toml:2:18: expected a non-negative integer, got -1"
         );
@@ -923,7 +959,7 @@ run = ["/x"]
             err_lines(text),
             [
                 "main.toml:2:15: invalid duration \"soon\" (expected e.g. \"500ms\", \"2s\", \"1m\", \"1h\" or an integer number of seconds)",
-                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`, `rebroadcast`, `rebroadcast_subsystems`, `device_db`",
+                "main.toml:3:1: unknown field `extra`, expected one of `gap_timeout`, `handler_timeout`, `coalesce`, `rules_dir`, `rules_dirs`, `hotplug_d`, `seqnum_file`, `max_output_bytes`, `max_queue_memory`, `sources`, `netlink_buffer`, `firmware_dirs`, `sysfs_dir`, `dev_dir`, `max_background`, `rebroadcast`, `rebroadcast_subsystems`, `device_db`, `workers`, `exclusive_subsystems`",
                 "main.toml:7:15: bad pattern \"[\": unclosed `[` in pattern",
                 "main.toml:7:24: empty pattern list for `Y` (it would never match)",
                 "main.toml:8:7: `run` must not be empty",

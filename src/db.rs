@@ -71,7 +71,6 @@ pub struct Db {
     dir: PathBuf,
     /// `dir`, opened at the first write; dropped when it is found gone, to open again.
     fd: Option<OwnedFd>,
-    text: Vec<u8>,
     name: Vec<u8>,
     /// The failures logged since the last entry written: each cause (step and errno)
     /// once, so a full or missing directory costs one warning, not one per event.
@@ -168,7 +167,6 @@ impl Db {
         Db {
             dir: runtime_dir.join(DIR),
             fd: None,
-            text: Vec::with_capacity(4096),
             name: Vec::with_capacity(256),
             logged: Vec::new(),
             failed: 0,
@@ -192,26 +190,28 @@ impl Db {
         file_name(devpath).map(|n| self.dir.join(n))
     }
 
-    /// Record the event's device, or for a `remove` forget it. The database is for the
-    /// curious: a failure never costs the event. It is logged with the file, once per
-    /// cause until an entry is written again.
+    /// Record the event's device, or for a `remove` forget it, now. The database is for
+    /// the curious: a failure never costs the event. It is logged with the file, once
+    /// per cause until an entry is written again.
     pub fn update(&mut self, entry: &Entry) {
-        let ev = entry.event;
-        if !name_into(&mut self.name, ev.devpath()) {
-            log::warn!("{}: DEVPATH too long for a database entry", ev.summary());
-            return;
+        let mut p = Prepared::default();
+        if p.prepare(entry) {
+            self.write(&p);
         }
-        let remove = ev.action() == b"remove";
-        if !remove {
-            render_into(&mut self.text, entry);
-        }
-        let mut result = self.apply(remove);
+    }
+
+    /// Put one prepared entry on file (or remove it).
+    fn write(&mut self, p: &Prepared) {
+        self.name.clear();
+        self.name.extend_from_slice(&p.name);
+        let remove = p.remove;
+        let mut result = self.apply(remove, &p.text);
         if let Err((_, Errno::ENOENT)) = result {
             // The directory went away (removed by hand, or the runtime dir's contents
             // cleared): made again, as at start, and tried once more.
             self.fd = None;
             if self.create().is_ok() {
-                result = self.apply(remove);
+                result = self.apply(remove, &p.text);
             }
         }
         match result {
@@ -236,16 +236,16 @@ impl Db {
                         Step::Rename | Step::Remove => self.dir.join(OsStr::from_bytes(&self.name)),
                     };
                     log::warn!(
-                        "{}: database {}: {}: {e} (the event goes on; until an entry is \
+                        "database {}: {}: {e}, for {} (the event went on; until an entry is \
                          written again, further failures of this kind are not logged)",
-                        ev.summary(),
                         file.display(),
                         match step {
                             Step::OpenDir => "open",
                             Step::Write => "write",
                             Step::Rename => "rename",
                             Step::Remove => "remove",
-                        }
+                        },
+                        String::from_utf8_lossy(&p.devpath),
                     );
                 }
             }
@@ -255,7 +255,7 @@ impl Db {
     /// Write `self.text` as the entry `self.name` (or remove it): a temporary file of
     /// a fixed name (one writer, the owner under its lock) renamed over the entry, so a
     /// reader sees the old entry or the new one, whole.
-    fn apply(&mut self, remove: bool) -> Result<(), (Step, Errno)> {
+    fn apply(&mut self, remove: bool, text: &[u8]) -> Result<(), (Step, Errno)> {
         let dir = match &self.fd {
             Some(fd) => fd.as_raw_fd(),
             None => {
@@ -287,7 +287,7 @@ impl Db {
             .map_err(|e| (Step::Write, e))?;
         // SAFETY: openat returned it, and nothing else owns it.
         let tmp = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(tmp) };
-        let mut rest = &self.text[..];
+        let mut rest = text;
         while !rest.is_empty() {
             match nix::unistd::write(&tmp, rest) {
                 Ok(n) if n > 0 => rest = &rest[n..],
@@ -302,6 +302,157 @@ impl Db {
         drop(tmp);
         nix::fcntl::renameat(Some(dir), TMP, Some(dir), name).map_err(|e| (Step::Rename, e))
     }
+}
+
+/// One entry made ready to write: its file name and text (or a remove), built under the
+/// owner's lock while the event is at hand; the system calls come later.
+#[derive(Debug, Default)]
+struct Prepared {
+    name: Vec<u8>,
+    text: Vec<u8>,
+    remove: bool,
+    devpath: Vec<u8>,
+}
+
+impl Prepared {
+    /// False (logged) when the DEVPATH is too long for a file name.
+    fn prepare(&mut self, entry: &Entry) -> bool {
+        let ev = entry.event;
+        if !name_into(&mut self.name, ev.devpath()) {
+            log::warn!("{}: DEVPATH too long for a database entry", ev.summary());
+            return false;
+        }
+        self.remove = ev.action() == b"remove";
+        self.text.clear();
+        if !self.remove {
+            render_into(&mut self.text, entry);
+        }
+        self.devpath.clear();
+        self.devpath.extend_from_slice(ev.devpath());
+        true
+    }
+}
+
+/// The daemon's database: entries are made ready under the owner's lock
+/// ([`Deferred::submit`]) and put on file by [`Deferred::flush`], which a runner thread
+/// calls right after it spawned a handler, so the files are written while the handler
+/// runs rather than between one handler's exit and the next one's spawn (where they
+/// cost dispatch some 6 %). The main thread flushes after each message (events that ran
+/// no handler), a runner before it waits for work, and the stop at the end.
+///
+/// Entries go on file in the order they were submitted (one flush at a time), and
+/// [`Deferred::pending`] counts the ones not yet there: a settle waits for them, so once
+/// it returns every handled event's entry is on file. A crash may lose the entries
+/// still pending (their events' done records may be on file already); a coldplug
+/// (`hotplugctl trigger`) rewrites them.
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    shared: std::sync::Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: std::sync::Mutex<Queue>,
+    writer: std::sync::Mutex<Db>,
+    pending: std::sync::atomic::AtomicUsize,
+    /// Someone waits for entries (a settle): wake the owner after a flush.
+    wanted: std::sync::atomic::AtomicBool,
+    wake: std::sync::Mutex<Option<crossbeam_channel::Sender<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: Vec<Prepared>,
+    /// Written ones, kept for their buffers.
+    free: Vec<Prepared>,
+}
+
+impl Deferred {
+    pub fn new(runtime_dir: &Path) -> Deferred {
+        Deferred {
+            shared: std::sync::Arc::new(Shared {
+                queue: Default::default(),
+                writer: std::sync::Mutex::new(Db::new(runtime_dir)),
+                pending: Default::default(),
+                wanted: Default::default(),
+                wake: Default::default(),
+            }),
+        }
+    }
+
+    /// Where a flush that wrote something while [`Deferred::want_wake`] is set says so.
+    pub fn set_waker(&self, wake: crossbeam_channel::Sender<()>) {
+        *lock(&self.shared.wake) = Some(wake);
+    }
+
+    /// Whether someone waits for [`Deferred::pending`] to reach 0.
+    pub fn want_wake(&self, wanted: bool) {
+        use std::sync::atomic::Ordering;
+        if self.shared.wanted.load(Ordering::Relaxed) != wanted {
+            self.shared.wanted.store(wanted, Ordering::Relaxed);
+        }
+    }
+
+    /// Entries submitted and not yet on file.
+    pub fn pending(&self) -> usize {
+        self.shared
+            .pending
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Make the entry ready; [`Deferred::flush`] writes it.
+    pub fn submit(&self, entry: &Entry) {
+        let mut q = lock(&self.shared.queue);
+        let mut p = q.free.pop().unwrap_or_default();
+        if p.prepare(entry) {
+            self.shared
+                .pending
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            q.items.push(p);
+        } else {
+            q.free.push(p);
+        }
+    }
+
+    /// Write every submitted entry, in order.
+    pub fn flush(&self) {
+        use std::sync::atomic::Ordering;
+        if self.pending() == 0 {
+            return;
+        }
+        let mut db = lock(&self.shared.writer);
+        let batch = std::mem::take(&mut lock(&self.shared.queue).items);
+        if batch.is_empty() {
+            return;
+        }
+        for p in &batch {
+            db.write(p);
+        }
+        drop(db);
+        let n = batch.len();
+        {
+            let mut q = lock(&self.shared.queue);
+            if q.free.len() < 64 {
+                q.free.extend(batch);
+            }
+        }
+        self.shared.pending.fetch_sub(n, Ordering::AcqRel);
+        if self.shared.wanted.load(Ordering::Relaxed) {
+            if let Some(wake) = &*lock(&self.shared.wake) {
+                let _ = wake.try_send(());
+            }
+        }
+    }
+
+    /// Create the directory now, as [`Db::create`].
+    pub fn create(&self) -> io::Result<()> {
+        lock(&self.shared.writer).create()
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere, which aborts the daemon anyway.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One parsed entry, for readers ([`parse`]).

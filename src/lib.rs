@@ -21,6 +21,7 @@ pub mod helper;
 pub mod holder;
 pub mod import;
 pub mod journal;
+pub mod lanes;
 pub mod message;
 pub mod netlink;
 pub mod props;

@@ -132,6 +132,12 @@ status! {
     running_rule: Option<String>,
     running_seqnum: Option<u64>,
     running_for_ms: Option<f64>,
+    /// Handlers that may run at once (`workers`), and events whose handlers run now.
+    workers: u64,
+    running: u64,
+    /// The oldest event that waits for a running or older relative, and what for:
+    /// `SEQNUM s (DEVPATH): waiting for SEQNUM n (DEVPATH)`. Only with `workers` > 1.
+    blocked: Option<String>,
     /// Background handlers running now (`pending` lists them).
     background: u64,
     /// Background handlers that ended since the start.
@@ -191,6 +197,37 @@ pub struct PendingEvent {
     pub action: Option<String>,
     pub devpath: Option<String>,
     pub subsystem: Option<String>,
+    /// A running event's lane (with `workers` > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<u64>,
+    /// A queued event held back by a running or older relative (with `workers` > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_on: Option<PendingBlocker>,
+}
+
+/// The event another one waits for: its SEQNUM and DEVPATH (escaped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingBlocker {
+    pub seqnum: Option<u64>,
+    pub devpath: String,
+}
+
+impl PendingBlocker {
+    pub fn of(ev: &Event) -> PendingBlocker {
+        PendingBlocker {
+            seqnum: ev.seqnum(),
+            devpath: escape(ev.devpath()),
+        }
+    }
+}
+
+impl std::fmt::Display for PendingBlocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seqnum {
+            Some(s) => write!(f, "waiting for SEQNUM {s} ({})", self.devpath),
+            None => write!(f, "waiting for the event of {}", self.devpath),
+        }
+    }
 }
 
 impl PendingEvent {
@@ -201,6 +238,8 @@ impl PendingEvent {
             action: Some(escape(ev.action())),
             devpath: Some(escape(ev.devpath())),
             subsystem: Some(escape(ev.subsystem())),
+            lane: None,
+            waiting_on: None,
         }
     }
 }
@@ -252,7 +291,7 @@ impl Pending {
                     format!("{} (spilled to the journal)", seq(e.seqnum))
                 }
                 state => format!(
-                    "{}{} {} {} ({})",
+                    "{}{} {} {} ({}){}",
                     if state == PendingState::Running {
                         "running "
                     } else {
@@ -261,7 +300,12 @@ impl Pending {
                     seq(e.seqnum),
                     e.action.as_deref().unwrap_or(""),
                     e.devpath.as_deref().unwrap_or(""),
-                    e.subsystem.as_deref().unwrap_or("")
+                    e.subsystem.as_deref().unwrap_or(""),
+                    match (e.lane, &e.waiting_on) {
+                        (_, Some(b)) => format!(": {b}"),
+                        (Some(l), None) => format!(" in lane {l}"),
+                        (None, None) => String::new(),
+                    }
                 ),
             }))
             .collect();

@@ -18,6 +18,9 @@ pub enum Span {
         outcome: String,
         /// Started by a `background` rule: the queue did not wait for it.
         background: bool,
+        /// The lane it ran in (`workers` > 1), 0 otherwise.
+        #[serde(default)]
+        lane: usize,
     },
     Wait {
         start: f64,
@@ -43,8 +46,17 @@ pub fn parse(lines: &[String]) -> Vec<Span> {
             let w: Vec<&str> = l.split(' ').collect();
             let num = |i: usize| w.get(i)?.parse::<f64>().ok();
             match *w.first()? {
-                // A 7th word marks a background run.
-                "run" if w.len() == 6 || (w.len() == 7 && w[6] == "background") => {
+                // Words after the 6th are flags: `background`, `lane=N`.
+                "run" if w.len() >= 6 => {
+                    let mut background = false;
+                    let mut lane = 0;
+                    for flag in &w[6..] {
+                        match flag.strip_prefix("lane=") {
+                            Some(n) => lane = n.parse().ok()?,
+                            None if *flag == "background" => background = true,
+                            None => return None,
+                        }
+                    }
                     Some(Span::Run {
                         start: num(1)?,
                         end: num(2)?,
@@ -55,7 +67,8 @@ pub fn parse(lines: &[String]) -> Vec<Span> {
                         rule: crate::control::unescape(w[4])
                             .map(|b| String::from_utf8_lossy(&b).into_owned())?,
                         outcome: w[5].replace('_', " "),
-                        background: w.len() == 7,
+                        background,
+                        lane,
                     })
                 }
                 "wait" if w.len() == 5 => Some(Span::Wait {
@@ -82,12 +95,18 @@ pub fn table(spans: &[Span]) -> String {
                 rule,
                 outcome,
                 background,
+                lane,
             } => writeln!(
                 out,
-                "{start:>10.3}s {:>9.1}ms  {:>8}  {rule}{}: {outcome}",
+                "{start:>10.3}s {:>9.1}ms  {:>8}  {rule}{}{}: {outcome}",
                 (end - start) * 1e3,
                 seq(*seqnum),
-                if *background { " (background)" } else { "" }
+                if *background { " (background)" } else { "" },
+                if *lane > 0 {
+                    format!(" [lane {lane}]")
+                } else {
+                    String::new()
+                }
             ),
             Span::Wait {
                 start,
@@ -122,12 +141,43 @@ const LEFT: f64 = 10.0;
 const TOP: f64 = 40.0;
 const WIDTH: f64 = 1200.0;
 
+/// Which row each run is drawn on: with one lane, a row per run (a boot chart); with
+/// lanes, a row per lane, each run's bar in its lane's row, and a row per background run
+/// after them (it overlaps the runs its lane went on with).
+fn rows(spans: &[Span]) -> (Vec<usize>, usize, bool) {
+    let lanes = spans
+        .iter()
+        .filter_map(|s| match s {
+            Span::Run { lane, .. } => Some(*lane + 1),
+            Span::Wait { .. } => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let mut rows = Vec::new();
+    let mut next = if lanes > 1 { lanes } else { 0 };
+    for s in spans {
+        if let Span::Run {
+            lane, background, ..
+        } = s
+        {
+            if lanes > 1 && !background {
+                rows.push(*lane);
+            } else {
+                rows.push(next);
+                next += 1;
+            }
+        }
+    }
+    (rows, next.max(1), lanes > 1)
+}
+
 /// The chart. Bars are at least a pixel wide so a 1 ms handler is still visible.
 pub fn svg(spans: &[Span]) -> String {
     let runs = spans
         .iter()
         .filter(|s| matches!(s, Span::Run { .. }))
         .count();
+    let (rows, nrows, lanes) = rows(spans);
     let (t0, t1) = spans
         .iter()
         .map(Span::bounds)
@@ -141,7 +191,7 @@ pub fn svg(spans: &[Span]) -> String {
     };
     let plot = WIDTH - LEFT - 260.0;
     let x = |t: f64| LEFT + (t - t0) / (t1 - t0) * plot;
-    let height = TOP + (runs.max(1) as f64) * ROW + 30.0;
+    let height = TOP + (nrows as f64) * ROW + 30.0;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -198,7 +248,7 @@ pub fn svg(spans: &[Span]) -> String {
             );
         }
     }
-    let mut row = 0.0;
+    let mut rows = rows.into_iter();
     for s in spans {
         if let Span::Run {
             start,
@@ -207,10 +257,12 @@ pub fn svg(spans: &[Span]) -> String {
             rule,
             outcome,
             background,
+            ..
         } = s
         {
-            let y = TOP + row * ROW;
-            row += 1.0;
+            let y = TOP + rows.next().unwrap_or(0) as f64 * ROW;
+            // In a lane's row the bars follow each other: the label is in the hover.
+            let text = !lanes || *background;
             let class = match (outcome == "exit 0", background) {
                 (true, false) => "run",
                 (false, false) => "run failed",
@@ -223,18 +275,40 @@ pub fn svg(spans: &[Span]) -> String {
                 esc(rule),
                 if *background { " (background)" } else { "" }
             );
-            let _ = writeln!(
+            let _ = write!(
                 out,
-                r#"<rect class="{class}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}"><title>SEQNUM {label}: {} in {:.1} ms</title></rect><text x="{:.1}" y="{:.1}">{label}</text>"#,
+                r#"<rect class="{class}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}"><title>SEQNUM {label}: {} in {:.1} ms</title></rect>"#,
                 x(*start),
                 y + 2.0,
                 (x(*end) - x(*start)).max(1.0),
                 ROW - 4.0,
                 esc(outcome),
                 (end - start) * 1e3,
-                x(*end) + 4.0,
-                y + ROW - 4.0
             );
+            if text {
+                let _ = write!(
+                    out,
+                    r#"<text x="{:.1}" y="{:.1}">{label}</text>"#,
+                    x(*end) + 4.0,
+                    y + ROW - 4.0
+                );
+            }
+            out.push('\n');
+        }
+    }
+    if lanes {
+        for lane in 0..nrows {
+            if spans
+                .iter()
+                .any(|s| matches!(s, Span::Run { lane: l, background: false, .. } if *l == lane))
+            {
+                let _ = writeln!(
+                    out,
+                    r#"<text x="{:.1}" y="{:.1}">lane {lane}</text>"#,
+                    LEFT + plot + 8.0,
+                    TOP + lane as f64 * ROW + ROW - 4.0
+                );
+            }
         }
     }
     out.push_str("</svg>\n");
@@ -280,5 +354,33 @@ mod tests {
         let t = table(&spans);
         assert!(t.contains("waited for SEQNUM 8..=8"), "{t}");
         assert!(t.contains("net-up (background): exit 0"), "{t}");
+    }
+
+    #[test]
+    fn lanes_get_a_row_each() {
+        let lines: Vec<String> = [
+            "run 0.1 0.5 1 a exit_0",
+            "run 0.1 0.3 2 b exit_0 lane=1",
+            "run 0.3 0.6 3 c exit_0 lane=1",
+            "run 0.5 0.9 4 d exit_0",
+            "run 0.2 0.9 5 bg exit_0 background lane=1",
+            "run 0.2 0.9 5 x exit_0 lane=x",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let spans = parse(&lines);
+        assert_eq!(spans.len(), 5, "lane=x is malformed");
+        let (rows, n, lanes) = rows(&spans);
+        assert!(lanes);
+        assert_eq!(rows, [0, 1, 1, 0, 2]);
+        assert_eq!(n, 3);
+        let svg = svg(&spans);
+        assert!(svg.contains(">lane 0<") && svg.contains(">lane 1<"));
+        assert!(!svg.contains(">lane 2<"), "the background row is no lane");
+        assert!(table(&spans).contains("b [lane 1]: exit 0"));
+        // One lane: a row per run, as ever.
+        let one = parse(&lines[..1]);
+        assert_eq!(super::rows(&one), (vec![0], 1, false));
     }
 }

@@ -534,3 +534,34 @@ fn db_bench() {
         println!("| by path (std::fs), {what} | {:.2} |", median(path_us));
     }
 }
+
+/// The database is on by default, and its entries are written while the next handler
+/// runs (or, for an event that ran none, right after the main thread finished it): a
+/// settle returns only once every handled event's entry is on file, so a reader right
+/// after it finds them all, and finds a removed device's entry gone.
+#[test]
+fn the_database_is_on_by_default_and_a_settle_waits_for_its_entries() {
+    let env = Env::new();
+    let config = env.bare_config(
+        "",
+        "[[rule]]\nname = \"on-add\"\nmatch = { ACTION = \"add\" }\nrun = [\"/bin/true\"]\n",
+    );
+    assert!(!fs::read_to_string(&config).unwrap().contains("device_db"));
+    let _d = env.start(&config);
+    for seq in 1..=40u64 {
+        assert!(env
+            .event(seq, "add", &format!("/devices/dbdefault/d{seq}"))
+            .success());
+    }
+    env.ctl_ok(&["settle", "--seq", "40", "--timeout", "60s"]);
+    for seq in 1..=40u64 {
+        let r = entry_of(&env, &format!("/devices/dbdefault/d{seq}"))
+            .unwrap_or_else(|| panic!("no entry for d{seq} after the settle"));
+        assert_eq!(r.seqnum, Some(seq));
+        assert_eq!(r.rules, ["on-add"]);
+    }
+    // No rule matches a remove: the main thread finishes it and deletes the entry.
+    assert!(env.event(41, "remove", "/devices/dbdefault/d7").success());
+    env.ctl_ok(&["settle", "--seq", "41", "--timeout", "60s"]);
+    assert!(entry_of(&env, "/devices/dbdefault/d7").is_none());
+}

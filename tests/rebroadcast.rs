@@ -353,3 +353,47 @@ fn without_cap_net_admin_the_error_says_so() {
     let status = env.ctl_ok(&["status", "--json"]);
     assert!(status.contains("\"rebroadcast_lost\":1,"), "{status}");
 }
+
+/// With lanes (`workers = 4`), a slow first event's handler ends after the later ones',
+/// yet the listener hears every event in SEQNUM order, each after its own handler: the
+/// owner finishes events in release order. Unrelated devices, so the later ones really
+/// run (and end) while the first still runs; an event without a handler waits its turn too.
+#[test]
+fn with_lanes_events_are_still_sent_in_seqnum_order() {
+    let Some(listener) = Listener::open() else {
+        return;
+    };
+    let env = Env::new();
+    let p = prefix();
+    let dir = env.dir.path().display().to_string();
+    let run = env.script(
+        "lane.sh",
+        &format!(
+            "#!/bin/sh\n[ \"$SEQNUM\" = 1 ] && sleep 0.5\ntouch \"{dir}/ran-${{DEVPATH##*/}}\"\n\
+             echo \"$SEQNUM\" >> \"{dir}/ended\"\n"
+        ),
+    );
+    let rule = format!(
+        "[[rule]]\nname = \"lane\"\nmatch = {{ SUBSYSTEM = \"rbtest\" }}\nrun = [\"{}\"]\n",
+        run.display()
+    );
+    let config = env.bare_config("rebroadcast = 4\nworkers = 4", &rule);
+    let _d = env.start(&config);
+    for seq in 1..=6u64 {
+        let subsystem = if seq == 4 { "rbnone" } else { "rbtest" };
+        fire(&env, Some(seq), "add", &format!("{p}/l{seq}"), subsystem);
+    }
+    let heard = listener.until(&p, &format!("{p}/l6"), |h| {
+        if h.subsystem == "rbtest" {
+            assert!(ran(&env, &h.devpath), "sent before its handler ran: {h:?}");
+        }
+    });
+    let seqs: Vec<u64> = heard.iter().map(|h| h.seqnum).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    let ended = fs::read_to_string(env.path("ended")).unwrap();
+    assert_ne!(
+        ended.lines().next(),
+        Some("1"),
+        "the later handlers ended first: {ended}"
+    );
+}

@@ -2,6 +2,10 @@
  * fire-and-forget), keeping at most JOBS in flight: helper i gets the event environment
  * (storm_vars + DEVPATH + SEQNUM=i, 1..N, plus HOTPLUGD_RUNTIME_DIR if set here), is
  * started in SEQNUM order, and is reaped whenever any finishes. stdio goes to /dev/null.
+ * DEVPATH is STORM_DEVPATH for every event, unless STORM_DEVICES=D (a multiple of 8) is
+ * set here: then event i goes to device (i - 1) % D of a tree of D / 8 hubs, each a parent
+ * device followed by its 7 ports (/devices/virtual/bench/hubH, .../hubH/portP), so most
+ * neighbours in SEQNUM order are unrelated and a hub's event is related to its ports'.
  * A thread counts the entries of /proc every millisecond; the bench runs this in its own
  * pid namespace, so that is every process of the storm (helpers, their children, the
  * daemon, its handlers, this driver and the namespace's init).
@@ -51,7 +55,13 @@ int main(int argc, char **argv) {
     long n = atol(argv[1]);
     int jobs = atoi(argv[2]);
     char *env[32];
-    char seq[40], devpath[] = "DEVPATH=" STORM_DEVPATH, rt[600];
+    char seq[40], devpath[96] = "DEVPATH=" STORM_DEVPATH, rt[600];
+    const char *ds = getenv("STORM_DEVICES");
+    long ndev = ds ? atol(ds) : 0;
+    if (ndev < 0 || ndev % 8) {
+        fprintf(stderr, "storm: STORM_DEVICES must be a multiple of 8\n");
+        return 2;
+    }
     bench_env(env, storm_vars, devpath, seq, rt, sizeof rt);
     posix_spawn_file_actions_t fa;
     if (devnull_stdio(&fa) < 0) return 1;
@@ -63,6 +73,14 @@ int main(int argc, char **argv) {
     for (long i = 0; i < n || inflight > 0;) {
         if (i < n && inflight < jobs) {
             snprintf(seq, sizeof seq, "SEQNUM=%ld", i + 1);
+            if (ndev) {
+                long k = i % ndev;
+                if (k % 8 == 0)
+                    snprintf(devpath, sizeof devpath, "DEVPATH=/devices/virtual/bench/hub%ld", k / 8);
+                else
+                    snprintf(devpath, sizeof devpath, "DEVPATH=/devices/virtual/bench/hub%ld/port%ld",
+                             k / 8, k % 8);
+            }
             pid_t pid;
             int e = posix_spawn(&pid, argv[3], &fa, NULL, argv + 3, env);
             if (e) {

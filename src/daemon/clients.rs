@@ -84,6 +84,7 @@ enum Mark {
         rule: String,
         outcome: Outcome,
         background: bool,
+        lane: usize,
     },
     Wait {
         began: Instant,
@@ -97,8 +98,13 @@ pub(super) struct OwnerStatus<'a> {
     pub queue: &'a Queue,
     pub stats: &'a Stats,
     pub paused: bool,
-    /// The handler running now: its rule, its event's SEQNUM, and since when.
+    /// The oldest handler running now: its rule, its event's SEQNUM, and since when.
     pub running: Option<(&'a str, Option<u64>, Instant)>,
+    /// `workers`, and how many events' handlers run now.
+    pub workers: usize,
+    pub running_events: usize,
+    /// See [`crate::status::Status`]'s `blocked`.
+    pub blocked: Option<String>,
     /// Background handlers running now.
     pub background: usize,
     pub keeper: &'a Keeper,
@@ -259,7 +265,14 @@ impl Clients {
 
     /// A handler run ended: on the timeline, and a line to each `monitor --handled`.
     /// `background`: the queue did not wait for it.
-    pub fn ran(&mut self, seqnum: Option<u64>, rule: &str, report: &Report, background: bool) {
+    pub fn ran(
+        &mut self,
+        seqnum: Option<u64>,
+        rule: &str,
+        lane: usize,
+        report: &Report,
+        background: bool,
+    ) {
         self.record(Mark::Run {
             started: report.started,
             duration: report.duration,
@@ -267,6 +280,7 @@ impl Clients {
             rule: rule.to_owned(),
             outcome: report.outcome.clone(),
             background,
+            lane,
         });
         if self.handled.is_empty() {
             return;
@@ -345,12 +359,20 @@ impl Clients {
 
     /// Answer the settles and tag waits whose condition now holds; report progress.
     /// `running`: the runner's event, which counts as pending.
-    pub fn check_waiters(&mut self, queue: &Queue, running: Option<&Event>) {
-        let pending = queue.pending() + usize::from(running.is_some());
+    /// `db`: device database entries not yet on file, which count as pending for a
+    /// settle and for any `wait-device`.
+    pub fn check_waiters<'e>(
+        &mut self,
+        queue: &Queue,
+        unfinished: impl Iterator<Item = &'e Event> + Clone,
+        db: usize,
+    ) {
+        let pending = queue.pending() + unfinished.clone().count() + db;
         // Only the queue's events are looked at, not its length: another device's slow
         // handler or a long queue does not hold this one up.
         self.device_waits.retain(|w| {
-            let busy = running.is_some_and(|e| e.devpath() == &w.devpath[..])
+            let busy = db > 0
+                || unfinished.clone().any(|e| e.devpath() == &w.devpath[..])
                 || queue.has_pending_devpath(&w.devpath);
             if !busy {
                 let _ = w.tx.send(Reply::End(End::Ok(String::new())));
@@ -385,13 +407,19 @@ impl Clients {
                 .iter()
                 .find(|(t, _)| *t == w.tag)
                 .map_or(0, |(_, n)| *n);
-            if done >= w.count {
+            // Their entries on file too, as for a settle.
+            if done >= w.count && db == 0 {
                 let _ = w.tx.send(Reply::End(End::Ok(format!("{done} handled"))));
                 false
             } else {
                 true
             }
         });
+    }
+
+    /// Whether a settle, tag wait or device wait is waiting.
+    pub fn has_waiters(&self) -> bool {
+        !(self.settles.is_empty() && self.tag_waits.is_empty() && self.device_waits.is_empty())
     }
 
     /// The timeline as the protocol's `run START END SEQNUM RULE OUTCOME[ background]`
@@ -408,14 +436,20 @@ impl Clients {
                     rule,
                     outcome,
                     background,
+                    lane,
                 } => format!(
-                    "run {:.6} {:.6} {} {} {}{}",
+                    "run {:.6} {:.6} {} {} {}{}{}",
                     secs(*started),
                     secs(*started) + duration.as_secs_f64(),
                     seqnum.map_or("-".into(), |s| s.to_string()),
                     control::escape_word(rule.as_bytes()),
                     outcome.to_string().replace(' ', "_"),
-                    if *background { " background" } else { "" }
+                    if *background { " background" } else { "" },
+                    if *lane > 0 {
+                        format!(" lane={lane}")
+                    } else {
+                        String::new()
+                    }
                 ),
                 Mark::Wait { began, ended, gap } => format!(
                     "wait {:.6} {:.6} {} {}",
@@ -452,6 +486,9 @@ impl Clients {
             running_for_ms: o
                 .running
                 .map(|(_, _, since)| since.elapsed().as_secs_f64() * 1e3),
+            workers: o.workers as u64,
+            running: o.running_events as u64,
+            blocked: o.blocked.clone(),
             background: o.background as u64,
             background_ended: s.background_ended,
             last_handled: s.last_handled,
@@ -572,6 +609,9 @@ mod tests {
             stats: &Stats::default(),
             paused: false,
             running: None,
+            workers: 1,
+            running_events: 0,
+            blocked: None,
             background: 0,
             keeper: &Keeper::NoFifo,
             sources: Sources {
@@ -588,21 +628,21 @@ mod tests {
         let mut c = Clients::new(Instant::now());
         let (tx, rx) = unbounded();
         c.settle(Some(3), tx);
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         let first = replies(&rx);
         assert_eq!(lines(first), ["pending 2"], "progress is reported at once");
 
         // Drained, but SEQNUM 3 has not been through the queue yet.
         while q.next(RUNNER).is_some() {}
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), None);
 
         // 3 is taken by the runner: pending while it runs, settled once it is done.
         q.push(ev(3, "change", "usb", None), Instant::now());
         assert!(q.next(RUNNER).is_some());
-        c.check_waiters(&q, Some(&ev(9, "change", "usb", None)));
+        c.check_waiters(&q, std::iter::once(&ev(9, "change", "usb", None)), 0);
         assert_eq!(ended_ok(&replies(&rx)), None);
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some(""));
         assert!(c.settles.is_empty());
     }
@@ -623,7 +663,7 @@ mod tests {
         c.wait_device(b"/devices/usb".to_vec(), usb_tx);
         c.wait_device(b"/devices/gone".to_vec(), gone_tx);
         let running = q.next(RUNNER).unwrap().clone();
-        c.check_waiters(&q, Some(&running));
+        c.check_waiters(&q, std::iter::once(&running), 0);
         assert_eq!(
             ended_ok(&replies(&gone_rx)),
             Some(""),
@@ -633,14 +673,14 @@ mod tests {
         assert_eq!(ended_ok(&replies(&net_rx)), None);
         // 1 done; 2 (usb) taken and running: /devices/net's 3 still queued.
         let running = q.next(RUNNER).unwrap().clone();
-        c.check_waiters(&q, Some(&running));
+        c.check_waiters(&q, std::iter::once(&running), 0);
         assert_eq!(ended_ok(&replies(&usb_rx)), None, "its second event runs");
         // 2 done, 3 running: usb is answered while the net event still runs.
         let running = q.next(RUNNER).unwrap().clone();
-        c.check_waiters(&q, Some(&running));
+        c.check_waiters(&q, std::iter::once(&running), 0);
         assert_eq!(ended_ok(&replies(&usb_rx)), Some(""));
         assert_eq!(ended_ok(&replies(&net_rx)), None);
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&net_rx)), Some(""));
         assert!(c.device_waits.is_empty());
     }
@@ -651,15 +691,15 @@ mod tests {
         let mut c = Clients::new(Instant::now());
         let (tx, rx) = unbounded();
         c.settle(None, tx);
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(lines(replies(&rx)), ["pending 1"]);
         // Same count again: no second progress line.
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert!(replies(&rx).is_empty());
         q.next(RUNNER);
-        c.check_waiters(&q, Some(&ev(9, "change", "usb", None)));
+        c.check_waiters(&q, std::iter::once(&ev(9, "change", "usb", None)), 0);
         assert_eq!(ended_ok(&replies(&rx)), None);
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some(""));
     }
 
@@ -670,7 +710,7 @@ mod tests {
         let (tx, rx) = unbounded();
         c.settle(None, tx);
         drop(rx);
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert!(c.settles.is_empty());
     }
 
@@ -683,16 +723,16 @@ mod tests {
         c.count_tag(&ev(1, "add", "usb", Some("t1")));
         c.count_tag(&ev(2, "add", "usb", Some("other")));
         c.count_tag(&ev(3, "add", "usb", None));
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert!(replies(&rx).is_empty(), "one of two so far");
         c.count_tag(&ev(4, "add", "usb", Some("t1")));
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some("2 handled"));
 
         // Counts are remembered: a late wait is answered at once.
         let (tx, rx) = unbounded();
         c.wait_tag("t1".into(), 1, tx);
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some("2 handled"));
     }
 
@@ -716,7 +756,7 @@ mod tests {
         for done in [&add, &remove, &recalled] {
             c.count_tag(done);
         }
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert_eq!(ended_ok(&replies(&rx)), Some("3 handled"));
     }
 
@@ -731,7 +771,7 @@ mod tests {
         assert_eq!(c.tags_done.len(), MAX_TAGS);
         let (tx, rx) = unbounded();
         c.wait_tag("first".into(), 1, tx);
-        c.check_waiters(&q, None);
+        c.check_waiters(&q, std::iter::empty(), 0);
         assert!(replies(&rx).is_empty(), "the oldest tag was forgotten");
     }
 
@@ -959,6 +999,7 @@ mod tests {
         c.ran(
             Some(7),
             "my rule",
+            0,
             &report(Outcome::Exited(1), now, 12),
             false,
         );
@@ -966,10 +1007,10 @@ mod tests {
 
         // Never read: one line past the limit and it is gone.
         for _ in 0..=MONITOR_MAX_LAG {
-            c.ran(None, "r", &report(Outcome::Exited(0), now, 1), false);
+            c.ran(None, "r", 0, &report(Outcome::Exited(0), now, 1), false);
         }
         assert_eq!(rx.len() as u64, MONITOR_MAX_LAG + 1);
-        c.ran(None, "r", &report(Outcome::Exited(0), now, 1), false);
+        c.ran(None, "r", 0, &report(Outcome::Exited(0), now, 1), false);
         let last = rx.try_iter().last();
         assert!(
             matches!(&last, Some(Reply::End(End::Error(e))) if e.starts_with("overrun")),
@@ -1005,14 +1046,22 @@ mod tests {
         c.ran(
             Some(5),
             "my rule",
+            0,
             &report(Outcome::TimedOut { killed: true }, t0 + s(1), 250),
             false,
         );
         c.gap_skipped(3..=4, t0 + s(2), t0 + Duration::from_millis(3500));
-        c.ran(None, "r", &report(Outcome::Exited(0), t0 + s(4), 1), false);
+        c.ran(
+            None,
+            "r",
+            0,
+            &report(Outcome::Exited(0), t0 + s(4), 1),
+            false,
+        );
         c.ran(
             Some(6),
             "bg",
+            2,
             &report(Outcome::Exited(2), t0 + s(4), 2000),
             true,
         );
@@ -1022,7 +1071,7 @@ mod tests {
                 "run 1.000000 1.250000 5 my\\x20rule timed_out,_killed_by_SIGKILL",
                 "wait 2.000000 3.500000 3 4",
                 "run 4.000000 4.001000 - r exit_0",
-                "run 4.000000 6.000000 6 bg exit_2 background",
+                "run 4.000000 6.000000 6 bg exit_2 background lane=2",
             ]
         );
     }
@@ -1032,7 +1081,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Clients::new(t0);
         for i in 0..TIMELINE_LEN as u64 + 1 {
-            c.ran(Some(i), "r", &report(Outcome::Exited(0), t0, 1), false);
+            c.ran(Some(i), "r", 0, &report(Outcome::Exited(0), t0, 1), false);
         }
         let lines = c.timeline_lines();
         assert_eq!(lines.len(), TIMELINE_LEN);
@@ -1060,6 +1109,9 @@ mod tests {
             stats: &stats,
             paused: true,
             running: Some(("a rule", Some(7), since)),
+            workers: 1,
+            running_events: 1,
+            blocked: None,
             background: 2,
             keeper: &Keeper::Supervisor,
             sources: Sources {

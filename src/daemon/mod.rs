@@ -162,6 +162,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         netlink: netlink.is_some(),
     };
     let mut owner = Owner::new(config, runtime, opts, journal, notifier, live);
+    // A flush wakes the main thread when a settle waits for the entries it wrote.
+    owner.db.set_waker(idle_tx.clone());
     owner.keeper = keeper.clone();
     // Before anything is queued: a request from the spool or the journal may still be
     // waiting in the kernel.
@@ -342,62 +344,118 @@ fn spawn_runner(
         lock(&theirs).on_background_exit(pid, report);
     })
     .map_err(io("background handler thread"))?;
-    let background = supervisor.clone();
-    thread::Builder::new()
-        .name("runner".into())
-        .spawn(move || {
-            let mut handlers = runner::Runner::with_blocked_sigchld();
-            for work in work_rx {
-                // An import may replace the work (the event with its properties, and the
-                // rules after the importer planned again): the loop goes on in the new one.
-                let mut work = work;
-                let mut i = 0;
-                while let Some(job) = work.jobs.get(i) {
-                    let spec = runner::Spec {
-                        rule: &job.rule,
-                        argv: &job.argv,
-                        event: &work.event,
-                        timeout: job.timeout.unwrap_or(Duration::from_secs(30)),
-                        kill_grace: KILL_GRACE,
-                        max_output_bytes: work.max_output,
-                        import: job.import,
-                    };
-                    let last = i + 1 == work.jobs.len();
-                    i += 1;
-                    let report = if job.background && work.max_background > 0 {
-                        match start_background(&mut handlers, &background, &spec, &work) {
-                            Ok(handler) => {
-                                let mut owner = lock(&owner);
-                                owner.on_background_started(handler.pid(), handler.started(), last);
-                                owner.after_change(&work_tx);
-                                if owner.running.is_none() {
-                                    let _ = idle_tx.try_send(());
-                                }
-                                drop(owner);
-                                background.watch(handler);
-                                continue;
-                            }
-                            Err(report) => report,
-                        }
-                    } else {
-                        handlers.run(&spec)
-                    };
-                    let mut owner = lock(&owner);
-                    let replaced = owner.on_runner(&report, last);
-                    owner.after_change(&work_tx);
-                    if owner.running.is_none() {
-                        // Whoever waits for the runner (a stopping daemon) may go on.
-                        let _ = idle_tx.try_send(());
-                    }
-                    drop(owner);
-                    if let Some(new) = replaced {
-                        work = new;
-                    }
+    let workers = lock(&owner).config.daemon.workers;
+    for lane in 0..workers {
+        let (work_rx, work_tx, idle_tx) = (work_rx.clone(), work_tx.clone(), idle_tx.clone());
+        let (owner, background) = (Arc::clone(&owner), supervisor.clone());
+        thread::Builder::new()
+            .name(if workers == 1 {
+                "runner".into()
+            } else {
+                format!("runner{lane}")
+            })
+            .spawn(move || run_lane(workers, work_rx, work_tx, idle_tx, owner, background))
+            .map_err(io("runner thread"))?;
+    }
+    Ok(supervisor)
+}
+
+/// One runner thread: takes the next work from the owner's channel, runs its handlers
+/// in order, and reports each under the owner's lock. With `workers` threads, which
+/// thread takes an event does not matter: the owner sent it because it may start.
+fn run_lane(
+    workers: usize,
+    work_rx: Receiver<Work>,
+    work_tx: Sender<Work>,
+    idle_tx: Sender<()>,
+    owner: Arc<Mutex<Owner>>,
+    background: runner::Supervisor,
+) {
+    // One runner may wait on the process's SIGCHLD signalfd; several would take
+    // each other's wakeups, so lanes wait on pidfds.
+    let mut handlers = if workers == 1 {
+        runner::Runner::with_blocked_sigchld()
+    } else {
+        runner::Runner::new()
+    };
+    let db = lock(&owner).db.clone();
+    let flush = db.clone();
+    handlers.set_after_spawn(Box::new(move || flush.flush()));
+    // The next event, when this lane took it as it went free (see
+    // `Owner::after_change_for_free_lane`).
+    let mut next: Option<Work> = None;
+    loop {
+        let work = match next.take().or_else(|| work_rx.try_recv().ok()) {
+            Some(work) => work,
+            None => {
+                // Entries still pending go on file before this thread waits for work.
+                db.flush();
+                match work_rx.recv() {
+                    Ok(work) => work,
+                    Err(_) => return,
                 }
             }
-        })
-        .map_err(io("runner thread"))?;
-    Ok(supervisor)
+        };
+        // An import may replace the work (the event with its properties, and the
+        // rules after the importer planned again): the loop goes on in the new one.
+        let mut work = work;
+        let mut i = 0;
+        while let Some(job) = work.jobs.get(i) {
+            let spec = runner::Spec {
+                rule: &job.rule,
+                argv: &job.argv,
+                event: &work.event,
+                timeout: job.timeout.unwrap_or(Duration::from_secs(30)),
+                kill_grace: KILL_GRACE,
+                max_output_bytes: work.max_output,
+                import: job.import,
+            };
+            let last = i + 1 == work.jobs.len();
+            i += 1;
+            let report = if job.background && work.max_background > 0 {
+                match start_background(&mut handlers, &background, &spec, &work) {
+                    Ok(handler) => {
+                        let mut owner = lock(&owner);
+                        owner.on_background_started(
+                            work.id,
+                            handler.pid(),
+                            handler.started(),
+                            last,
+                        );
+                        if last {
+                            next = owner.after_change_for_free_lane(&work_tx);
+                        } else {
+                            owner.after_change(&work_tx);
+                        }
+                        if owner.idle() {
+                            let _ = idle_tx.try_send(());
+                        }
+                        drop(owner);
+                        background.watch(handler);
+                        continue;
+                    }
+                    Err(report) => report,
+                }
+            } else {
+                handlers.run(&spec)
+            };
+            let mut owner = lock(&owner);
+            let replaced = owner.on_runner(work.id, &report, last);
+            if last && replaced.is_none() {
+                next = owner.after_change_for_free_lane(&work_tx);
+            } else {
+                owner.after_change(&work_tx);
+            }
+            if owner.idle() {
+                // Whoever waits for the runner (a stopping daemon) may go on.
+                let _ = idle_tx.try_send(());
+            }
+            drop(owner);
+            if let Some(new) = replaced {
+                work = new;
+            }
+        }
+    }
 }
 
 /// Take a background slot, waiting while `max_background` handlers run (the queue waits
@@ -423,6 +481,7 @@ fn start_background(
 /// The main thread's loop: wait for intake, requests, signals or the gap deadline, and
 /// handle each under the owner's lock. Returns when the daemon is to stop.
 fn serve(owner: &Mutex<Owner>, ch: &Channels) {
+    let db = lock(owner).db.clone();
     loop {
         let gap = {
             let mut o = lock(owner);
@@ -432,6 +491,10 @@ fn serve(owner: &Mutex<Owner>, ch: &Channels) {
                 None => never(),
             }
         };
+        // Entries of events that ran no handler (finished at dispatch, just now): no
+        // runner writes them, as none spawns for them. A settle waiting for them is
+        // woken by the flush.
+        db.flush();
         select! {
             recv(ch.input) -> msg => match msg {
                 Ok(input) => lock(owner).on_input(input),
@@ -507,14 +570,19 @@ fn finish(owner: &Mutex<Owner>, ch: &Channels, fifo_reader: Option<&sources::Fif
     while let Ok(input) = ch.input.try_recv() {
         lock(owner).on_input(input);
     }
-    if lock(owner).running.is_some() {
-        log::info!("waiting for the running handler to finish");
-        // `stopping` keeps the runner from taking another event; it says when it is idle.
-        while lock(owner).running.is_some() {
+    if !lock(owner).idle() {
+        log::info!("waiting for the running handlers to finish");
+        // `stopping` keeps the runners from taking another event; they say when idle.
+        while !lock(owner).idle() {
             if ch.idle.recv().is_err() {
                 break;
             }
         }
     }
-    lock(owner).hand_over(sources_done);
+    let db = {
+        let mut owner = lock(owner);
+        owner.hand_over(sources_done);
+        owner.db.clone()
+    };
+    db.flush();
 }

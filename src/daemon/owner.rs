@@ -3,6 +3,7 @@
 //! to the spool at a stop. Threads reach it only under its lock (see the module docs of
 //! [`super`]).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,8 @@ use crate::devnodes::DevNodes;
 use crate::event::Event;
 use crate::holder::Keeper;
 use crate::journal::{Journal, Recovered};
-use crate::queue::{Expired, Push, Queue, RUNNER};
+use crate::lanes::{Blocker, Candidate, Picker, Verdict};
+use crate::queue::{Expired, Push, Queue};
 use crate::rules::Job;
 use crate::runner::{Outcome, Report};
 use crate::runtime::Runtime;
@@ -29,6 +31,9 @@ use crate::sources::{self, Input};
 /// One event for the runner: its handlers, in order. Shared with the owner's [`Running`]
 /// so status and logs can name it without a copy.
 pub(super) struct Dispatch {
+    /// Which of the owner's running events this is (kept when an import replaces the
+    /// work), for the runner thread's reports.
+    pub id: u64,
     pub event: Event,
     pub jobs: Vec<Job>,
     /// Taken from the config at dispatch, so a reload applies to the next event.
@@ -41,11 +46,58 @@ pub(super) struct Dispatch {
 
 pub(super) type Work = Arc<Dispatch>;
 
-/// The event the runner has now; `job` indexes the handler running.
+/// An event a runner thread has now; `job` indexes the handler running.
 pub(super) struct Running {
     work: Work,
     job: usize,
     since: Instant,
+    /// Its position in the queue's log: events are finished in this order.
+    pos: u64,
+    /// The lane it runs in, `0..workers`: a row of the timeline, a line of `pending`.
+    lane: usize,
+    /// It runs alone (see [`crate::lanes`]).
+    exclusive: bool,
+}
+
+/// Most untaken events the lanes look through for one that may start: past a long run of
+/// events blocked behind their relatives, the next waits its turn (so a scan costs at
+/// most this many DEVPATH comparisons per running event).
+const LOOKAHEAD: usize = 64;
+
+/// The running events as the lanes' picker sees them.
+fn candidates(running: &[Running]) -> Vec<Candidate<'_>> {
+    running
+        .iter()
+        .map(|r| Candidate {
+            devpath: r.work.event.devpath(),
+            exclusive: r.exclusive,
+        })
+        .collect()
+}
+
+/// An event taken from the queue that cannot be finished yet (see [`Owner::retire`]):
+/// its handlers run, or they ended while an older event still runs or waits.
+struct Inflight {
+    pos: u64,
+    /// `None` while its handlers run.
+    done: Option<Done>,
+}
+
+/// What finishing an event needs, kept until every older one is finished.
+enum Done {
+    /// Its handlers ended: the work holds the event with its imported properties.
+    Handled(Work),
+    /// No handler ran; `record`: the database gets an entry for it.
+    Unhandled { event: Event, record: bool },
+}
+
+impl Done {
+    fn event(&self) -> &Event {
+        match self {
+            Done::Handled(work) => &work.event,
+            Done::Unhandled { event, .. } => event,
+        }
+    }
 }
 
 impl Running {
@@ -94,6 +146,55 @@ fn finish(
 
 // ---- end of rebroadcast ----------------------------------------------------------------
 
+/// The parts of the owner that finish an event, borrowed apart from the queue, which
+/// may still hold the event.
+struct Finisher<'a> {
+    config: &'a Config,
+    db: &'a crate::db::Deferred,
+    devnodes: &'a DevNodes,
+    book: &'a mut Book,
+    rebroadcast: &'a mut Rebroadcast,
+    clients: &'a mut Clients,
+}
+
+macro_rules! finisher {
+    ($o:ident) => {
+        Finisher {
+            config: &$o.config,
+            db: &$o.db,
+            devnodes: &$o.devnodes,
+            book: &mut $o.book,
+            rebroadcast: &mut $o.rebroadcast,
+            clients: &mut $o.clients,
+        }
+    };
+}
+
+impl Finisher<'_> {
+    /// `event` is done: on record in the database (`record`; with its rules when `work`
+    /// ran), rebroadcast, on record as done, and counted for tag waits.
+    fn finish(self, event: &Event, work: Option<&Dispatch>, record: bool) {
+        if self.config.daemon.device_db && record {
+            let (imported, rules): (&[Vec<u8>], Vec<&str>) = match work {
+                Some(w) => (
+                    &w.imported,
+                    w.jobs.iter().map(|j| j.rule.as_str()).collect(),
+                ),
+                None => (&[], Vec::new()),
+            };
+            record_device(self.db, self.devnodes, event, imported, &rules);
+        }
+        finish(
+            self.book,
+            self.rebroadcast,
+            self.clients,
+            &self.config.daemon,
+            event,
+        );
+        self.clients.count_tag(event);
+    }
+}
+
 fn rule_of(work: &Dispatch, job: usize) -> &str {
     work.jobs.get(job).map_or("-", |j| j.rule.as_str())
 }
@@ -105,6 +206,8 @@ fn rule_of(work: &Dispatch, job: usize) -> &str {
 pub(super) struct BackgroundRun {
     work: Work,
     job: usize,
+    /// The lane it started from, for the timeline.
+    lane: usize,
     pid: u32,
     since: Instant,
 }
@@ -112,8 +215,8 @@ pub(super) struct BackgroundRun {
 impl Owner {
     /// The runner started the running job in the background as `pid`: it goes on as if
     /// that handler had ended (the event is done once its last job started).
-    pub fn on_background_started(&mut self, pid: u32, since: Instant, last: bool) {
-        let Some(running) = self.running.take() else {
+    pub fn on_background_started(&mut self, id: u64, pid: u32, since: Instant, last: bool) {
+        let Some(running) = self.take_running(id) else {
             return;
         };
         log::info!(
@@ -124,6 +227,7 @@ impl Owner {
         self.background.push(BackgroundRun {
             work: Arc::clone(&running.work),
             job: running.job,
+            lane: running.lane,
             pid,
             since,
         });
@@ -138,7 +242,7 @@ impl Owner {
         };
         let run = self.background.remove(i);
         self.book.stats.background_ended += 1;
-        self.log_outcome(&run.work, run.job, report, true);
+        self.log_outcome(&run.work, run.job, run.lane, report, true);
     }
 
     /// The running background handlers, oldest first, for `pending`.
@@ -180,13 +284,13 @@ impl Owner {
 
 /// Write (or for a remove, delete) the device's database entry.
 fn record_device(
-    db: &mut crate::db::Db,
+    db: &crate::db::Deferred,
     devnodes: &DevNodes,
     event: &Event,
     imported: &[Vec<u8>],
     rules: &[&str],
 ) {
-    db.update(&crate::db::Entry {
+    db.submit(&crate::db::Entry {
         event,
         imported,
         links: devnodes.links_of(event.devpath()).collect(),
@@ -250,6 +354,7 @@ impl Owner {
             j
         }));
         Some(Arc::new(Dispatch {
+            id: work.id,
             event,
             jobs,
             max_output: work.max_output,
@@ -287,7 +392,16 @@ pub(super) struct Owner {
     started: Instant,
 
     queue: Queue,
-    pub running: Option<Running>,
+    /// The events whose handlers run now, one per busy lane (at most `workers`).
+    pub running: Vec<Running>,
+    /// Events taken from the queue and not finished yet, by log position.
+    inflight: VecDeque<Inflight>,
+    /// The next [`Dispatch::id`].
+    next_id: u64,
+    /// Set while a lane that has just gone free asks for work: the first event dispatched
+    /// is kept here for it instead of sent, so no idle lane is woken for it.
+    keep_for_caller: bool,
+    kept: Option<Work>,
     /// Background handlers running now, oldest first.
     background: Vec<BackgroundRun>,
     paused: bool,
@@ -303,7 +417,7 @@ pub(super) struct Owner {
     /// Rebroadcast (issue 17): the send socket.
     rebroadcast: Rebroadcast,
     /// The device database under the runtime dir.
-    db: crate::db::Db,
+    pub db: crate::db::Deferred,
 }
 
 impl Owner {
@@ -323,7 +437,7 @@ impl Owner {
             Box::new(move |id| reader.load(id)),
         );
         let started = Instant::now();
-        let db = crate::db::Db::new(&runtime.dir);
+        let db = crate::db::Deferred::new(&runtime.dir);
         Owner {
             config,
             runtime,
@@ -334,7 +448,11 @@ impl Owner {
             last_status: Instant::now(),
             started,
             queue,
-            running: None,
+            running: Vec::new(),
+            inflight: VecDeque::new(),
+            next_id: 0,
+            keep_for_caller: false,
+            kept: None,
             background: Vec::new(),
             paused: false,
             stopping: false,
@@ -434,14 +552,35 @@ impl Owner {
         self.on_input(Input::Spooled(batch));
     }
 
+    /// [`Owner::after_change`] for a lane that has just gone free: the first event that
+    /// may start is returned for it to run, not sent. Sending it would wake an idle lane
+    /// (the channel wakes a blocked receiver on every send) only for that lane to find
+    /// nothing, as the caller takes it first; on a busy machine such a wake-up can cost a
+    /// scheduler tick.
+    pub fn after_change_for_free_lane(&mut self, work: &Sender<Work>) -> Option<Work> {
+        self.keep_for_caller = true;
+        self.after_change(work);
+        self.keep_for_caller = false;
+        self.kept.take()
+    }
+
     /// What follows every change, whoever made it: the done records on file, the next
     /// event to an idle runner, monitors and settles served, the supervisor's STATUS.
     pub fn after_change(&mut self, work: &Sender<Work>) {
+        // A recall or a coalesced pair may have been all that held finished events back.
+        self.retire();
         self.book.flush();
         self.dispatch(work);
         self.clients.feed_monitors(&mut self.queue);
-        self.clients
-            .check_waiters(&self.queue, self.running.as_ref().map(|r| &r.work.event));
+        let unfinished = self.running.iter().map(|r| &r.work.event).chain(
+            self.inflight
+                .iter()
+                .filter_map(|f| f.done.as_ref().map(Done::event)),
+        );
+        // Entries not yet on file count as unfinished work for a settle.
+        let db = self.db.pending();
+        self.clients.check_waiters(&self.queue, unfinished, db);
+        self.db.want_wake(db > 0 && self.clients.has_waiters());
         if self.last_status.elapsed() >= Duration::from_secs(1) {
             self.last_status = Instant::now();
             self.notifier
@@ -575,12 +714,21 @@ impl Owner {
         }
     }
 
-    /// Give the runner the next event with handlers, if it is idle.
+    /// Give idle lanes the next events with handlers: with one worker, the oldest event
+    /// once the runner is idle; with more, each event that [`crate::lanes`] lets start.
     fn dispatch(&mut self, work_tx: &Sender<Work>) {
-        if self.running.is_some() || self.stopping || self.paused {
+        if self.stopping || self.paused {
             return;
         }
-        while let Some(ev) = self.queue.next(RUNNER) {
+        while self.running.len() < self.config.daemon.workers {
+            let Some((pos, exclusive)) = self.pick() else {
+                return;
+            };
+            // Nothing older is unfinished or untaken: it may be finished at once.
+            let in_order = self.inflight.is_empty() && pos == self.queue.first_untaken();
+            let Some(ev) = self.queue.take_at(pos) else {
+                return;
+            };
             // Before the handlers, so they find the node with its mode and links. Events
             // pay one test when no rule has node keys and no device holds anything.
             let mut nodes_only = false;
@@ -601,17 +749,16 @@ impl Owner {
                 } else {
                     log::info!("{}: no rule matched", ev.summary());
                 }
-                if self.config.daemon.device_db && (nodes_only || ev.action() == b"remove") {
-                    record_device(&mut self.db, &self.devnodes, ev, &[], &[]);
+                let record =
+                    self.config.daemon.device_db && (nodes_only || ev.action() == b"remove");
+                if in_order {
+                    // Always so with one worker: finished now, without a copy.
+                    finisher!(self).finish(ev, None, record);
+                } else {
+                    let event = ev.clone();
+                    self.insert_inflight(pos, Some(Done::Unhandled { event, record }));
+                    self.retire();
                 }
-                finish(
-                    &mut self.book,
-                    &mut self.rebroadcast,
-                    &mut self.clients,
-                    &self.config.daemon,
-                    ev,
-                );
-                self.clients.count_tag(ev);
                 continue;
             }
             let jobs: Vec<Job> = jobs
@@ -621,32 +768,135 @@ impl Owner {
                     j
                 })
                 .collect();
-            // Every event done so far is on record before a handler starts: after a kill
-            // only the one running now can run again.
+            // Every event finished so far is on record before a handler starts: after a
+            // kill only the ones running now (or, with lanes, done behind an older one)
+            // can run again.
             self.book.flush();
+            self.next_id += 1;
             let work = Arc::new(Dispatch {
+                id: self.next_id,
                 event: ev.clone(),
                 jobs,
                 max_output: self.config.daemon.max_output_bytes,
                 max_background: self.config.daemon.max_background,
                 imported: Vec::new(),
             });
-            self.running = Some(Running {
+            let lane = (0..).find(|l| self.running.iter().all(|r| r.lane != *l));
+            self.running.push(Running {
                 work: Arc::clone(&work),
                 job: 0,
                 since: Instant::now(),
+                pos,
+                lane: lane.unwrap_or(0),
+                exclusive,
             });
-            let _ = work_tx.send(work);
-            return;
+            self.insert_inflight(pos, None);
+            if self.keep_for_caller && self.kept.is_none() {
+                self.kept = Some(work);
+            } else {
+                let _ = work_tx.send(work);
+            }
         }
     }
 
-    /// A handler run ended; `last` if it was its event's last. After an import that
-    /// set properties, the event's work changes (see [`Owner::import`]): the new one is
-    /// returned, for the runner to go on with from the next job.
-    pub fn on_runner(&mut self, report: &Report, last: bool) -> Option<Work> {
-        let mut running = self.running.take()?;
-        self.log_outcome(&running.work, running.job, report, false);
+    /// The log position of the next event to start, and whether it runs alone; `None`
+    /// when there is none or every candidate waits for a relative (see [`crate::lanes`]).
+    fn pick(&mut self) -> Option<(u64, bool)> {
+        let d = &self.config.daemon;
+        if d.workers == 1 {
+            // The caller saw the runner idle: the oldest event goes, as ever.
+            let pos = self.queue.first_untaken();
+            return (pos != u64::MAX).then_some((pos, false));
+        }
+        let rules = &self.config.rules;
+        let running = candidates(&self.running);
+        let mut picker = Picker::new(&running);
+        for (pos, ev) in self.queue.untaken(LOOKAHEAD) {
+            let exclusive = rules.exclusive(ev, &d.exclusive_subsystems);
+            let c = Candidate {
+                devpath: ev.devpath(),
+                exclusive,
+            };
+            match picker.consider(c) {
+                Verdict::Start => return Some((pos, exclusive)),
+                Verdict::Blocked(_) => {}
+                Verdict::Stop => return None,
+            }
+        }
+        None
+    }
+
+    /// The untaken events that wait for a running or older relative, each with what it
+    /// waits for (`pending`, `status`); on the lanes' scan, so only with `workers` > 1.
+    fn blocked(&mut self) -> Vec<(Option<u64>, crate::status::PendingBlocker)> {
+        let d = &self.config.daemon;
+        if d.workers == 1 {
+            return Vec::new();
+        }
+        let rules = &self.config.rules;
+        let running = candidates(&self.running);
+        let mut picker = Picker::new(&running);
+        let mut seen: Vec<&Event> = Vec::new();
+        let mut out = Vec::new();
+        for (_, ev) in self.queue.untaken(LOOKAHEAD) {
+            let c = Candidate {
+                devpath: ev.devpath(),
+                exclusive: rules.exclusive(ev, &d.exclusive_subsystems),
+            };
+            let on = match picker.consider(c) {
+                Verdict::Blocked(Blocker::Running(i)) => &self.running[i].work.event,
+                Verdict::Blocked(Blocker::Earlier(i)) => seen[i],
+                Verdict::Start | Verdict::Stop => break,
+            };
+            out.push((ev.seqnum(), crate::status::PendingBlocker::of(on)));
+            seen.push(ev);
+        }
+        out
+    }
+
+    fn insert_inflight(&mut self, pos: u64, done: Option<Done>) {
+        let i = self.inflight.partition_point(|f| f.pos < pos);
+        self.inflight.insert(i, Inflight { pos, done });
+    }
+
+    /// Finish the handled events that are next in release order: every event taken
+    /// before them is finished, and none older waits untaken. So the database,
+    /// rebroadcast and the done records follow SEQNUM order whatever the lanes did.
+    fn retire(&mut self) {
+        while self.inflight.front().is_some_and(|f| f.done.is_some()) {
+            if self.inflight[0].pos >= self.queue.first_untaken() {
+                return;
+            }
+            let Some(Inflight {
+                done: Some(done), ..
+            }) = self.inflight.pop_front()
+            else {
+                return;
+            };
+            match done {
+                Done::Handled(work) => finisher!(self).finish(&work.event, Some(&work), true),
+                Done::Unhandled { event, record } => finisher!(self).finish(&event, None, record),
+            }
+        }
+    }
+
+    /// The running event of this [`Dispatch::id`], out of `running`.
+    fn take_running(&mut self, id: u64) -> Option<Running> {
+        let i = self.running.iter().position(|r| r.work.id == id)?;
+        Some(self.running.swap_remove(i))
+    }
+
+    /// Whether no handler runs in the foreground.
+    pub fn idle(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// A handler run of event `id` ended; `last` if it was its event's last. After an
+    /// import that set properties, the event's work changes (see [`Owner::import`]): the
+    /// new one is returned, for the runner to go on with from the next job.
+    pub fn on_runner(&mut self, id: u64, report: &Report, last: bool) -> Option<Work> {
+        let mut running = self.take_running(id)?;
+        self.log_outcome(&running.work, running.job, running.lane, report, false);
         let mut replaced = None;
         let mut last = last;
         if running.work.jobs[running.job].import {
@@ -661,27 +911,16 @@ impl Owner {
     }
 
     /// The running job is over for the runner: on to the event's next one, or the event
-    /// is done.
+    /// is done and finished in its turn.
     fn next_job(&mut self, running: Running, last: bool) {
         if last {
-            let work = &running.work;
-            // The event with its imported properties: recorded and sent as it is.
-            let event = &work.event;
-            if self.config.daemon.device_db {
-                let rules: Vec<&str> = work.jobs.iter().map(|j| j.rule.as_str()).collect();
-                record_device(&mut self.db, &self.devnodes, event, &work.imported, &rules);
+            if let Some(f) = self.inflight.iter_mut().find(|f| f.pos == running.pos) {
+                f.done = Some(Done::Handled(running.work));
             }
-            finish(
-                &mut self.book,
-                &mut self.rebroadcast,
-                &mut self.clients,
-                &self.config.daemon,
-                event,
-            );
-            self.clients.count_tag(event);
+            self.retire();
         } else {
             // The runner goes straight on to the event's next handler.
-            self.running = Some(Running {
+            self.running.push(Running {
                 job: running.job + 1,
                 since: Instant::now(),
                 ..running
@@ -689,7 +928,14 @@ impl Owner {
         }
     }
 
-    fn log_outcome(&mut self, work: &Dispatch, job: usize, report: &Report, background: bool) {
+    fn log_outcome(
+        &mut self,
+        work: &Dispatch,
+        job: usize,
+        lane: usize,
+        report: &Report,
+        background: bool,
+    ) {
         let rule = rule_of(work, job);
         let level = match &report.outcome {
             o if o.success() => log::Level::Info,
@@ -713,7 +959,7 @@ impl Owner {
             );
         }
         self.clients
-            .ran(work.event.seqnum(), rule, report, background);
+            .ran(work.event.seqnum(), rule, lane, report, background);
     }
 
     pub fn on_control(&mut self, msg: ToOwner) {
@@ -730,12 +976,18 @@ impl Owner {
         };
         match req {
             Request::Status => {
-                let running = self.running.as_ref();
+                let blocked = self.blocked().into_iter().next().map(|(seq, on)| {
+                    format!("SEQNUM {}: {on}", seq.map_or("-".into(), |s| s.to_string()))
+                });
+                let oldest = self.running.iter().min_by_key(|r| r.pos);
                 let lines = self.clients.status_lines(&OwnerStatus {
                     queue: &self.queue,
                     stats: &self.book.stats,
                     paused: self.paused,
-                    running: running.map(|r| (r.rule(), r.seqnum(), r.since)),
+                    running: oldest.map(|r| (r.rule(), r.seqnum(), r.since)),
+                    workers: self.config.daemon.workers,
+                    running_events: self.running.len(),
+                    blocked,
                     background: self.background.len(),
                     keeper: &self.keeper,
                     sources: self.sources,
@@ -745,15 +997,27 @@ impl Owner {
             }
             Request::Pending { json } => {
                 use crate::status::{Pending, PendingEvent, PendingState};
-                let running = self
-                    .running
-                    .as_ref()
-                    .map(|r| PendingEvent::of(PendingState::Running, &r.work.event));
+                let lanes = self.config.daemon.workers > 1;
+                let mut running: Vec<&Running> = self.running.iter().collect();
+                running.sort_by_key(|r| r.pos);
+                let running: Vec<PendingEvent> = running
+                    .into_iter()
+                    .map(|r| PendingEvent {
+                        lane: lanes.then_some(r.lane as u64),
+                        ..PendingEvent::of(PendingState::Running, &r.work.event)
+                    })
+                    .collect();
+                let mut queued = self.queue.pending_events();
+                for (seq, on) in self.blocked() {
+                    let q = queued.iter_mut().find(|q| {
+                        q.seqnum == seq && q.state == PendingState::Queued && q.waiting_on.is_none()
+                    });
+                    if let Some(q) = q {
+                        q.waiting_on = Some(on);
+                    }
+                }
                 let pending = Pending {
-                    events: running
-                        .into_iter()
-                        .chain(self.queue.pending_events())
-                        .collect(),
+                    events: running.into_iter().chain(queued).collect(),
                     waiting_for: self.queue.waiting_for(),
                     background: self.pending_background(),
                 };
@@ -858,6 +1122,15 @@ impl Owner {
                 if config.daemon.sources != self.config.daemon.sources {
                     log::warn!("reload: a change of sources takes effect at the next start");
                 }
+                let mut config = config;
+                if config.daemon.workers != self.config.daemon.workers {
+                    log::warn!(
+                        "reload: workers = {} takes effect at the next start; {} run now",
+                        config.daemon.workers,
+                        self.config.daemon.workers
+                    );
+                    config.daemon.workers = self.config.daemon.workers;
+                }
                 if config.daemon.dev_dir != self.config.daemon.dev_dir && self.devnodes.active() {
                     log::warn!(
                         "reload: dev_dir changed; links and nodes made under {} stay there",
@@ -886,6 +1159,9 @@ impl Owner {
     /// finish in time), or some event could not be spooled.
     pub fn hand_over(&mut self, sources_done: bool) {
         let rest = self.queue.drain_pending();
+        // Events that finished while an older one waited for its relative: that one goes
+        // to the spool, so they are finished now, out of turn.
+        self.retire();
         let mut kept = 0;
         for ev in &rest {
             match self.runtime.spool.write(ev) {

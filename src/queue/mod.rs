@@ -28,7 +28,7 @@
 //! recalls both: the handlers would create and destroy the same thing. An index from a
 //! hash of DEVPATH to the waiting `add` keeps that O(1) per event.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,12 @@ pub struct Queue {
     base: u64,
     /// Cursor per reader (the position of the next event it will get); None = free slot.
     cursors: Vec<Option<u64>>,
+    /// Positions past the runner's cursor that the runner took out of order ([`lanes`]:
+    /// an event that passed an older one blocked behind a relative). The cursor skips
+    /// them when it gets there. Empty with one worker.
+    ///
+    /// [`lanes`]: crate::lanes
+    taken_ahead: BTreeSet<u64>,
     /// A SEQNUM someone waits to see handled (settle): if nothing arrives to fill the
     /// range up to it, the gap timeout skips it like any other gap.
     expect_upto: Option<u64>,
@@ -198,6 +204,7 @@ impl Queue {
             log: Log::default(),
             base: 0,
             cursors: vec![Some(0)],
+            taken_ahead: BTreeSet::new(),
             expect_upto: None,
             pending: 0,
             bytes: 0,
@@ -532,7 +539,7 @@ impl Queue {
             None => {
                 log::error!("journal: spilled event {id:#x} cannot be read back; it is lost");
                 self.log[idx] = Slot::GONE;
-                if self.base + idx as u64 >= self.runner_cursor() {
+                if self.is_untaken(self.base + idx as u64) {
                     self.pending -= 1;
                 }
                 false
@@ -622,6 +629,90 @@ impl Queue {
         self.cursors[RUNNER.0].unwrap_or(self.base)
     }
 
+    /// Whether the runner has yet to take the event at log position `pos`.
+    fn is_untaken(&self, pos: u64) -> bool {
+        pos >= self.runner_cursor() && !self.taken_ahead.contains(&pos)
+    }
+
+    /// The untaken released events, oldest first, at most `limit` of them (spilled ones
+    /// read back first), each with its log position: the lanes' scan for an event that
+    /// may start (see [`crate::lanes`]).
+    pub fn untaken(&mut self, limit: usize) -> impl Iterator<Item = (u64, &Event)> {
+        let from = self.runner_cursor();
+        let mut pos = from;
+        let mut seen = 0;
+        while seen < limit {
+            let idx = (pos - self.base) as usize;
+            if idx >= self.log.len() {
+                break;
+            }
+            if !self.taken_ahead.contains(&pos) && self.load(idx) {
+                seen += 1;
+            }
+            pos += 1;
+        }
+        let (base, taken) = (self.base, &self.taken_ahead);
+        self.log
+            .iter_from((from - base) as usize)
+            .take((pos - from) as usize)
+            .enumerate()
+            .filter_map(move |(i, slot)| {
+                let p = from + i as u64;
+                match slot {
+                    Slot::Mem(ev) if !taken.contains(&p) => Some((p, ev)),
+                    _ => None,
+                }
+            })
+    }
+
+    /// Take the untaken event at log position `pos` (found by [`Queue::scan_untaken`])
+    /// for the runner. The oldest one advances the cursor, as [`Queue::next`] does; a
+    /// later one is taken out of order and the cursor skips it when it gets there.
+    pub fn take_at(&mut self, pos: u64) -> Option<&Event> {
+        if pos == self.runner_cursor() {
+            return self.next(RUNNER);
+        }
+        if !self.is_untaken(pos) {
+            return None;
+        }
+        let idx = (pos - self.base) as usize;
+        if idx >= self.log.len() || !self.load(idx) {
+            return None;
+        }
+        self.taken_ahead.insert(pos);
+        self.pending -= 1;
+        match &self.log[idx] {
+            Slot::Mem(ev) => Some(ev),
+            _ => None,
+        }
+    }
+
+    /// The log position of the oldest event the runner has not taken, or `u64::MAX` when
+    /// it has taken every released one: events taken before it are in order to be
+    /// finished (see the owner's retire). Moves the cursor past recalled events and
+    /// events taken out of order.
+    pub fn first_untaken(&mut self) -> u64 {
+        // Frees what every reader passed, as each `next` does: the event taken last
+        // goes once the owner looks for the next one.
+        self.collect();
+        let mut pos = self.runner_cursor();
+        loop {
+            let idx = (pos - self.base) as usize;
+            match self.log.get(idx) {
+                None => {
+                    self.cursors[RUNNER.0] = Some(pos);
+                    return u64::MAX;
+                }
+                Some(Slot::Stub { id: 0, .. }) => pos += 1,
+                Some(_) if self.taken_ahead.remove(&pos) => pos += 1,
+                Some(_) => {
+                    self.cursors[RUNNER.0] = Some(pos);
+                    return pos;
+                }
+            }
+        }
+    }
+
     /// The next event for `reader`, advancing its cursor past it. The event returned stays
     /// in memory until the next call, so the caller may keep the reference meanwhile.
     pub fn next(&mut self, reader: ReaderId) -> Option<&Event> {
@@ -630,9 +721,18 @@ impl Queue {
         loop {
             let idx = (pos - self.base) as usize;
             if idx >= self.log.len() {
+                if reader == RUNNER {
+                    self.cursors[RUNNER.0] = Some(pos);
+                }
                 return None;
             }
             pos += 1;
+            if reader == RUNNER
+                && !self.taken_ahead.is_empty()
+                && self.taken_ahead.remove(&(pos - 1))
+            {
+                continue;
+            }
             if self.load(idx) {
                 break;
             }
@@ -714,7 +814,7 @@ impl Queue {
             .find(|(_, s)| s.seqnum() == Some(seq))
             .map(|(i, _)| i);
         match found {
-            Some(i) if i >= from => {
+            Some(i) if i >= from && !self.taken_ahead.contains(&(self.base + i as u64)) => {
                 if !self.load(i) {
                     return Err(RecallError::NotQueued(seq));
                 }
@@ -741,17 +841,25 @@ impl Queue {
     pub fn pending_events(&self) -> Vec<crate::status::PendingEvent> {
         use crate::status::{PendingEvent, PendingState};
         let from = (self.runner_cursor() - self.base) as usize;
-        let released = self.log.iter_from(from).filter_map(|slot| match slot {
-            Slot::Mem(ev) => Some(PendingEvent::of(PendingState::Queued, ev)),
-            Slot::Stub { id: 0, .. } => None,
-            Slot::Stub { .. } => Some(PendingEvent {
-                state: PendingState::Spilled,
-                seqnum: slot.seqnum(),
-                action: None,
-                devpath: None,
-                subsystem: None,
-            }),
-        });
+        let base = self.base + from as u64;
+        let released = self
+            .log
+            .iter_from(from)
+            .enumerate()
+            .filter(|(i, _)| !self.taken_ahead.contains(&(base + *i as u64)))
+            .filter_map(|(_, slot)| match slot {
+                Slot::Mem(ev) => Some(PendingEvent::of(PendingState::Queued, ev)),
+                Slot::Stub { id: 0, .. } => None,
+                Slot::Stub { .. } => Some(PendingEvent {
+                    state: PendingState::Spilled,
+                    seqnum: slot.seqnum(),
+                    action: None,
+                    devpath: None,
+                    subsystem: None,
+                    lane: None,
+                    waiting_on: None,
+                }),
+            });
         released
             .chain(
                 self.waiting
@@ -767,9 +875,13 @@ impl Queue {
     /// `wait-device` then waits a little longer rather than answer too soon.
     pub fn has_pending_devpath(&self, devpath: &[u8]) -> bool {
         let from = (self.runner_cursor() - self.base) as usize;
-        self.log.iter_from(from).any(|slot| match slot {
-            Slot::Mem(ev) => ev.devpath() == devpath,
-            Slot::Stub { id, .. } => *id != 0,
+        let base = self.base + from as u64;
+        self.log.iter_from(from).enumerate().any(|(i, slot)| {
+            !self.taken_ahead.contains(&(base + i as u64))
+                && match slot {
+                    Slot::Mem(ev) => ev.devpath() == devpath,
+                    Slot::Stub { id, .. } => *id != 0,
+                }
         }) || self
             .waiting
             .values()
@@ -789,11 +901,15 @@ impl Queue {
         for i in from..self.log.len() {
             self.load(i);
         }
+        let base = self.base + from as u64;
+        let taken = std::mem::take(&mut self.taken_ahead);
         let mut out: Vec<Event> = self
             .log
             .split_off(from)
             .into_iter()
-            .filter_map(|slot| match slot {
+            .enumerate()
+            .filter(|(i, _)| !taken.contains(&(base + *i as u64)))
+            .filter_map(|(_, slot)| match slot {
                 Slot::Mem(ev) => Some(ev),
                 _ => None,
             })
@@ -1327,6 +1443,59 @@ mod tests {
         assert_eq!(q.pending(), 0);
         q.push(ev(3, "change", "/a"), t);
         assert_eq!(drain(&mut q, RUNNER), vec![3]);
+    }
+
+    /// Lanes take events out of order: the one taken ahead is neither recalled, nor
+    /// coalesced, nor pending, nor handed to the spool, nor taken again; the cursor
+    /// skips it, and `first_untaken` names the oldest event still to take.
+    #[test]
+    fn an_event_taken_ahead_of_the_cursor_is_taken_once() {
+        let t = Instant::now();
+        let mut q = Queue::new(Duration::from_secs(2), true);
+        q.start_at(1);
+        for (seq, dev) in [(1, "/a"), (2, "/b"), (3, "/c"), (4, "/d")] {
+            q.push(ev(seq, "add", dev), t);
+        }
+        let seen: Vec<_> = q
+            .untaken(8)
+            .map(|(p, e)| (p, e.seqnum().unwrap()))
+            .collect();
+        assert_eq!(seen, [(0, 1), (1, 2), (2, 3), (3, 4)]);
+        // 1 is blocked (say); 3 passes it.
+        assert_eq!(q.take_at(2).unwrap().seqnum(), Some(3));
+        assert_eq!(q.take_at(2).map(|e| e.seqnum()), None, "taken once");
+        assert_eq!(q.pending(), 3);
+        assert_eq!(q.recall(3), Err(RecallError::Taken(3)));
+        assert!(!q.has_pending_devpath(b"/c"));
+        assert!(q.has_pending_devpath(b"/a"));
+        // A remove for /c cancels nothing: its add runs.
+        assert!(matches!(q.push(ev(5, "remove", "/c"), t), Push::Queued));
+        let pending: Vec<_> = q.pending_events().iter().map(|p| p.seqnum).collect();
+        assert_eq!(pending, [Some(1), Some(2), Some(4), Some(5)]);
+        assert_eq!(q.first_untaken(), 0);
+        let seen: Vec<_> = q.untaken(8).map(|(_, e)| e.seqnum().unwrap()).collect();
+        assert_eq!(seen, [1, 2, 4, 5]);
+        assert_eq!(q.untaken(2).count(), 2);
+        assert_eq!(q.recall(2).unwrap().seqnum(), Some(2));
+        assert_eq!(q.next(RUNNER).unwrap().seqnum(), Some(1));
+        // 2 recalled, 3 taken ahead: the cursor moves to 4.
+        assert_eq!(q.first_untaken(), 3);
+        assert_eq!(q.next(RUNNER).unwrap().seqnum(), Some(4));
+        let spool: Vec<_> = q.drain_pending().iter().map(|e| e.seqnum()).collect();
+        assert_eq!(spool, [Some(5)]);
+        assert_eq!(q.first_untaken(), u64::MAX);
+
+        // Taken ahead, then handed over at a stop with older events untaken.
+        let mut q = Queue::new(Duration::from_secs(2), false);
+        q.start_at(1);
+        for seq in 1..=3 {
+            q.push(ev(seq, "change", "/x"), t);
+        }
+        q.take_at(1);
+        let spool: Vec<_> = q.drain_pending().iter().map(|e| e.seqnum()).collect();
+        assert_eq!(spool, [Some(1), Some(3)]);
+        assert_eq!(q.pending(), 0);
+        assert_eq!(q.first_untaken(), u64::MAX);
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub(crate) struct Rule {
     background: bool,
     /// `import = true`: see [`Job::import`].
     import: bool,
+    /// `exclusive = true`: its events run alone (see [`crate::lanes`]).
+    exclusive: bool,
     /// Keys read from sysfs; `None` for most rules, which then never touch it.
     sysfs: Option<Box<attrs::SysMatch>>,
 }
@@ -166,6 +168,8 @@ pub struct RuleSet {
     has_nodes: bool,
     /// Some rule has `import = true`: its events are planned again after each import.
     has_imports: bool,
+    /// Some rule has `exclusive = true`.
+    has_exclusive: bool,
     /// `sysfs_dir`; `None` is [`attrs::DEFAULT_SYSFS_DIR`].
     sysfs_dir: Option<PathBuf>,
 }
@@ -261,6 +265,22 @@ impl RuleSet {
     /// Whether some rule has `import = true`.
     pub fn has_imports(&self) -> bool {
         self.has_imports
+    }
+
+    /// Whether `ev` must run alone when handlers run in parallel lanes: it matches an
+    /// `exclusive = true` rule (its `match`, whatever a `last` rule before it does: the
+    /// cautious answer), or its subsystem is one of `subsystems`.
+    pub fn exclusive(&self, ev: &Event, subsystems: &[String]) -> bool {
+        if subsystems.iter().any(|s| s.as_bytes() == ev.subsystem()) {
+            return true;
+        }
+        if !self.has_exclusive {
+            return false;
+        }
+        let mut dev = attrs::Device::new(self.sysfs_root(), ev);
+        self.rules
+            .iter()
+            .any(|r| r.exclusive && r.matches(ev, &mut dev))
     }
 
     /// Whether some rule has node keys: without, events skip [`RuleSet::node_actions`].
@@ -431,6 +451,7 @@ impl RuleSetBuilder {
         RuleSet {
             has_nodes: self.rules.iter().any(|r| r.nodes.is_some()),
             has_imports: self.rules.iter().any(|r| r.import),
+            has_exclusive: self.rules.iter().any(|r| r.exclusive),
             rules: self.rules,
             hotplug_d,
             sysfs_dir: None,
@@ -544,6 +565,25 @@ mod tests {
         let jobs = rs.plan(&ev("net", &[]));
         assert_eq!(names(&jobs), ["slow", "after"]);
         assert_eq!((jobs[0].background, jobs[1].background), (true, false));
+    }
+
+    #[test]
+    fn exclusive_events_by_rule_or_subsystem() {
+        let rs = rules(
+            r#"
+            [[rule]]
+            name = "firmware-reload"
+            match = { SUBSYSTEM = "drm", ACTION = "change" }
+            run = ["/bin/true"]
+            exclusive = true
+            "#,
+        );
+        let module = ["module".to_owned()];
+        assert!(rs.exclusive(&ev("drm", &[("ACTION", "change")]), &module));
+        assert!(!rs.exclusive(&ev("drm", &[("ACTION", "add")]), &module));
+        assert!(rs.exclusive(&ev("module", &[]), &module));
+        assert!(!rs.exclusive(&ev("module", &[]), &[]));
+        assert!(!rules(RULES).exclusive(&ev("drm", &[("ACTION", "change")]), &module));
     }
 
     #[test]

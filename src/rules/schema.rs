@@ -22,6 +22,8 @@ const RULE_FIELDS: &[&str] = &[
     "background",
     // Imported properties.
     "import",
+    // Lanes: the rule's events run alone.
+    "exclusive",
 ];
 
 /// What came out of one `[[rule]]` table: the name even when the rest is wrong (so a
@@ -43,6 +45,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
     let mut nodes = NodeSpec::default();
     let mut background = false;
     let mut import = None;
+    let mut exclusive = false;
     let Some(table) = d.table(v, "a rule table") else {
         return ParsedRule { name, rule: None };
     };
@@ -81,6 +84,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             "last" => last = d.boolean(&value).unwrap_or(false),
             "background" => background = d.boolean(&value).unwrap_or(false),
             "import" => import = d.boolean(&value).map(|b| (b, value.span.clone())),
+            "exclusive" => exclusive = d.boolean(&value).unwrap_or(false),
             _ if node_key(d, &key, &value, &mut nodes) => {}
             _ => d.unknown_field(&key, RULE_FIELDS),
         }
@@ -124,6 +128,7 @@ pub(super) fn rule(d: &mut Diag, v: Value) -> ParsedRule {
             nodes: has_nodes.then_some(nodes),
             background,
             import,
+            exclusive,
             sysfs,
         }),
         _ => None,

@@ -148,6 +148,9 @@ pub struct Runner {
     /// SIGCHLD as an fd, when the process has it blocked everywhere.
     sigchld: Option<SignalFd>,
     pipe: Option<OutputPipe>,
+    /// Work done while each foreground handler runs, right after its spawn (the daemon
+    /// writes its device database entries there: off the path between two handlers).
+    after_spawn: Option<Box<dyn Fn() + Send>>,
 }
 
 /// The handlers' stdout and stderr: our read end (non-blocking) and the write end each
@@ -185,7 +188,13 @@ impl Runner {
             use_pidfd: true,
             sigchld: None,
             pipe: None,
+            after_spawn: None,
         }
+    }
+
+    /// Run `work` after each foreground handler's spawn, while it runs.
+    pub fn set_after_spawn(&mut self, work: Box<dyn Fn() + Send>) {
+        self.after_spawn = Some(work);
     }
 
     /// A runner that learns of exits from a `signalfd` for SIGCHLD. Only for a process

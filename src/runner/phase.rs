@@ -64,6 +64,9 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
             }
         }
     };
+    if let Some(work) = &runner.after_spawn {
+        work();
+    }
     let pid = child.pid as u32;
     let pgid = Pid::from_raw(child.pid);
     let who = Who {

@@ -71,7 +71,8 @@ fn man_pages_document_every_config_key_and_option() {
             "links",
             "link_priority",
             "background",
-            "import"
+            "import",
+            "exclusive"
         ]
     );
     for key in &keys {
