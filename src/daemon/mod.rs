@@ -422,14 +422,7 @@ fn run_lane(
                             handler.started(),
                             last,
                         );
-                        if last {
-                            next = owner.after_change_for_free_lane(&work_tx);
-                        } else {
-                            owner.after_change(&work_tx);
-                        }
-                        if owner.idle() {
-                            let _ = idle_tx.try_send(());
-                        }
+                        next = after_job(&mut owner, last, &work_tx, &idle_tx);
                         drop(owner);
                         background.watch(handler);
                         continue;
@@ -441,21 +434,34 @@ fn run_lane(
             };
             let mut owner = lock(&owner);
             let replaced = owner.on_runner(work.id, &report, last);
-            if last && replaced.is_none() {
-                next = owner.after_change_for_free_lane(&work_tx);
-            } else {
-                owner.after_change(&work_tx);
-            }
-            if owner.idle() {
-                // Whoever waits for the runner (a stopping daemon) may go on.
-                let _ = idle_tx.try_send(());
-            }
+            next = after_job(&mut owner, last && replaced.is_none(), &work_tx, &idle_tx);
             drop(owner);
             if let Some(new) = replaced {
                 work = new;
             }
         }
     }
+}
+
+/// After a job's end was reported: the next event for this lane when it went `free`
+/// (its event is done), else the change served as any; and whoever waits for the lanes
+/// (a stopping daemon) told when none runs.
+fn after_job(
+    owner: &mut Owner,
+    free: bool,
+    work_tx: &Sender<Work>,
+    idle_tx: &Sender<()>,
+) -> Option<Work> {
+    let next = if free {
+        owner.after_change_for_free_lane(work_tx)
+    } else {
+        owner.after_change(work_tx);
+        None
+    };
+    if owner.idle() {
+        let _ = idle_tx.try_send(());
+    }
+    next
 }
 
 /// Take a background slot, waiting while `max_background` handlers run (the queue waits
