@@ -172,20 +172,13 @@ fn monitors_see_every_event_in_order_with_env_and_outcomes() {
     });
 }
 
-#[test]
-fn a_monitor_that_stops_reading_is_dropped_and_handlers_keep_their_pace() {
-    let env = Env::new();
-    // No rule matches, so the runner takes events as fast as they come.
-    let config = env.bare_config("", "");
-    let _d = env.start(&config);
-    let mut stuck = UnixStream::connect(env.runtime().join("control")).unwrap();
-    stuck.write_all(b"monitor env\n").unwrap();
-    wait_for("the monitor", || status_field(&env, "monitors") == "1");
-    let n = 15_000u64;
+/// Events 1..=n straight into the FIFO in batches, each with a 200-byte variable, on
+/// DEVPATH `{prefix}{seq:06}{suffix}`; returns once all are handled.
+fn flood(env: &Env, n: u64, prefix: &str, suffix: &str) {
     let mut batch = Vec::new();
     for s in 1..=n {
         let payload = format!(
-            "test\0ACTION=add\0DEVPATH=/devices/flood/{s:06}/with/a/longer/path\0SEQNUM={s}\0PAD={}\0",
+            "test\0ACTION=add\0DEVPATH={prefix}{s:06}{suffix}\0SEQNUM={s}\0PAD={}\0",
             "x".repeat(200)
         );
         batch.extend_from_slice(&hotplugd::message::encode(payload.as_bytes()));
@@ -196,8 +189,21 @@ fn a_monitor_that_stops_reading_is_dropped_and_handlers_keep_their_pace() {
     }
     env.write_fifo(&batch);
     wait_for("all handled", || {
-        status_field(&env, "handled") == n.to_string()
+        status_field(env, "handled") == n.to_string()
     });
+}
+
+#[test]
+fn a_monitor_that_stops_reading_is_dropped_and_handlers_keep_their_pace() {
+    let env = Env::new();
+    // No rule matches, so the runner takes events as fast as they come.
+    let config = env.bare_config("", "");
+    let _d = env.start(&config);
+    let mut stuck = UnixStream::connect(env.runtime().join("control")).unwrap();
+    stuck.write_all(b"monitor env\n").unwrap();
+    wait_for("the monitor", || status_field(&env, "monitors") == "1");
+    let n = 15_000u64;
+    flood(&env, n, "/devices/flood/", "/with/a/longer/path");
     wait_for("the overrun", || {
         status_field(&env, "monitor_overruns") == "1"
     });
@@ -225,22 +231,7 @@ fn a_monitor_that_falls_behind_on_processed_events_loses_some_and_is_told_how_ma
     wait_for("the monitor", || status_field(&env, "monitors") == "1");
     // More than its socket's buffer, the batch being written and the 1024 held can take.
     let n = 5_000u64;
-    let mut batch = Vec::new();
-    for s in 1..=n {
-        let payload = format!(
-            "test\0ACTION=add\0DEVPATH=/devices/slow/{s:06}\0SEQNUM={s}\0PAD={}\0",
-            "x".repeat(200)
-        );
-        batch.extend_from_slice(&hotplugd::message::encode(payload.as_bytes()));
-        if batch.len() > 3000 {
-            env.write_fifo(&batch);
-            batch.clear();
-        }
-    }
-    env.write_fifo(&batch);
-    wait_for("all handled", || {
-        status_field(&env, "handled") == n.to_string()
-    });
+    flood(&env, n, "/devices/slow/", "");
     // Now it reads: every event is either shown or counted lost, and it stays.
     slow.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
