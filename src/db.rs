@@ -86,14 +86,18 @@ pub struct Entry<'a> {
     pub rules: Vec<&'a str>,
 }
 
-fn escaped(out: &mut Vec<u8>, value: &[u8]) {
-    for &b in value {
-        match b {
-            b'\n' => out.extend_from_slice(b"\\x0a"),
-            b'\\' => out.extend_from_slice(b"\\x5c"),
-            _ => out.push(b),
-        }
+fn escaped(out: &mut Vec<u8>, mut value: &[u8]) {
+    // Runs copied whole: most values have nothing to escape.
+    while let Some(i) = value.iter().position(|&b| b == b'\n' || b == b'\\') {
+        out.extend_from_slice(&value[..i]);
+        out.extend_from_slice(if value[i] == b'\n' {
+            b"\\x0a"
+        } else {
+            b"\\x5c"
+        });
+        value = &value[i + 1..];
     }
+    out.extend_from_slice(value);
 }
 
 fn line(out: &mut Vec<u8>, tag: &[u8], value: &[u8]) {
