@@ -571,3 +571,35 @@ fn the_database_is_on_by_default_and_a_settle_waits_for_its_entries() {
     env.ctl_ok(&["settle", "--seq", "41", "--timeout", "60s"]);
     assert!(entry_of(&env, "/devices/dbdefault/d7").is_none());
 }
+
+/// Entries wait for more to be written with them while handlers run, but not for a long
+/// handler: the entry of the event before it is on file while it still runs.
+#[test]
+fn an_entry_is_written_while_a_long_handler_runs() {
+    let env = Env::new();
+    let done = env.path("slow.done");
+    let config = env.bare_config(
+        "",
+        &format!(
+            "[[rule]]\nname = \"quick\"\nmatch = {{ DEVPATH = \"/devices/quick\" }}\n\
+             run = [\"/bin/true\"]\n\n\
+             [[rule]]\nname = \"slow\"\nmatch = {{ DEVPATH = \"/devices/slow\" }}\n\
+             run = [\"/bin/sh\", \"-c\", \"sleep 5; touch {}\"]\n",
+            done.display()
+        ),
+    );
+    let d = env.start(&config);
+    assert!(env.event(1, "add", "/devices/quick").success());
+    assert!(env.event(2, "add", "/devices/slow").success());
+    wait_for("the quick event's entry", || {
+        entry_of(&env, "/devices/quick").is_some()
+    });
+    assert!(
+        !done.exists(),
+        "the entry waited for the slow handler to end"
+    );
+    env.ctl_ok(&["settle", "--seq", "2", "--timeout", "60s"]);
+    assert!(done.exists());
+    assert_eq!(entry_of(&env, "/devices/slow").unwrap().rules, ["slow"]);
+    d.stop();
+}
