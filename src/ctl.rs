@@ -1412,7 +1412,7 @@ fn info(dir: &Path, args: InfoArgs, json: bool) -> Result<(), Fail> {
         println!("{k}={v}");
     }
     let Some(db) = db else {
-        let file = crate::device::db_file(dir, &found.devpath);
+        let file = crate::db::file(dir);
         println!("db: no entry ({})", file.display());
         return Ok(());
     };

@@ -240,28 +240,15 @@ pub struct DbEntry {
     pub rules: Vec<String>,
 }
 
-/// The database file of `devpath`: `RUNTIME/db/` + [`crate::db::file_name`], so each
-/// device is one file of a flat directory. [`read_db`] is the only reader.
-pub fn db_file(runtime_dir: &Path, devpath: &str) -> PathBuf {
-    let db = runtime_dir.join("db");
-    match crate::db::file_name(devpath.as_bytes()) {
-        Some(name) => db.join(name),
-        // Too long to have an entry: a name that cannot exist.
-        None => db.join(".none"),
-    }
-}
-
 /// The device's database entry; `Ok(None)` when there is none (no database at all, as
-/// with a daemon that keeps none, is the same). The format is the daemon's
-/// ([`crate::db`]).
+/// with a daemon that keeps none, is the same). The one reader is [`crate::db::lookup`].
 pub fn read_db(runtime_dir: &Path, devpath: &str) -> Result<Option<DbEntry>, String> {
-    let path = db_file(runtime_dir, devpath);
-    let text = match fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+    let path = crate::db::file(runtime_dir);
+    let Some(rec) = crate::db::lookup(runtime_dir, devpath.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?
+    else {
+        return Ok(None);
     };
-    let rec = crate::db::parse(&text);
     let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Ok(Some(DbEntry {
         path: path.display().to_string(),
@@ -341,11 +328,12 @@ mod tests {
         let db = tempfile::tempdir().unwrap();
         assert_eq!(read_db(db.path(), "/devices/virtual/net/lo"), Ok(None));
         fs::create_dir(db.path().join("db")).unwrap();
-        fs::write(
-            db_file(db.path(), "/devices/virtual/net/lo"),
-            "D:/devices/virtual/net/lo\nP:ID_NET=1\nL:net/lo\nR:net\nX:other\n",
-        )
-        .unwrap();
+        let mut records = Vec::new();
+        crate::db::frame(
+            &mut records,
+            b"D:/devices/virtual/net/lo\nP:ID_NET=1\nL:net/lo\nR:net\nZ:other\n",
+        );
+        fs::write(crate::db::file(db.path()), records).unwrap();
         let e = read_db(db.path(), "/devices/virtual/net/lo")
             .unwrap()
             .unwrap();

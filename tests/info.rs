@@ -72,11 +72,12 @@ fn info_and_attribute_walk_on_a_real_device() {
     // A database entry is shown when there is one.
     let db = env.runtime().join("db");
     fs::create_dir_all(&db).unwrap();
-    fs::write(
-        db.join(hotplugd::db::file_name(dp.as_bytes()).unwrap()),
-        format!("D:{dp}\nP:ID_TEST=yes\nL:test/link\nR:some-rule\n"),
-    )
-    .unwrap();
+    let mut records = Vec::new();
+    hotplugd::db::frame(
+        &mut records,
+        format!("D:{dp}\nP:ID_TEST=yes\nL:test/link\nR:some-rule\n").as_bytes(),
+    );
+    fs::write(db.join(hotplugd::db::FILE), records).unwrap();
     let out = env.ctl_ok(&["info", &dp]);
     for want in [
         "  ID_TEST=yes\n",

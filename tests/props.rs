@@ -11,10 +11,13 @@ use common::*;
 
 const DEVPATH: &str = "/devices/virtual/block/sdz";
 
-fn db_file(env: &Env) -> PathBuf {
-    env.runtime()
-        .join("db")
-        .join(hotplugd::db::file_name(DEVPATH.as_bytes()).unwrap())
+/// The database file's bytes (empty if there is none).
+fn db_bytes(env: &Env) -> Vec<u8> {
+    fs::read(hotplugd::db::file(&env.runtime())).unwrap_or_default()
+}
+
+fn has_entry(env: &Env) -> bool {
+    entry_of(env, DEVPATH).is_some()
 }
 
 fn disk(env: &Env, seq: u64, action: &str) {
@@ -78,7 +81,7 @@ fn seen(env: &Env) -> Vec<String> {
 }
 
 fn db(env: &Env) -> hotplugd::db::Record {
-    hotplugd::db::parse(&fs::read(db_file(env)).unwrap())
+    entry_of(env, DEVPATH).expect("an entry")
 }
 
 fn prop<'a>(r: &'a hotplugd::db::Record, key: &str) -> Option<&'a [u8]> {
@@ -101,7 +104,7 @@ fn properties_flow_from_import_to_match_run_link_and_db() {
     let d = env.start(&config);
     disk(&env, 1, "add");
     env.wait_handled(1);
-    wait_for("the db entry", || db_file(&env).exists());
+    wait_for("the db entry", || has_entry(&env));
 
     // A later rule matched on an imported key, and its run saw it (argv and env); the
     // protected keys kept the kernel's values; past the cap nothing was taken.
@@ -125,10 +128,11 @@ fn properties_flow_from_import_to_match_run_link_and_db() {
     assert_eq!(r.links, [b"disk/by-uuid/1234-ABCD".to_vec()]);
     assert_eq!(r.rules, ["blkid", "by-uuid", "record"]);
 
-    // A remove deletes the entry and the link.
+    // A remove ends the entry (a removal record) and deletes the link.
     disk(&env, 2, "remove");
     env.wait_handled(2);
-    wait_for("the db entry to go", || !db_file(&env).exists());
+    wait_for("the db entry to go", || !has_entry(&env));
+    assert!(db_bytes(&env).ends_with(format!("D:{DEVPATH}\nX:\n").as_bytes()));
     assert_eq!(link(&dev, "disk/by-uuid/1234-ABCD"), None);
     d.stop();
 }
@@ -141,24 +145,16 @@ fn the_database_survives_a_clean_stop_and_a_kill() {
     disk(&env, 1, "add");
     env.wait_handled(1);
     // The entry is written once the event's last handler has ended.
-    wait_for("the db entry", || db_file(&env).exists());
-    let before = fs::read(db_file(&env)).unwrap();
+    wait_for("the db entry", || has_entry(&env));
+    let before = db_bytes(&env);
     assert!(d.stop().success());
-    assert_eq!(
-        fs::read(db_file(&env)).unwrap(),
-        before,
-        "after a clean stop"
-    );
+    assert_eq!(db_bytes(&env), before, "after a clean stop");
 
     let mut d = env.start(&config);
-    assert_eq!(fs::read(db_file(&env)).unwrap(), before, "after a start");
+    assert_eq!(db_bytes(&env), before, "after a start");
     d.kill9();
     let d = env.start(&config);
-    assert_eq!(
-        fs::read(db_file(&env)).unwrap(),
-        before,
-        "after a kill and a start"
-    );
+    assert_eq!(db_bytes(&env), before, "after a kill and a start");
     // And it is still kept up to date.
     disk(&env, 2, "change");
     env.wait_handled(2);
@@ -259,9 +255,7 @@ fn monitors_show_imported_properties_on_processed_events_not_queued_ones() {
 
 /// The entry of `devpath` under this env's runtime dir, parsed; `None` if there is none.
 fn entry_of(env: &Env, devpath: &str) -> Option<hotplugd::db::Record> {
-    let name = hotplugd::db::file_name(devpath.as_bytes()).unwrap();
-    let text = fs::read(env.runtime().join("db").join(name)).ok()?;
-    Some(hotplugd::db::parse(&text))
+    hotplugd::db::lookup(&env.runtime(), devpath.as_bytes()).unwrap()
 }
 
 #[test]
@@ -290,14 +284,22 @@ fn a_trigger_rebuilds_entries_current_stale_and_missing() {
     env.ctl_ok(&["settle", "--seq", "1"]);
     let a = entry_of(&env, "/devices/fake/a").expect("an entry");
     assert!(a.properties.contains(&(b"MODEL".to_vec(), b"old".to_vec())));
-    // b: a stale entry, left by hand; c: none.
-    fs::write(
-        env.runtime()
-            .join("db")
-            .join(hotplugd::db::file_name(b"/devices/fake/b").unwrap()),
-        "D:/devices/fake/b\nS:0\nP:MODEL=stale\nR:gone\n",
-    )
-    .unwrap();
+    // b: a stale entry, appended by hand; c: none.
+    let mut stale = Vec::new();
+    hotplugd::db::frame(
+        &mut stale,
+        b"D:/devices/fake/b\nS:0\nP:MODEL=stale\nR:gone\n",
+    );
+    fs::OpenOptions::new()
+        .append(true)
+        .open(hotplugd::db::file(&env.runtime()))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &stale))
+        .unwrap();
+    assert_eq!(
+        entry_of(&env, "/devices/fake/b").unwrap().seqnum,
+        Some(0),
+        "the stale entry"
+    );
     assert!(entry_of(&env, "/devices/fake/c").is_none());
 
     let sys_s = sys.to_str().unwrap();
@@ -398,8 +400,8 @@ fn a_failing_database_write_is_logged_once_and_costs_no_event() {
     let env = Env::new();
     let d = env.start(&env.config("device_db = true", ""));
     let db = env.runtime().join("db");
-    // Where the next entry's temporary file goes, a directory: every write fails.
-    let tmp = db.join(hotplugd::db::TMP);
+    // Where the entries go, a directory: every write fails.
+    let tmp = hotplugd::db::file(&env.runtime());
     fs::create_dir(&tmp).unwrap();
     for seq in 1..=3 {
         env.event(seq, "add", &format!("/devices/fail/{seq}"));
@@ -414,10 +416,10 @@ fn a_failing_database_write_is_logged_once_and_costs_no_event() {
         "it names the file: {}",
         warnings[0]
     );
-    assert!(entry_of(&env, "/devices/fail/1").is_none());
 
     // The cause gone, entries are written again, and that is said once.
     fs::remove_dir(&tmp).unwrap();
+    assert!(entry_of(&env, "/devices/fail/1").is_none());
     env.event(4, "add", "/devices/fail/4");
     env.ctl_ok(&["settle", "--seq", "4"]);
     assert_eq!(entry_of(&env, "/devices/fail/4").unwrap().seqnum, Some(4));
@@ -437,8 +439,8 @@ fn a_failing_database_write_is_logged_once_and_costs_no_event() {
     d.stop();
 }
 
-/// The database's cost per event, off the daemon: what `record_device` does after an
-/// event's last handler. Run with
+/// The database's cost per event, off the daemon: what `Deferred::flush` does for one
+/// event's entry (one record appended). Run with
 /// `scripts/cargo-static test --release --test props db_bench -- --ignored --nocapture`
 /// (HOTPLUGD_DB_N events per round, default 20000), on /dev/shm when it is a tmpfs as
 /// /run is. The end-to-end number is dispatch in `benches/run.sh` (BENCHMARKS.md).
@@ -510,8 +512,8 @@ fn db_bench() {
                 });
             }
             db_us.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
-            // What the first writer did, for comparison: paths walked from the root,
-            // a fresh buffer and name per event.
+            // The layout before the log, for comparison: a file per device (its name
+            // the DEVPATH with `/` escaped), written to a temporary file and renamed.
             let dir = run.join("db");
             let t = Instant::now();
             for e in &events {
@@ -521,7 +523,8 @@ fn db_bench() {
                     links: vec![],
                     rules: vec!["true"],
                 });
-                let path = dir.join(hotplugd::db::file_name(e.devpath()).unwrap());
+                let name = String::from_utf8_lossy(e.devpath()).replace('/', "\\x2f");
+                let path = dir.join(name);
                 let mut tmp = path.as_os_str().to_owned();
                 tmp.push(".tmp");
                 fs::write(&tmp, &text).unwrap();
@@ -531,7 +534,10 @@ fn db_bench() {
             fs::remove_dir_all(&run).unwrap();
         }
         println!("| Db::update, {what} | {:.2} |", median(db_us));
-        println!("| by path (std::fs), {what} | {:.2} |", median(path_us));
+        println!(
+            "| a file per device (std::fs), {what} | {:.2} |",
+            median(path_us)
+        );
     }
 }
 
@@ -564,4 +570,36 @@ fn the_database_is_on_by_default_and_a_settle_waits_for_its_entries() {
     assert!(env.event(41, "remove", "/devices/dbdefault/d7").success());
     env.ctl_ok(&["settle", "--seq", "41", "--timeout", "60s"]);
     assert!(entry_of(&env, "/devices/dbdefault/d7").is_none());
+}
+
+/// Entries wait for more to be written with them while handlers run, but not for a long
+/// handler: the entry of the event before it is on file while it still runs.
+#[test]
+fn an_entry_is_written_while_a_long_handler_runs() {
+    let env = Env::new();
+    let done = env.path("slow.done");
+    let config = env.bare_config(
+        "",
+        &format!(
+            "[[rule]]\nname = \"quick\"\nmatch = {{ DEVPATH = \"/devices/quick\" }}\n\
+             run = [\"/bin/true\"]\n\n\
+             [[rule]]\nname = \"slow\"\nmatch = {{ DEVPATH = \"/devices/slow\" }}\n\
+             run = [\"/bin/sh\", \"-c\", \"sleep 5; touch {}\"]\n",
+            done.display()
+        ),
+    );
+    let d = env.start(&config);
+    assert!(env.event(1, "add", "/devices/quick").success());
+    assert!(env.event(2, "add", "/devices/slow").success());
+    wait_for("the quick event's entry", || {
+        entry_of(&env, "/devices/quick").is_some()
+    });
+    assert!(
+        !done.exists(),
+        "the entry waited for the slow handler to end"
+    );
+    env.ctl_ok(&["settle", "--seq", "2", "--timeout", "60s"]);
+    assert!(done.exists());
+    assert_eq!(entry_of(&env, "/devices/slow").unwrap().rules, ["slow"]);
+    d.stop();
 }

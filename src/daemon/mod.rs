@@ -380,7 +380,7 @@ fn run_lane(
     };
     let db = lock(&owner).db.clone();
     let flush = db.clone();
-    handlers.set_after_spawn(Box::new(move || flush.flush()));
+    handlers.set_after_spawn(Box::new(move |late| flush.flush_due(late)));
     // The next event, when this lane took it as it went free (see
     // `Owner::after_change_for_free_lane`).
     let mut next: Option<Work> = None;

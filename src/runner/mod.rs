@@ -150,8 +150,12 @@ pub struct Runner {
     pipe: Option<OutputPipe>,
     /// Work done while each foreground handler runs, right after its spawn (the daemon
     /// writes its device database entries there: off the path between two handlers).
-    after_spawn: Option<Box<dyn Fn() + Send>>,
+    after_spawn: Option<AfterSpawn>,
 }
+
+/// Work after a spawn, called with `false` right after it; when it returns a delay, it
+/// is called again with `true` once the handler has run that long (work it put off).
+pub type AfterSpawn = Box<dyn Fn(bool) -> Option<std::time::Duration> + Send>;
 
 /// The handlers' stdout and stderr: our read end (non-blocking) and the write end each
 /// child gets a copy of.
@@ -193,7 +197,7 @@ impl Runner {
     }
 
     /// Run `work` after each foreground handler's spawn, while it runs.
-    pub fn set_after_spawn(&mut self, work: Box<dyn Fn() + Send>) {
+    pub fn set_after_spawn(&mut self, work: AfterSpawn) {
         self.after_spawn = Some(work);
     }
 

@@ -64,9 +64,11 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
             }
         }
     };
-    if let Some(work) = &runner.after_spawn {
-        work();
-    }
+    // When the work after the spawn put some off, the time to do it anyway.
+    let mut put_off = match &runner.after_spawn {
+        Some(work) => work(false).and_then(|d| Instant::now().checked_add(d)),
+        None => None,
+    };
     let pid = child.pid as u32;
     let pgid = Pid::from_raw(child.pid);
     let who = Who {
@@ -121,6 +123,12 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
 
     let status: io::Result<libc::c_int> = loop {
         let now = Instant::now();
+        if put_off.is_some_and(|at| now >= at) {
+            put_off = None;
+            if let Some(work) = &runner.after_spawn {
+                work(true);
+            }
+        }
         let due = match phase {
             Phase::Running => deadline,
             Phase::Termed(at) | Phase::Killed(at) => Some(at),
@@ -131,6 +139,9 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
         }
 
         let mut wait = due.map(|due| due - now);
+        if let Some(at) = put_off {
+            wait = Some(wait.map_or(at - now, |w| w.min(at - now)));
+        }
         if exit_fd.is_none() {
             wait = Some(wait.map_or(FALLBACK_TICK, |w| w.min(FALLBACK_TICK)));
         }
