@@ -366,14 +366,19 @@ impl Clients {
         queue: &Queue,
         unfinished: impl Iterator<Item = &'e Event> + Clone,
         db: usize,
-    ) {
-        let pending = queue.pending() + unfinished.clone().count() + db;
+    ) -> bool {
+        // Some waiter would be answered but for the database's entries: the owner asks
+        // for a wake-up once they are written (and only then, not at every write).
+        let mut db_only = false;
+        let events = queue.pending() + unfinished.clone().count();
+        let pending = events + db;
         // Only the queue's events are looked at, not its length: another device's slow
         // handler or a long queue does not hold this one up.
         self.device_waits.retain(|w| {
-            let busy = db > 0
-                || unfinished.clone().any(|e| e.devpath() == &w.devpath[..])
+            let busy = unfinished.clone().any(|e| e.devpath() == &w.devpath[..])
                 || queue.has_pending_devpath(&w.devpath);
+            db_only |= !busy && db > 0;
+            let busy = busy || db > 0;
             if !busy {
                 let _ = w.tx.send(Reply::End(End::Ok(String::new())));
             }
@@ -381,7 +386,9 @@ impl Clients {
         });
         let now = Instant::now();
         self.settles.retain_mut(|w| {
-            let done = pending == 0 && w.upto.is_none_or(|s| queue.released_through(s));
+            let released = w.upto.is_none_or(|s| queue.released_through(s));
+            db_only |= events == 0 && released && db > 0;
+            let done = pending == 0 && released;
             if done {
                 let _ = w.tx.send(Reply::End(End::Ok(String::new())));
                 return false;
@@ -408,6 +415,7 @@ impl Clients {
                 .find(|(t, _)| *t == w.tag)
                 .map_or(0, |(_, n)| *n);
             // Their entries on file too, as for a settle.
+            db_only |= done >= w.count && db > 0;
             if done >= w.count && db == 0 {
                 let _ = w.tx.send(Reply::End(End::Ok(format!("{done} handled"))));
                 false
@@ -415,11 +423,7 @@ impl Clients {
                 true
             }
         });
-    }
-
-    /// Whether a settle, tag wait or device wait is waiting.
-    pub fn has_waiters(&self) -> bool {
-        !(self.settles.is_empty() && self.tag_waits.is_empty() && self.device_waits.is_empty())
+        db_only
     }
 
     /// The timeline as the protocol's `run START END SEQNUM RULE OUTCOME[ background]`
@@ -640,9 +644,14 @@ mod tests {
         // 3 is taken by the runner: pending while it runs, settled once it is done.
         q.push(ev(3, "change", "usb", None), Instant::now());
         assert!(q.next(RUNNER).is_some());
-        c.check_waiters(&q, std::iter::once(&ev(9, "change", "usb", None)), 0);
+        let running = ev(9, "change", "usb", None);
+        // Events still to handle: no wake-up wanted for the database's entries.
+        assert!(!c.check_waiters(&q, std::iter::once(&running), 2));
         assert_eq!(ended_ok(&replies(&rx)), None);
-        c.check_waiters(&q, std::iter::empty(), 0);
+        // Only entries left to write: the settle waits, and wants a wake-up for them.
+        assert!(c.check_waiters(&q, std::iter::empty(), 2));
+        assert_eq!(ended_ok(&replies(&rx)), None);
+        assert!(!c.check_waiters(&q, std::iter::empty(), 0));
         assert_eq!(ended_ok(&replies(&rx)), Some(""));
         assert!(c.settles.is_empty());
     }

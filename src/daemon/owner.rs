@@ -579,8 +579,8 @@ impl Owner {
         );
         // Entries not yet on file count as unfinished work for a settle.
         let db = self.db.pending();
-        self.clients.check_waiters(&self.queue, unfinished, db);
-        self.db.want_wake(db > 0 && self.clients.has_waiters());
+        let db_only = self.clients.check_waiters(&self.queue, unfinished, db);
+        self.db.want_wake(db_only);
         if self.last_status.elapsed() >= Duration::from_secs(1) {
             self.last_status = Instant::now();
             self.notifier
