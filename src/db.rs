@@ -607,7 +607,7 @@ impl Prepared {
 /// appended while a handler runs rather than between one handler's exit and the next
 /// one's spawn. A runner, right after it spawned a handler, writes them once they are
 /// worth a `write()` ([`Deferred::flush_due`]: [`BATCH`] of them, or [`MAX_DELAY`] old,
-/// or a settle waits), and the rest when that handler has run `MAX_DELAY`; one write per
+/// or a waiter waits for nothing else), and the rest when that handler has run `MAX_DELAY`; one write per
 /// event cost dispatch some 2 % on two vCPUs, the caches cold after each exec. The main
 /// thread flushes after each message (events that ran no handler), a runner before it
 /// waits for work, and the stop at the end.
