@@ -604,20 +604,6 @@ last = true
     }
 }
 
-/// A fake sysfs with a device per name under `/devices/fake`, each with a `uevent` file
-/// and a `subsystem` link to `class/test`.
-fn fake_sysfs(env: &Env, names: &[&str]) -> std::path::PathBuf {
-    let sys = env.path("sys");
-    fs::create_dir_all(sys.join("class/test")).unwrap();
-    for name in names {
-        let dev = sys.join("devices/fake").join(name);
-        fs::create_dir_all(&dev).unwrap();
-        fs::write(dev.join("uevent"), format!("DEVNAME={name}\n")).unwrap();
-        std::os::unix::fs::symlink("../../../class/test", dev.join("subsystem")).unwrap();
-    }
-    sys
-}
-
 #[test]
 fn trigger_settle_counts_tagged_events_that_were_coalesced_or_recalled() {
     let env = Env::new();
@@ -625,44 +611,8 @@ fn trigger_settle_counts_tagged_events_that_were_coalesced_or_recalled() {
     let sys = fake_sysfs(&env, &names);
     let d = env.start(&env.config("", ""));
     env.ctl_ok(&["pause"]);
-    let mut trigger = Command::new(CTL)
-        .arg("--runtime-dir")
-        .arg(env.runtime())
-        .arg("trigger")
-        .arg("--sysfs")
-        .arg(&sys)
-        .args(["--settle", "--timeout", "30"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(trigger.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let tag = first
-        .strip_prefix("3 devices triggered (add, SYNTH_UUID=")
-        .and_then(|r| r.strip_suffix(")\n"))
-        .unwrap_or_else(|| panic!("{first:?}"))
-        .to_owned();
     // As the kernel would: each write to a `uevent` file becomes an event with the tag.
-    for (i, name) in names.iter().enumerate() {
-        let dev = sys.join("devices/fake").join(name);
-        assert_eq!(
-            fs::read_to_string(dev.join("uevent")).unwrap(),
-            format!("add {tag}")
-        );
-        let seq = (i + 1).to_string();
-        let devpath = format!("/devices/fake/{name}");
-        env.shim(&[
-            ("ACTION", "add"),
-            ("DEVPATH", &devpath),
-            ("SUBSYSTEM", "test"),
-            ("SEQNUM", &seq),
-            ("SYNTH_UUID", &tag),
-        ]);
-    }
+    let (trigger, _) = trigger_as_kernel(&env, &sys, &names, 1, &[]);
     d.wait_log("queued 3 add");
     // One tagged add is recalled, another coalesces with an untagged remove: neither
     // will ever be handled, and the trigger must not wait for them.

@@ -262,15 +262,8 @@ fn entry_of(env: &Env, devpath: &str) -> Option<hotplugd::db::Record> {
 fn a_trigger_rebuilds_entries_current_stale_and_missing() {
     let env = Env::new();
     // A fake sysfs: three devices, each with the `uevent` file a trigger writes to.
-    let sys = env.path("sys");
-    fs::create_dir_all(sys.join("class/test")).unwrap();
     let names = ["a", "b", "c"];
-    for name in names {
-        let dev = sys.join("devices/fake").join(name);
-        fs::create_dir_all(&dev).unwrap();
-        fs::write(dev.join("uevent"), format!("DEVNAME={name}\n")).unwrap();
-        std::os::unix::fs::symlink("../../../class/test", dev.join("subsystem")).unwrap();
-    }
+    let sys = fake_sysfs(&env, &names);
     let config = env.config("device_db = true", "");
     let d = env.start(&config);
     // a: an entry of its own from an earlier event, with what it had then.
@@ -302,49 +295,9 @@ fn a_trigger_rebuilds_entries_current_stale_and_missing() {
     );
     assert!(entry_of(&env, "/devices/fake/c").is_none());
 
-    let sys_s = sys.to_str().unwrap();
-    let mut trigger = std::process::Command::new(CTL)
-        .arg("--runtime-dir")
-        .arg(env.runtime())
-        .args(["trigger", "--sysfs", sys_s, "--settle", "--timeout", "60"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(trigger.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    let tag = first
-        .strip_prefix("3 devices triggered (add, SYNTH_UUID=")
-        .and_then(|r| r.strip_suffix(")\n"))
-        .unwrap_or_else(|| panic!("{first:?}"))
-        .to_owned();
     // As the kernel would: each write to a `uevent` file becomes an event, with the
     // device's properties as they are now.
-    for (i, name) in names.iter().enumerate() {
-        let dev = sys.join("devices/fake").join(name);
-        assert_eq!(
-            fs::read_to_string(dev.join("uevent")).unwrap(),
-            format!("add {tag}")
-        );
-        let seq = (i + 2).to_string();
-        let devpath = format!("/devices/fake/{name}");
-        assert!(env
-            .shim(&[
-                ("ACTION", "add"),
-                ("DEVPATH", &devpath),
-                ("SUBSYSTEM", "test"),
-                ("DEVNAME", name),
-                ("MODEL", "new"),
-                ("SEQNUM", &seq),
-                ("SYNTH_UUID", &tag),
-            ])
-            .success());
-    }
+    let (trigger, tag) = trigger_as_kernel(&env, &sys, &names, 2, &[("MODEL", "new")]);
     let out = trigger.wait_with_output().unwrap();
     assert!(
         out.status.success(),

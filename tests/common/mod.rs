@@ -595,3 +595,76 @@ pub fn pid_alive(pid: u32) -> bool {
             .is_some_and(|r| !r.trim_start().starts_with('Z'))
     })
 }
+
+/// A fake sysfs under the env with a device per name under `/devices/fake`, each with a
+/// `uevent` file and a `subsystem` link to `class/test`, for `hotplugctl trigger --sysfs`.
+pub fn fake_sysfs(env: &Env, names: &[&str]) -> PathBuf {
+    let sys = env.path("sys");
+    fs::create_dir_all(sys.join("class/test")).unwrap();
+    for name in names {
+        let dev = sys.join("devices/fake").join(name);
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(dev.join("uevent"), format!("DEVNAME={name}\n")).unwrap();
+        std::os::unix::fs::symlink("../../../class/test", dev.join("subsystem")).unwrap();
+    }
+    sys
+}
+
+/// Start `hotplugctl trigger --sysfs SYS --settle` over [`fake_sysfs`]'s `names`, and play
+/// the kernel: each `uevent` write (checked) becomes an event through the shim, SEQNUMs
+/// from `first_seq`, with the trigger's tag, the device's DEVNAME and `extra`. Returns the
+/// trigger, still waiting for its settle, and the tag.
+pub fn trigger_as_kernel(
+    env: &Env,
+    sys: &Path,
+    names: &[&str],
+    first_seq: u64,
+    extra: &[(&str, &str)],
+) -> (Child, String) {
+    let mut trigger = Command::new(CTL)
+        .arg("--runtime-dir")
+        .arg(env.runtime())
+        .arg("trigger")
+        .arg("--sysfs")
+        .arg(sys)
+        .args(["--settle", "--timeout", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(trigger.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let tag = first
+        .strip_prefix(&format!(
+            "{} devices triggered (add, SYNTH_UUID=",
+            names.len()
+        ))
+        .and_then(|r| r.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .to_owned();
+    for (i, name) in names.iter().enumerate() {
+        let dev = sys.join("devices/fake").join(name);
+        assert_eq!(
+            fs::read_to_string(dev.join("uevent")).unwrap(),
+            format!("add {tag}")
+        );
+        let seq = (first_seq + i as u64).to_string();
+        let devpath = format!("/devices/fake/{name}");
+        let mut vars = vec![
+            ("ACTION", "add"),
+            ("DEVPATH", devpath.as_str()),
+            ("SUBSYSTEM", "test"),
+            ("DEVNAME", name),
+            ("SEQNUM", seq.as_str()),
+            ("SYNTH_UUID", tag.as_str()),
+        ];
+        vars.extend_from_slice(extra);
+        assert!(env.shim(&vars).success());
+    }
+    (trigger, tag)
+}
