@@ -375,16 +375,7 @@ fn values_that_are_not_utf8_pass_through_as_bytes() {
 
     // monitor: --env writes the value's bytes, --json the escaped form.
     let _d = env.start(&env.config("", ""));
-    let spawn = |args: &[&str]| {
-        Command::new(CTL)
-            .arg("--runtime-dir")
-            .arg(env.runtime())
-            .arg("monitor")
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: &[&str]| env.monitor(args);
     let mut raw_mon = spawn(&["--env"]);
     let mut json_mon = spawn(&["--json", "--env"]);
     let mut handled = spawn(&["--handled", "--json"]);

@@ -114,16 +114,7 @@ fn settle_for_a_seqnum_that_never_comes_ends_after_the_gap_timeout() {
 fn monitors_see_every_event_in_order_with_env_and_outcomes() {
     let env = Env::new();
     let _d = env.start(&env.config("", ""));
-    let spawn_monitor = |args: &[&str]| {
-        Command::new(CTL)
-            .arg("--runtime-dir")
-            .arg(env.runtime())
-            .arg("monitor")
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn_monitor = |args: &[&str]| env.monitor(args);
     let mut plain = spawn_monitor(&["--queued"]);
     // Both kinds, the default: an event's QUEUED line comes first.
     let mut with_env = spawn_monitor(&["--env", "--subsystem", "test"]);

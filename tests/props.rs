@@ -190,20 +190,10 @@ fn block(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
 
 #[test]
 fn monitors_show_imported_properties_on_processed_events_not_queued_ones() {
-    use std::process::{Command, Stdio};
     let env = Env::new();
     let (config, _dev) = setup(&env);
     let d = env.start(&config);
-    let spawn = |args: &[&str]| {
-        Command::new(CTL)
-            .arg("--runtime-dir")
-            .arg(env.runtime())
-            .arg("monitor")
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: &[&str]| env.monitor(args);
     let mut processed = spawn(&["--processed", "--env"]);
     let mut queued = spawn(&["--queued", "--env"]);
     // Both kinds, the default.

@@ -209,6 +209,19 @@ run = ["{record}"]
             .unwrap()
     }
 
+    /// `hotplugctl monitor ARGS...` running, its stdout piped.
+    pub fn monitor(&self, args: &[&str]) -> Child {
+        Command::new(CTL)
+            .arg("--runtime-dir")
+            .arg(self.runtime())
+            .arg("monitor")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// `ctl` that must succeed; its stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
         let out = self.ctl(args);
