@@ -8,7 +8,7 @@
 //! claims (a FIFO; a listening Unix stream socket) before it is used.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -23,6 +23,15 @@ const SD_LISTEN_FDS_START: RawFd = 3;
 pub struct Activated {
     pub fifo: Option<OwnedFd>,
     pub control: Option<UnixListener>,
+}
+
+impl Activated {
+    /// The fds it holds, which the daemon keeps when it closes what else it inherited.
+    pub fn fds(&self) -> Vec<RawFd> {
+        let fifo = self.fifo.as_ref().map(|f| f.as_raw_fd());
+        let control = self.control.as_ref().map(|l| l.as_raw_fd());
+        fifo.into_iter().chain(control).collect()
+    }
 }
 
 /// Take the fds passed by socket activation, if `LISTEN_PID` is this process. The
@@ -89,6 +98,13 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// The fds it holds (the notify socket, the readiness fd), kept as [`Activated::fds`].
+    pub fn fds(&self) -> Vec<RawFd> {
+        let socket = self.socket.as_ref().map(|(s, _)| s.as_raw_fd());
+        let ready = self.ready_fd.as_ref().map(|f| f.as_raw_fd());
+        socket.into_iter().chain(ready).collect()
+    }
+
     /// From `NOTIFY_SOCKET` (removed from the environment) and `--ready-fd`.
     pub fn new(ready_fd: Option<RawFd>) -> io::Result<Notifier> {
         let mut n = Notifier::default();

@@ -595,3 +595,31 @@ fn closed_std_fds_at_start_do_not_reach_handlers() {
     assert!(lines[1].starts_with("pipe:"), "{text}");
     assert_eq!(lines[1], lines[2], "{text}");
 }
+
+/// An fd the daemon's starter leaked (here the write end of a pipe, opened by a shell that
+/// then execs the daemon) is closed at start, not only kept from handlers: a reader
+/// waiting for that pipe's end would otherwise wait as long as the daemon runs.
+#[test]
+fn an_fd_the_starter_leaked_is_closed() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let env = Env::new();
+    let pipe = env.path("leak");
+    nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&pipe)
+        .unwrap();
+    let script = format!("exec 9>{}; exec \"$0\" \"$@\"", pipe.display());
+    let _d = env
+        .daemon(&env.config("", ""))
+        .wrapper(["/bin/sh", "-c", &script])
+        .start();
+    // Ready: the shell is gone, and the daemon is the only process that got fd 9.
+    let mut buf = [0u8; 16];
+    match reader.read(&mut buf) {
+        Ok(0) => {}
+        other => panic!("the leaked write end is still open: read gave {other:?}"),
+    }
+}
