@@ -20,6 +20,14 @@
 # Machines are noisy: every comparison is made within one run, as a ratio of medians
 # of interleaved rounds.
 set -euo pipefail
+# Every side of a comparison starts with fds 0-2 only. An fd the caller leaked (a
+# terminal multiplexer's, a CI runner's) would make each spawn of the bare loops copy a
+# bigger fd table, and not the daemon's, which closes what it inherits. 255 is bash's own
+# copy of this script.
+for fd in /proc/$$/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ] && [ "$fd" != 255 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUICK=0
