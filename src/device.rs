@@ -99,26 +99,6 @@ pub fn event_vars(dev: &Found, action: &str) -> Result<Vec<(String, String)>, St
     Ok(vars)
 }
 
-/// A TOML basic string holding `s` exactly: quotes, backslashes and control characters
-/// escaped.
-pub fn toml_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// A glob that matches exactly `s`: the pattern characters and a leading `!` escaped.
 pub fn glob_literal(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -136,9 +116,12 @@ fn match_line(key: &str, value: &str) -> String {
     let key = if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         key.to_owned()
     } else {
-        toml_quote(key)
+        crate::spanned::toml_quote(key)
     };
-    format!("{key} = {}", toml_quote(&glob_literal(value)))
+    format!(
+        "{key} = {}",
+        crate::spanned::toml_quote(&glob_literal(value))
+    )
 }
 
 /// An attribute as the rules' sysfs reader sees it: a regular file (no symlink), readable,
