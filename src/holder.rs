@@ -85,15 +85,7 @@ pub fn hold(dir: &Path) -> Result<Held, HolderError> {
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     spool::check_private_dir(dir).map_err(RuntimeError::Refused)?;
     let lock_path = dir.join(HOLDER_FILE);
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&lock_path)
-        .map_err(io_err(&lock_path))?;
+    let lock = crate::runtime::open_lock_file(&lock_path)?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();

@@ -32,6 +32,20 @@ pub enum RuntimeError {
     Locked { path: PathBuf, pid: String },
 }
 
+/// A lock file in the runtime dir, to `flock`: made 0600 if missing, never truncated
+/// here (its pid line is the holder's to rewrite), a symlink refused.
+pub(crate) fn open_lock_file(path: &Path) -> Result<fs::File, RuntimeError> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err(path))
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
     move |source| RuntimeError::Io {
         path: path.to_owned(),
@@ -56,15 +70,7 @@ impl Runtime {
         }
         spool::check_private_dir(dir).map_err(RuntimeError::Refused)?;
         let lock_path = dir.join(spool::LOCK);
-        let lock = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
+        let lock = open_lock_file(&lock_path)?;
         // The lock goes with the open file, so a killed daemon never leaves a stale one;
         // but a handler it was starting holds a copy until its exec, so a restart right
         // after a kill may find it held for a moment.
