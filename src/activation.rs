@@ -2,6 +2,7 @@
 //! (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`: the event FIFO from `ListenFIFO=` and the
 //! control socket from `ListenStream=`), `sd_notify` readiness (`NOTIFY_SOCKET`), and
 //! s6-style readiness (`--ready-fd N`: a newline written to fd N).
+//! Every other fd a process was started with is closed ([`close_inherited_fds`]).
 //!
 //! A FIFO held by the supervisor outlives the daemon, and so do the events buffered in it:
 //! a restart loses nothing that the kernel's helpers wrote. Each fd is checked to be what it
@@ -167,4 +168,57 @@ fn monotonic_usec() -> u64 {
     // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Close every fd above 2 but `keep` (the daemon's: socket activation's, readiness'; the
+/// FIFO holder keeps none): handlers get exactly stdin, stdout and stderr; an fd the starter leaked (a pipe whose reader waits
+/// for its end) is not held open for the daemon's life; and each handler's spawn copies
+/// a small fd table, not one sized for the highest fd inherited. Without `close_range`
+/// (before Linux 5.9) they are marked close-on-exec instead, as handlers must not get them.
+pub fn close_inherited_fds(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok().filter(|&fd| fd > 2))
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    // SAFETY: close_range on ranges that hold none of the fds this process owns (those
+    // are in `keep`); whatever else is there was inherited and is ours to close.
+    let close = |first: u32, last: u32, flags: u32| unsafe {
+        libc::syscall(libc::SYS_close_range, first, last, flags)
+    };
+    let mut first = 3u32;
+    for &k in &keep {
+        if k > first && close(first, k - 1, 0) != 0 {
+            return mark_cloexec();
+        }
+        first = k + 1;
+    }
+    if close(first, u32::MAX, 0) != 0 {
+        mark_cloexec();
+    }
+}
+
+/// Every fd above 2 close-on-exec, for kernels without `close_range`.
+fn mark_cloexec() {
+    // SAFETY: close_range with CLOEXEC only changes fd flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for fd in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            if fd > 2 {
+                // SAFETY: setting a flag on an fd number; harmless if it is gone.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
+    }
 }

@@ -81,8 +81,8 @@ pub enum Held {
 pub fn hold(dir: &Path) -> Result<Held, HolderError> {
     // Started by the daemon it inherits nothing (its fds are close-on-exec); by hand, a
     // shell's descriptors must not stay open for as long as this lives.
-    // SAFETY: close_range only closes descriptors; nothing here has opened any yet.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // Nothing here has opened any yet.
+    crate::activation::close_inherited_fds(&[]);
     spool::check_private_dir(dir).map_err(RuntimeError::Refused)?;
     let lock_path = dir.join(HOLDER_FILE);
     let lock = crate::runtime::open_lock_file(&lock_path)?;

@@ -97,7 +97,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let notifier = Notifier::new(opts.ready_fd).map_err(io("readiness"))?;
     // Whatever else we were started with must not reach handlers, nor be held open.
     let ours: Vec<_> = activated.fds().into_iter().chain(notifier.fds()).collect();
-    close_inherited_fds(&ours);
+    activation::close_inherited_fds(&ours);
     let config = Config::load(opts.config.as_deref())?;
     let runtime = Runtime::open(&opts.runtime_dir)?;
     // A FIFO passed by the supervisor outlives us with its buffered events: then we
@@ -270,59 +270,6 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 /// The owner's lock. Never poisoned in practice: a panic aborts the daemon.
 fn lock(owner: &Mutex<Owner>) -> MutexGuard<'_, Owner> {
     owner.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Close every fd above 2 but `keep` (socket activation's, readiness'): handlers get
-/// exactly stdin, stdout and stderr; an fd the starter leaked (a pipe whose reader waits
-/// for its end) is not held open for the daemon's life; and each handler's spawn copies
-/// a small fd table, not one sized for the highest fd inherited. Without `close_range`
-/// (before Linux 5.9) they are marked close-on-exec instead, as handlers must not get them.
-fn close_inherited_fds(keep: &[std::os::fd::RawFd]) {
-    let mut keep: Vec<u32> = keep
-        .iter()
-        .filter_map(|&fd| u32::try_from(fd).ok().filter(|&fd| fd > 2))
-        .collect();
-    keep.sort_unstable();
-    keep.dedup();
-    // SAFETY: close_range on ranges that hold none of the fds this process owns (those
-    // are in `keep`); whatever else is there was inherited and is ours to close.
-    let close = |first: u32, last: u32, flags: u32| unsafe {
-        libc::syscall(libc::SYS_close_range, first, last, flags)
-    };
-    let mut first = 3u32;
-    for &k in &keep {
-        if k > first && close(first, k - 1, 0) != 0 {
-            return mark_cloexec();
-        }
-        first = k + 1;
-    }
-    if close(first, u32::MAX, 0) != 0 {
-        mark_cloexec();
-    }
-}
-
-/// Every fd above 2 close-on-exec, for kernels without `close_range`.
-fn mark_cloexec() {
-    // SAFETY: close_range with CLOEXEC only changes fd flags.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if r == 0 {
-        return;
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        for fd in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-            if fd > 2 {
-                // SAFETY: setting a flag on an fd number; harmless if it is gone.
-                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-            }
-        }
-    }
 }
 
 struct Channels {
