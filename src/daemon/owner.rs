@@ -64,6 +64,16 @@ pub(super) struct Running {
 /// most this many DEVPATH comparisons per running event).
 const LOOKAHEAD: usize = 64;
 
+/// The event [`Owner::pick`] chose to start.
+struct Pick {
+    /// Its position in the queue's log.
+    pos: u64,
+    /// It runs alone.
+    exclusive: bool,
+    /// No untaken event is older (the queue's [`Queue::first_untaken`]).
+    oldest: bool,
+}
+
 /// The running events as the lanes' picker sees them.
 fn candidates(running: &[Running]) -> Vec<Candidate<'_>> {
     running
@@ -721,11 +731,16 @@ impl Owner {
             return;
         }
         while self.running.len() < self.config.daemon.workers {
-            let Some((pos, exclusive)) = self.pick() else {
+            let Some(Pick {
+                pos,
+                exclusive,
+                oldest,
+            }) = self.pick()
+            else {
                 return;
             };
             // Nothing older is unfinished or untaken: it may be finished at once.
-            let in_order = self.inflight.is_empty() && pos == self.queue.first_untaken();
+            let in_order = oldest && self.inflight.is_empty();
             let Some(ev) = self.queue.take_at(pos) else {
                 return;
             };
@@ -799,26 +814,36 @@ impl Owner {
         }
     }
 
-    /// The log position of the next event to start, and whether it runs alone; `None`
-    /// when there is none or every candidate waits for a relative (see [`crate::lanes`]).
-    fn pick(&mut self) -> Option<(u64, bool)> {
+    /// The next event to start; `None` when there is none or every candidate waits for a
+    /// relative (see [`crate::lanes`]).
+    fn pick(&mut self) -> Option<Pick> {
         let d = &self.config.daemon;
         if d.workers == 1 {
             // The caller saw the runner idle: the oldest event goes, as ever.
             let pos = self.queue.first_untaken();
-            return (pos != u64::MAX).then_some((pos, false));
+            return (pos != u64::MAX).then_some(Pick {
+                pos,
+                exclusive: false,
+                oldest: true,
+            });
         }
         let rules = &self.config.rules;
         let running = candidates(&self.running);
         let mut picker = Picker::new(&running);
-        for (pos, ev) in self.queue.untaken(LOOKAHEAD) {
+        for (i, (pos, ev)) in self.queue.untaken(LOOKAHEAD).enumerate() {
             let exclusive = rules.exclusive(ev, &d.exclusive_subsystems);
             let c = Candidate {
                 devpath: ev.devpath(),
                 exclusive,
             };
             match picker.consider(c) {
-                Verdict::Start => return Some((pos, exclusive)),
+                Verdict::Start => {
+                    return Some(Pick {
+                        pos,
+                        exclusive,
+                        oldest: i == 0,
+                    })
+                }
                 Verdict::Blocked(_) => {}
                 Verdict::Stop => return None,
             }
