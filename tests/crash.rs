@@ -28,21 +28,8 @@ struct Supervisor {
 
 impl Supervisor {
     fn new(env: &Env, config: std::path::PathBuf) -> Supervisor {
-        let runtime = env.runtime();
-        fs::create_dir(&runtime).unwrap();
-        fs::set_permissions(
-            &runtime,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .unwrap();
-        let fifo_path = runtime.join("events");
-        nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let fifo = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&fifo_path)
-            .unwrap();
-        let listener = UnixListener::bind(runtime.join("control")).unwrap();
+        let (_, fifo) = env.supervisor_fifo();
+        let listener = UnixListener::bind(env.runtime().join("control")).unwrap();
         let log = env.path("daemon.log");
         let cmd = env.daemon(&config).log(log.clone()).listen(&[
             (fifo.as_raw_fd(), "events"),
@@ -523,13 +510,7 @@ fn sigkill_during_spool_intake_loses_nothing() {
     let env = Env::new();
     const N: u64 = 20_000;
     // What shims leave behind while no daemon runs.
-    let runtime = env.runtime();
-    fs::create_dir(&runtime).unwrap();
-    fs::set_permissions(
-        &runtime,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    let runtime = env.make_runtime();
     let spool = hotplugd::spool::Spool::new(&runtime);
     spool.create().unwrap();
     for seq in 1..=N {

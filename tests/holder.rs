@@ -397,19 +397,7 @@ fn no_holder_when_the_supervisor_holds_the_fifo() {
     let env = Env::new();
     let config = env.config("", "");
     let runtime = env.runtime();
-    fs::create_dir(&runtime).unwrap();
-    fs::set_permissions(
-        &runtime,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
-    let fifo_path = runtime.join("events");
-    nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let fifo = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo_path)
-        .unwrap();
+    let (fifo_path, fifo) = env.supervisor_fifo();
     let mut d = Plain::with(
         &env,
         env.daemon(&config).listen(&[(fifo.as_raw_fd(), "events")]),

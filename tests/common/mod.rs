@@ -58,6 +58,28 @@ echo "end $SEQNUM" >> "$0.log"
         self.path("run")
     }
 
+    /// Make the runtime dir (mode 0700) before any daemon, as a supervisor or the shims of
+    /// an early boot would; returns it.
+    pub fn make_runtime(&self) -> PathBuf {
+        let runtime = self.runtime();
+        fs::create_dir(&runtime).unwrap();
+        fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
+        runtime
+    }
+
+    /// The runtime dir made and its FIFO in it, opened read-write as systemd's
+    /// `ListenFIFO=` holds it: the FIFO's path and the open file.
+    pub fn supervisor_fifo(&self) -> (PathBuf, fs::File) {
+        let fifo_path = self.make_runtime().join("events");
+        nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let fifo = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo_path)
+            .unwrap();
+        (fifo_path, fifo)
+    }
+
     /// What the daemon and hotplugctl started here take for the kernel's uevent helper
     /// setting (`/proc/sys/kernel/hotplug`), so no test reads or writes the host's. It
     /// names the shim, as on a machine set up for hotplugd; absent, the kernel has none.
