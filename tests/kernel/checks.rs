@@ -196,21 +196,25 @@ pub(crate) fn declared_late(results: &Path) -> BTreeSet<u64> {
 
 /// Each traced SEQNUM handled exactly once, in ascending order; `late` ones (declared by
 /// the daemon) may come after higher ones.
+/// The kernel's events no handler started for, one line each ([`describe`]); `seqs`
+/// are the SEQNUMs handlers started for.
+pub(crate) fn never_started(run: &Run, seqs: &[u64]) -> Vec<String> {
+    run.trace
+        .keys()
+        .filter(|s| !seqs.contains(s))
+        .map(|s| describe(&run.trace, *s))
+        .collect()
+}
+
 pub(crate) fn check_once_in_order(run: &Run, late: &BTreeSet<u64>) -> Result<(), String> {
     let seqs = started(&run.recs);
-    let missing: Vec<u64> = run
-        .trace
-        .keys()
-        .copied()
-        .filter(|s| !seqs.contains(s))
-        .collect();
+    let missing = never_started(run, &seqs);
     if !missing.is_empty() {
-        let list: Vec<String> = missing.iter().map(|s| describe(&run.trace, *s)).collect();
         return Err(format!(
             "never handled ({} of {}):\n  {}",
             missing.len(),
             run.trace.len(),
-            list.join("\n  ")
+            missing.join("\n  ")
         ));
     }
     let dups: Vec<(u64, usize)> = counts(&seqs).into_iter().filter(|(_, n)| *n > 1).collect();

@@ -173,18 +173,12 @@ fn sigkill_mid_burst_loses_nothing() {
         }
         let orphan = open.first().copied();
         let seqs = started(&run.recs);
-        let missing: Vec<u64> = run
-            .trace
-            .keys()
-            .copied()
-            .filter(|s| !seqs.contains(s))
-            .collect();
+        let missing = never_started(run, &seqs);
         if !missing.is_empty() {
-            let list: Vec<String> = missing.iter().map(|s| describe(&run.trace, *s)).collect();
             return Err(format!(
                 "lost across the SIGKILL ({}):\n  {}",
                 missing.len(),
-                list.join("\n  ")
+                missing.join("\n  ")
             ));
         }
         let dups: Vec<(u64, usize)> = counts(&seqs).into_iter().filter(|(_, n)| *n > 1).collect();
