@@ -79,8 +79,8 @@ fn shipped_rules_name_shipped_handlers() {
     assert!(seen >= 3, "{seen} handler references");
 }
 
-/// `hotplugctl test` with the shipped rules: rule name and argv of each match.
-pub(crate) fn plan(vars: &[&str]) -> Vec<String> {
+/// What `hotplugctl test` with the shipped rules prints for `vars` (it must succeed).
+fn shipped_test(vars: &[&str]) -> String {
     let out = Command::new(CTL)
         .args(["test", "--config"])
         .arg(root().join("config/hotplugd.toml"))
@@ -89,6 +89,11 @@ pub(crate) fn plan(vars: &[&str]) -> Vec<String> {
         .unwrap();
     assert!(out.status.success(), "{vars:?}: {}", describe(&out));
     text(&out.stdout)
+}
+
+/// `hotplugctl test` with the shipped rules: rule name and argv of each match.
+pub(crate) fn plan(vars: &[&str]) -> Vec<String> {
+    shipped_test(vars)
         .lines()
         .filter_map(|l| l.strip_prefix("rule "))
         .map(|l| l.rsplit_once(" (timeout ").map_or(l, |(a, _)| a).to_owned())
@@ -290,14 +295,7 @@ fn shipped_rules_match_the_events_they_are_for() {
 
 /// The `node:` line of `hotplugctl test` with the shipped rules, if any.
 fn node(vars: &[&str]) -> Option<String> {
-    let out = Command::new(CTL)
-        .args(["test", "--config"])
-        .arg(root().join("config/hotplugd.toml"))
-        .args(vars)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{vars:?}: {}", describe(&out));
-    text(&out.stdout)
+    shipped_test(vars)
         .lines()
         .find_map(|l| l.strip_prefix("node: "))
         .map(str::to_owned)
