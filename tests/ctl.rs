@@ -12,17 +12,7 @@ use common::*;
 
 fn status_field(env: &Env, key: &str) -> String {
     let out = env.ctl_ok(&["status", "--json"]);
-    let needle = format!("\"{key}\":");
-    let start = out
-        .find(&needle)
-        .unwrap_or_else(|| panic!("{key} in {out}"))
-        + needle.len();
-    out[start..]
-        .split([',', '}'])
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned()
+    json_field(&out, key)
 }
 
 #[test]

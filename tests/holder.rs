@@ -272,17 +272,7 @@ fn status_field(d: &Plain, key: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    let needle = format!("\"{key}\":");
-    let start = out
-        .find(&needle)
-        .unwrap_or_else(|| panic!("{key} in {out}"))
-        + needle.len();
-    out[start..]
-        .split([',', '}'])
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned()
+    json_field(&out, key)
 }
 
 /// The processes named `hotplugd-holder` that have `fifo` open.

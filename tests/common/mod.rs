@@ -703,3 +703,19 @@ pub fn trigger_as_kernel(
     }
     (trigger, tag)
 }
+
+/// The text of `key`'s value in one line of flat JSON, such as `status --json`'s (quotes
+/// dropped): enough for the numbers and names tests compare.
+pub fn json_field(out: &str, key: &str) -> String {
+    let needle = format!("\"{key}\":");
+    let start = out
+        .find(&needle)
+        .unwrap_or_else(|| panic!("{key} in {out}"))
+        + needle.len();
+    out[start..]
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned()
+}
