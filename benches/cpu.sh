@@ -2,6 +2,7 @@
 # CPU time per event, per daemon thread: the steady number under the noisy wall-clock ratios.
 #
 #   benches/cpu.sh [dispatch|intake] [ROUNDS] [N]
+#   WORKERS=2 benches/cpu.sh dispatch   the same with `workers = 2` (one line per runner)
 #
 #   dispatch  N /bin/true handler runs (resume -> settle), next to the same number of
 #             runs of the bare posix_spawn loop (benches/c/spawn_loop.c); default
@@ -50,7 +51,7 @@ trap cleanup EXIT
 echo 0 >"$D/seqnum"
 printf '[daemon]\nseqnum_file = "%s"\ngap_timeout = "600s"\nsources = ["fifo"]\n' "$D/seqnum" >"$D/hotplugd.toml"
 if [ "$WHAT" = dispatch ]; then
-    printf '[[rule]]\nname = "true"\nrun = ["/bin/true"]\n' >>"$D/hotplugd.toml"
+    printf 'workers = %s\n[[rule]]\nname = "true"\nrun = ["/bin/true"]\n' "${WORKERS:-1}" >>"$D/hotplugd.toml"
 fi
 ctl() { "$REL/hotplugctl" --runtime-dir "$D/run" "$@" >/dev/null; }
 "$REL/hotplugd" --config "$D/hotplugd.toml" --runtime-dir "$D/run" --log-level error 2>"$D/log" &

@@ -157,7 +157,7 @@ impl Event {
     pub fn devpath(&self) -> &[u8] {
         self.field(self.devpath)
     }
-    /// `SUBSYSTEM` from the environment, else the shim's argv[1].
+    /// `SUBSYSTEM` from the environment, else the shim's `argv[1]`.
     pub fn subsystem(&self) -> &[u8] {
         self.field(self.subsystem)
     }
@@ -167,7 +167,7 @@ impl Event {
         (self.tag.1 != 0).then(|| self.field(self.tag))
     }
 
-    /// The shim's argv[1] (empty for netlink and synthetic events without one).
+    /// The shim's `argv[1]` (empty for netlink and synthetic events without one).
     pub fn arg1(&self) -> &[u8] {
         let end = find_byte(&self.buf, 0).unwrap_or(0);
         &self.buf[..end]

@@ -348,11 +348,12 @@ fn run_lane(
     background: runner::Supervisor,
 ) {
     // One runner may wait on the process's SIGCHLD signalfd; several would take
-    // each other's wakeups, so lanes wait on pidfds.
+    // each other's wakeups, so each lane waits for its own handler (io_uring, else a
+    // pidfd).
     let mut handlers = if workers == 1 {
         runner::Runner::with_blocked_sigchld()
     } else {
-        runner::Runner::new()
+        runner::Runner::for_lane()
     };
     let db = lock(&owner).db.clone();
     let flush = db.clone();

@@ -665,7 +665,7 @@ impl Queue {
             })
     }
 
-    /// Take the untaken event at log position `pos` (found by [`Queue::scan_untaken`])
+    /// Take the untaken event at log position `pos` (found by [`Queue::untaken`])
     /// for the runner. The oldest one advances the cursor, as [`Queue::next`] does; a
     /// later one is taken out of order and the cursor skips it when it gets there.
     pub fn take_at(&mut self, pos: u64) -> Option<&Event> {

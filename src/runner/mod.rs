@@ -1,8 +1,9 @@
 //! Runs one handler program for one event, to completion, and reports how it ended.
 //!
-//! Three rooms: this one spawns the handler and holds what every run reuses; [`phase`]
-//! is the loop from spawn to reap (deadlines, SIGTERM, SIGKILL); `output` splits and
-//! caps what the handler prints; `wait` learns of its exit.
+//! Rooms: this one spawns the handler and holds what every run reuses; [`phase`] is the
+//! loop from spawn to reap (deadlines, SIGTERM, SIGKILL); `output` splits and caps what
+//! the handler prints; `wait` and a lane's `uring` learn of its exit; `background`
+//! supervises the handlers nobody waits for.
 //!
 //! This module owns everything between "the daemon picked a rule" and "the handler is
 //! gone": building the child's environment (exactly the event's variables plus
@@ -24,8 +25,10 @@
 //!   `signalfd` for SIGCHLD, made once ([`Runner::with_blocked_sigchld`]; the daemon
 //!   blocks SIGCHLD in every thread), because a pidfd per child costs a `pidfd_open` and
 //!   a `close` of a new file, ~7 µs a run on the reference VM. Elsewhere it is the child's
-//!   pidfd. Kernels without `pidfd_open` (before 5.3) fall back to polling the pipe in
-//!   10 ms ticks with `waitpid(WNOHANG)`.
+//!   pidfd. A lane (one runner among several, [`Runner::for_lane`]) cannot share that
+//!   signalfd, so it has an io_uring of its own whose WAITID request wakes only it
+//!   ([`uring`]), else a pidfd per child. Kernels without `pidfd_open` (before 5.3)
+//!   fall back to polling the pipe in 10 ms ticks with `waitpid(WNOHANG)`.
 //! * **The exit ends the run, not EOF.** A handler may leave a grandchild behind (a
 //!   daemon, a `sleep &`) that still holds the output pipe. Waiting for EOF would stall
 //!   the whole queue on it, so once the handler itself has exited we take only what is
@@ -39,6 +42,7 @@
 mod background;
 mod output;
 mod phase;
+mod uring;
 mod wait;
 
 pub use background::{Detached, Supervisor};
@@ -147,6 +151,8 @@ pub struct Runner {
     use_pidfd: bool,
     /// SIGCHLD as an fd, when the process has it blocked everywhere.
     sigchld: Option<SignalFd>,
+    /// A ring of the runner's own, for a runner among several ([`Runner::for_lane`]).
+    uring: Option<uring::Uring>,
     pipe: Option<OutputPipe>,
     /// Work done while each foreground handler runs, right after its spawn (the daemon
     /// writes its device database entries there: off the path between two handlers).
@@ -191,6 +197,7 @@ impl Runner {
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
             use_pidfd: true,
             sigchld: None,
+            uring: None,
             pipe: None,
             after_spawn: None,
         }
@@ -214,6 +221,16 @@ impl Runner {
             Ok(fd) => runner.sigchld = Some(fd),
             Err(e) => log::warn!("signalfd: {}; waiting for handlers with pidfds", e.desc()),
         }
+        runner
+    }
+
+    /// A runner that is one of several in the process (a lane): it learns of its own
+    /// handler's exit from an io_uring WAITID where the kernel has one (Linux 6.7), else
+    /// from a pidfd per handler. Never the shared SIGCHLD signalfd, whose every signal
+    /// would wake every lane. Make it on the thread that uses it.
+    pub fn for_lane() -> Runner {
+        let mut runner = Runner::new();
+        runner.uring = uring::Uring::new();
         runner
     }
 
@@ -346,7 +363,48 @@ mod tests {
         args.iter().map(OsString::from).collect()
     }
 
-    fn run_argv(args: &[OsString], ev: &Event, timeout: Duration, pidfd: bool) -> Report {
+    /// The ways a runner learns that its handler exited.
+    #[derive(Clone, Copy, Debug)]
+    enum Wait {
+        /// A lane's io_uring WAITID.
+        Uring,
+        Pidfd,
+        /// No exit fd: `waitpid(WNOHANG)` every tick (kernels before 5.3).
+        Tick,
+    }
+    const WAYS: [Wait; 3] = [Wait::Uring, Wait::Pidfd, Wait::Tick];
+
+    /// Whether this kernel has io_uring's WAITID (Linux 6.7), where a lane must use it.
+    fn kernel_has_waitid() -> bool {
+        let release = nix::sys::utsname::uname().unwrap();
+        let release = release.release().to_string_lossy();
+        let mut parts = release.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        (major, minor) >= (6, 7)
+    }
+
+    fn runner(how: Wait) -> Runner {
+        match how {
+            Wait::Uring => {
+                let runner = Runner::for_lane();
+                assert_eq!(
+                    runner.uring.is_some(),
+                    kernel_has_waitid(),
+                    "a lane on this kernel waits with io_uring exactly when it has WAITID"
+                );
+                runner
+            }
+            Wait::Pidfd => Runner::new(),
+            Wait::Tick => {
+                let mut runner = Runner::new();
+                runner.use_pidfd = false;
+                runner
+            }
+        }
+    }
+
+    fn run_argv(args: &[OsString], ev: &Event, timeout: Duration, how: Wait) -> Report {
         let spec = Spec {
             rule: "test",
             argv: args,
@@ -356,32 +414,28 @@ mod tests {
             max_output_bytes: 4096,
             import: false,
         };
-        let mut runner = Runner::new();
-        runner.use_pidfd = pidfd;
-        runner.run(&spec)
+        runner(how).run(&spec)
     }
 
-    fn sh(script: &str, timeout: Duration, pidfd: bool) -> Report {
-        run_argv(
-            &argv(&["/bin/sh", "-c", script]),
-            &event(&[]),
-            timeout,
-            pidfd,
-        )
+    fn sh(script: &str, timeout: Duration, how: Wait) -> Report {
+        run_argv(&argv(&["/bin/sh", "-c", script]), &event(&[]), timeout, how)
     }
 
     #[test]
     fn exit_status_and_signal() {
-        for pidfd in [true, false] {
-            let r = sh("exit 0", GUARD, pidfd);
+        for how in WAYS {
+            let r = sh("exit 0", GUARD, how);
             assert_eq!(r.outcome, Outcome::Exited(0));
             assert!(r.outcome.success());
             assert!(r.pid.is_some());
-            let r = sh("echo out; echo err >&2; exit 3", GUARD, pidfd);
+            let r = sh("echo out; echo err >&2; exit 3", GUARD, how);
             assert_eq!(r.outcome, Outcome::Exited(3));
             assert!(!r.outcome.success());
-            let r = sh("kill -9 $$", GUARD, pidfd);
+            let r = sh("kill -9 $$", GUARD, how);
             assert_eq!(r.outcome, Outcome::Signaled(9));
+            // A real-time signal's number, which nix's Signal has no room for.
+            let r = sh("kill -35 $$", GUARD, how);
+            assert_eq!(r.outcome, Outcome::Signaled(35), "{how:?}");
         }
         assert_eq!(Outcome::Exited(3).to_string(), "exit 3");
         assert_eq!(Outcome::Signaled(9).to_string(), "signal 9 (SIGKILL)");
@@ -398,7 +452,7 @@ mod tests {
     #[test]
     fn spawn_failures() {
         let ev = event(&[]);
-        let r = run_argv(&argv(&["/nonexistent/handler"]), &ev, GUARD, true);
+        let r = run_argv(&argv(&["/nonexistent/handler"]), &ev, GUARD, Wait::Pidfd);
         let Outcome::SpawnFailed(why) = &r.outcome else {
             panic!("{:?}", r.outcome)
         };
@@ -407,7 +461,7 @@ mod tests {
         assert!(r.outcome.to_string().starts_with("spawn failed: "));
         assert_eq!(r.pid, None);
 
-        let r = run_argv(&argv(&["no-such-handler-xyz"]), &ev, GUARD, true);
+        let r = run_argv(&argv(&["no-such-handler-xyz"]), &ev, GUARD, Wait::Pidfd);
         let Outcome::SpawnFailed(why) = &r.outcome else {
             panic!("{:?}", r.outcome)
         };
@@ -418,7 +472,7 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
         let args = vec![script.clone().into_os_string()];
-        let r = run_argv(&args, &ev, GUARD, true);
+        let r = run_argv(&args, &ev, GUARD, Wait::Pidfd);
         assert!(
             matches!(r.outcome, Outcome::SpawnFailed(_)),
             "{:?}",
@@ -430,27 +484,32 @@ mod tests {
         let junk = dir.path().join("junk");
         std::fs::write(&junk, [0u8, 1, 2, 3, 4, 5, 6, 7]).unwrap();
         std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let r = run_argv(&[junk.into_os_string()], &ev, GUARD, true);
+        let r = run_argv(&[junk.into_os_string()], &ev, GUARD, Wait::Pidfd);
         let Outcome::SpawnFailed(why) = &r.outcome else {
             panic!("{:?}", r.outcome)
         };
         assert!(why.contains("Exec format error"), "{why}");
         // And the runner still works after it.
-        let r = run_argv(&argv(&["/bin/sh", "-c", "exit 4"]), &ev, GUARD, true);
+        let r = run_argv(&argv(&["/bin/sh", "-c", "exit 4"]), &ev, GUARD, Wait::Pidfd);
         assert_eq!(r.outcome, Outcome::Exited(4));
 
         assert!(matches!(
-            run_argv(&[], &ev, GUARD, true).outcome,
+            run_argv(&[], &ev, GUARD, Wait::Pidfd).outcome,
             Outcome::SpawnFailed(_)
         ));
     }
 
     #[test]
     fn bare_name_uses_event_path() {
-        let r = run_argv(&argv(&["sh", "-c", "exit 5"]), &event(&[]), GUARD, true);
+        let r = run_argv(
+            &argv(&["sh", "-c", "exit 5"]),
+            &event(&[]),
+            GUARD,
+            Wait::Pidfd,
+        );
         assert_eq!(r.outcome, Outcome::Exited(5));
         let ev = event(&[(b"PATH", b"/nonexistent")]);
-        let r = run_argv(&argv(&["sh", "-c", "exit 5"]), &ev, GUARD, true);
+        let r = run_argv(&argv(&["sh", "-c", "exit 5"]), &ev, GUARD, Wait::Pidfd);
         assert!(
             matches!(r.outcome, Outcome::SpawnFailed(_)),
             "{:?}",
@@ -468,7 +527,7 @@ mod tests {
             OsString::from(format!("/proc/self/{name}")),
             dump.clone().into_os_string(),
         ];
-        let r = run_argv(&args, ev, GUARD, true);
+        let r = run_argv(&args, ev, GUARD, Wait::Pidfd);
         assert_eq!(r.outcome, Outcome::Exited(0));
         std::fs::read(&dump).unwrap()
     }
@@ -506,7 +565,7 @@ mod tests {
             OsString::from("sh"),
             dump.clone().into_os_string(),
         ];
-        let r = run_argv(&args, &event(&[]), GUARD, true);
+        let r = run_argv(&args, &event(&[]), GUARD, Wait::Pidfd);
         assert_eq!(r.outcome, Outcome::Exited(0));
         let text = std::fs::read_to_string(&dump).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -547,7 +606,7 @@ mod tests {
             OsString::from(&value),
             dump.clone().into_os_string(),
         ];
-        let r = run_argv(&args, &event(&[]), GUARD, true);
+        let r = run_argv(&args, &event(&[]), GUARD, Wait::Pidfd);
         assert_eq!(r.outcome, Outcome::Exited(0));
         assert_eq!(std::fs::read_to_string(&dump).unwrap(), value);
         assert!(!canary.exists());
@@ -555,9 +614,9 @@ mod tests {
 
     #[test]
     fn timeout_sends_term() {
-        for pidfd in [true, false] {
+        for how in WAYS {
             let t = Instant::now();
-            let r = sh("sleep 30", Duration::from_millis(200), pidfd);
+            let r = sh("sleep 30", Duration::from_millis(200), how);
             assert_eq!(r.outcome, Outcome::TimedOut { killed: false });
             assert!(t.elapsed() < GUARD, "{:?}", t.elapsed());
             assert!(r.duration >= Duration::from_millis(200));
@@ -566,21 +625,23 @@ mod tests {
 
     #[test]
     fn timeout_kills_when_term_is_ignored() {
-        let t = Instant::now();
-        let r = sh("trap '' TERM; sleep 30", Duration::from_millis(200), true);
-        assert_eq!(r.outcome, Outcome::TimedOut { killed: true });
-        assert!(t.elapsed() < GUARD, "{:?}", t.elapsed());
-        assert!(r.duration >= Duration::from_millis(500));
+        for how in WAYS {
+            let t = Instant::now();
+            let r = sh("trap '' TERM; sleep 30", Duration::from_millis(200), how);
+            assert_eq!(r.outcome, Outcome::TimedOut { killed: true }, "{how:?}");
+            assert!(t.elapsed() < GUARD, "{:?}", t.elapsed());
+            assert!(r.duration >= Duration::from_millis(500));
+        }
     }
 
     #[test]
     fn grandchild_holding_stdout_does_not_stall() {
-        for pidfd in [true, false] {
+        for how in WAYS {
             let t = Instant::now();
             let r = sh(
                 "sleep 30 & echo started; exit 0",
                 Duration::from_secs(60),
-                pidfd,
+                how,
             );
             let elapsed = t.elapsed();
             if let Some(pid) = r.pid {
@@ -596,9 +657,8 @@ mod tests {
     /// write into it any more; a straggler's pipe is never handed to the next handler.
     #[test]
     fn output_pipe_is_kept_only_without_stragglers() {
-        for pidfd in [true, false] {
-            let mut runner = Runner::new();
-            runner.use_pidfd = pidfd;
+        for how in WAYS {
+            let mut runner = runner(how);
             let ev = event(&[]);
             let mut run = |script: &str| {
                 let args = argv(&["/bin/sh", "-c", script]);
@@ -654,8 +714,14 @@ mod tests {
             max_output_bytes: 100,
             import: true,
         };
-        let r = Runner::new().run(&spec);
-        assert_eq!(r.outcome, Outcome::Exited(0));
+        for how in WAYS {
+            import_captures(how, &spec);
+        }
+    }
+
+    fn import_captures(how: Wait, spec: &Spec) {
+        let r = runner(how).run(spec);
+        assert_eq!(r.outcome, Outcome::Exited(0), "{how:?}");
         let text = String::from_utf8(r.captured).unwrap();
         assert!(text.starts_with("A=1\nB=x y\nPAD_0=0123456789\n"), "{text}");
         assert!(!text.contains("not a property"));
@@ -672,13 +738,92 @@ mod tests {
 
     #[test]
     fn flood_is_drained() {
-        let t = Instant::now();
-        let r = sh(
-            "yes 0123456789abcdef | head -c 10485760; head -c 1048576 /dev/zero",
-            Duration::from_secs(60),
-            true,
-        );
-        assert_eq!(r.outcome, Outcome::Exited(0));
-        assert!(t.elapsed() < GUARD, "{:?}", t.elapsed());
+        for how in WAYS {
+            let t = Instant::now();
+            let r = sh(
+                "yes 0123456789abcdef | head -c 10485760; head -c 1048576 /dev/zero",
+                Duration::from_secs(60),
+                how,
+            );
+            assert_eq!(r.outcome, Outcome::Exited(0), "{how:?}");
+            assert!(t.elapsed() < GUARD, "{:?}", t.elapsed());
+        }
+    }
+
+    /// A pipe the runner closes is closed for the writer too: a straggler that writes
+    /// after its handler ended gets EPIPE, whatever the runner waited with (a lane's
+    /// ring holds the pipe until its poll is cancelled).
+    #[test]
+    fn a_dropped_pipe_is_released() {
+        for how in WAYS {
+            let dir = tempfile::tempdir().unwrap();
+            let rc = dir.path().join("rc");
+            let script = format!(
+                "(trap '' PIPE; sleep 0.5; echo late; echo $? > {}) & echo started",
+                rc.display()
+            );
+            let mut runner = runner(how);
+            let args = argv(&["/bin/sh", "-c", &script]);
+            let ev = event(&[]);
+            let spec = Spec {
+                rule: "test",
+                argv: &args,
+                event: &ev,
+                timeout: GUARD,
+                kill_grace: Duration::from_millis(300),
+                max_output_bytes: 4096,
+                import: false,
+            };
+            let r = runner.run(&spec);
+            assert_eq!(r.outcome, Outcome::Exited(0), "{how:?}");
+            assert!(
+                runner.pipe.is_none(),
+                "{how:?}: a straggler's pipe is dropped"
+            );
+            let t = Instant::now();
+            while !rc.exists() && t.elapsed() < GUARD {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let code = std::fs::read_to_string(&rc).unwrap();
+            assert_eq!(code.trim(), "1", "{how:?}: the late write must fail");
+        }
+    }
+
+    /// Lanes each wait for their own handler: one that ends at once is not held up by
+    /// another lane's slow one, and neither takes the other's exit.
+    #[test]
+    fn lanes_learn_of_their_own_exits() {
+        let slow = std::thread::spawn(|| {
+            let t = Instant::now();
+            let r = sh("sleep 1; exit 7", GUARD, Wait::Uring);
+            (r.outcome, t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let mut fast = runner(Wait::Uring);
+        let ev = event(&[]);
+        for code in 0..20 {
+            let args = argv(&["/bin/sh", "-c", &format!("echo {code}; exit {code}")]);
+            let spec = Spec {
+                rule: "test",
+                argv: &args,
+                event: &ev,
+                timeout: GUARD,
+                kill_grace: Duration::from_millis(300),
+                max_output_bytes: 4096,
+                import: false,
+            };
+            let t = Instant::now();
+            let r = fast.run(&spec);
+            assert_eq!(r.outcome, Outcome::Exited(code));
+            assert!(
+                t.elapsed() < Duration::from_millis(900),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+        let (outcome, took) = slow.join().unwrap();
+        assert_eq!(outcome, Outcome::Exited(7));
+        assert!(took >= Duration::from_secs(1), "{took:?}");
     }
 }

@@ -79,17 +79,27 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
         timeout: spec.timeout,
         kill_grace: spec.kill_grace,
     };
-    // Readable once the child may have exited: the SIGCHLD signalfd (shared by all runs,
-    // so a readable one is only a hint to try the wait), or this child's own pidfd.
-    let pidfd = match (&runner.sigchld, runner.use_pidfd) {
-        (Some(_), _) => None,
-        (None, true) => pidfd_open(pid),
-        (None, false) => None,
+    // A lane's ring is told the pid, and says when the child has exited (reaped). Else
+    // an fd is readable once the child may have exited: the SIGCHLD signalfd (shared by
+    // all runs, so a readable one is only a hint to try the wait), or this child's own
+    // pidfd.
+    let mut uring = runner.uring.as_mut();
+    if let Some(ring) = uring.as_deref_mut() {
+        if let Err(e) = ring.watch(child.pid) {
+            log::warn!("[{rule} {seq}] io_uring: {e}; waiting with a pidfd");
+            uring = None;
+        }
+    }
+    let pidfd = match (&runner.sigchld, &uring, runner.use_pidfd) {
+        (None, None, true) => pidfd_open(pid),
+        _ => None,
     };
     let exit_fd: Option<RawFd> = match &runner.sigchld {
         Some(sfd) => Some(sfd.as_raw_fd()),
         None => pidfd.as_ref().map(|f| f.as_raw_fd()),
     };
+    // Nothing to be told by: look every tick.
+    let ticking = exit_fd.is_none() && uring.is_none();
     let mut sigchld = runner.sigchld.as_mut();
 
     // An importer's output is read up to MAX_IMPORT: its property lines are captured,
@@ -120,6 +130,8 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
     let mut last_read;
     let deadline = started.checked_add(spec.timeout);
     let mut phase = Phase::Running;
+    // How the child ended, when the ring reaped it.
+    let mut ended: Option<io::Result<libc::c_int>> = None;
 
     let status: io::Result<libc::c_int> = loop {
         let now = Instant::now();
@@ -142,24 +154,35 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
         if let Some(at) = put_off {
             wait = Some(wait.map_or(at - now, |w| w.min(at - now)));
         }
-        if exit_fd.is_none() {
+        if ticking {
             wait = Some(wait.map_or(FALLBACK_TICK, |w| w.min(FALLBACK_TICK)));
         }
-        let (child_ready, pipe_ready) = poll2(exit_fd, pipe_open.then_some(pipe), wait);
+        let (child_ready, pipe_ready) = match uring.as_deref_mut() {
+            Some(ring) => {
+                let (exit, pipe_ready) = ring.wait(pipe_open.then_some(pipe), wait);
+                ended = exit;
+                (ended.is_some(), pipe_ready)
+            }
+            None => poll2(exit_fd, pipe_open.then_some(pipe), wait),
+        };
 
         if pipe_ready {
             last_read = read_pipe(pipe, buf, READS_PER_WAKEUP, &mut out, &mut sink);
             pipe_open &= last_read != Drain::Closed;
-        } else if exit_fd.is_none() {
+        } else if ticking {
             // Polled before the exit we may be about to see: read again after it.
             last_read = Drain::More;
         } else {
-            // In the same poll as the pidfd: whatever the child wrote before it exited
-            // would show.
+            // Told in the same wait as the exit: whatever the child wrote before it
+            // exited would show (a pipe write wakes its poll before the exit wakes the
+            // wait, and the ring completes them in that order).
             last_read = Drain::Drained;
         }
-        if exit_fd.is_some() && !child_ready {
+        if !ticking && !child_ready {
             continue;
+        }
+        if let Some(status) = ended.take() {
+            break status;
         }
         if let Some(sfd) = sigchld.as_deref_mut() {
             // Consume what is pending, then ask: the SIGCHLD may be another child's or a
@@ -194,6 +217,9 @@ pub(super) fn run_with(runner: &mut Runner, spec: &Spec) -> Report {
     // process group is left to write into it.
     let reusable = last_read == Drain::Drained && matches!(killpg(pgid, None), Err(Errno::ESRCH));
     if !reusable {
+        if let Some(ring) = runner.uring.as_mut() {
+            ring.forget_pipe();
+        }
         runner.pipe = None;
     }
 

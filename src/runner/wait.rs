@@ -1,6 +1,6 @@
 //! Learning that a handler exited: its pidfd or the daemon's SIGCHLD signalfd in a
 //! `poll()` beside the output pipe, then `waitpid`. Kernels without `pidfd_open` (before
-//! 5.3) fall back to polling every [`FALLBACK_TICK`].
+//! 5.3) fall back to polling every [`FALLBACK_TICK`]. (A lane's ring is `uring`.)
 
 use std::fs::File;
 use std::io;
