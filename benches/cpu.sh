@@ -43,7 +43,13 @@ TMPBASE=/tmp
 D=$(mktemp -d "$TMPBASE/hotplugd-cpu.XXXXXX")
 DP=
 cleanup() {
-    [ -n "$DP" ] && kill -KILL "$DP" 2>/dev/null && wait "$DP" 2>/dev/null
+    # `|| true`: under set -e a failing last command of an && list (wait on a killed
+    # daemon says 137) would end the trap before the rm, and leave the dir and its
+    # FIFO holder behind.
+    if [ -n "$DP" ]; then
+        kill -KILL "$DP" 2>/dev/null || true
+        wait "$DP" 2>/dev/null || true
+    fi
     rm -rf "$D"
 }
 trap cleanup EXIT
