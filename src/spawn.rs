@@ -171,7 +171,7 @@ impl Spawner {
         Ok(self.devnull.as_ref().expect("just opened").as_raw_fd())
     }
 
-    /// Start `exe` with `argv` (argv[0] included) and exactly the event's variables plus
+    /// Start `exe` with `argv` (`argv[0]` included) and exactly the event's variables plus
     /// `HOTPLUGD_RULE=rule`; stdin is `/dev/null`, stdout and stderr are `output`.
     pub fn spawn(
         &mut self,

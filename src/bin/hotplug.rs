@@ -1,6 +1,6 @@
 //! `hotplug SUBSYSTEM`: the shim the kernel runs for every uevent.
 //!
-//! It frames argv[1] and its whole environment as one message, writes it to the daemon's
+//! It frames `argv[1]` and its whole environment as one message, writes it to the daemon's
 //! FIFO with a single non-blocking `write()` (≤ PIPE_BUF, so concurrent shims never
 //! interleave) and exits. When nobody reads the FIFO, it is missing, or the pipe is full,
 //! the message goes to `spool/` (temp file, then rename) for the daemon to pick up.

@@ -1,6 +1,6 @@
 //! Handler rules: the compiled `[[rule]]` tables and the plan for one event, i.e. which
 //! handlers run, in which order, with which argv. Loading lives in [`crate::config`]
-//! (which owns the files) and [`schema`] (which owns a rule table's shape); this module
+//! (which owns the files) and `schema` (which owns a rule table's shape); this module
 //! owns the semantics: every matching rule runs, in file order, until one with
 //! `last = true` matches; then, unless such a rule stopped it, the old-style
 //! `hotplug.d` scripts.
@@ -9,9 +9,9 @@
 //! array of patterns that matches if *any* element matches (so `["!a", "!b"]` matches
 //! everything: list the positives, or use one negated glob like `"![ab]"`). A variable
 //! missing from the event matches only a negated pattern. `SUBSYSTEM` falls back to the
-//! shim's argv[1] like the old `/sbin/hotplug` contract; `KERNEL` is DEVPATH's last
+//! shim's `argv[1]` like the old `/sbin/hotplug` contract; `KERNEL` is DEVPATH's last
 //! component; other keys are event variables. Keys that read sysfs (`ATTR{name}`,
-//! `ATTRS{name}`, `DRIVER`, `DRIVERS`, `KERNELS`, `SUBSYSTEMS`) live in [`attrs`] and are
+//! `ATTRS{name}`, `DRIVER`, `DRIVERS`, `KERNELS`, `SUBSYSTEMS`) live in `attrs` and are
 //! checked only once a rule's event keys all matched.
 
 mod attrs;

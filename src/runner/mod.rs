@@ -1,6 +1,6 @@
 //! Runs one handler program for one event, to completion, and reports how it ended.
 //!
-//! Rooms: this one spawns the handler and holds what every run reuses; [`phase`] is the
+//! Rooms: this one spawns the handler and holds what every run reuses; `phase` is the
 //! loop from spawn to reap (deadlines, SIGTERM, SIGKILL); `output` splits and caps what
 //! the handler prints; `wait` and a lane's `uring` learn of its exit; `background`
 //! supervises the handlers nobody waits for.
@@ -27,7 +27,7 @@
 //!   a `close` of a new file, ~7 µs a run on the reference VM. Elsewhere it is the child's
 //!   pidfd. A lane (one runner among several, [`Runner::for_lane`]) cannot share that
 //!   signalfd, so it has an io_uring of its own whose WAITID request wakes only it
-//!   ([`uring`]), else a pidfd per child. Kernels without `pidfd_open` (before 5.3)
+//!   (`uring`), else a pidfd per child. Kernels without `pidfd_open` (before 5.3)
 //!   fall back to polling the pipe in 10 ms ticks with `waitpid(WNOHANG)`.
 //! * **The exit ends the run, not EOF.** A handler may leave a grandchild behind (a
 //!   daemon, a `sleep &`) that still holds the output pipe. Waiting for EOF would stall
@@ -130,7 +130,7 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// The result of [`run`].
+/// The result of [`Runner::run`].
 #[derive(Debug, Clone)]
 pub struct Report {
     pub outcome: Outcome,
