@@ -48,6 +48,8 @@ pub(super) struct Uring {
     polled: Option<RawFd>,
     /// The pipe poll completed since the last [`Uring::wait`].
     pipe_ready: bool,
+    /// The last `io_uring_enter` failed: said once, not at every retry.
+    failing: bool,
 }
 
 impl Uring {
@@ -86,6 +88,7 @@ impl Uring {
             exit: None,
             polled: None,
             pipe_ready: false,
+            failing: false,
         })
     }
 
@@ -140,10 +143,12 @@ impl Uring {
                 }
             };
             match submitted {
-                Ok(_) => {}
+                Ok(_) => self.failing = false,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
                 Err(e) => {
-                    log::warn!("io_uring_enter: {e}");
+                    if !std::mem::replace(&mut self.failing, true) {
+                        log::warn!("io_uring_enter: {e}; trying again every {FALLBACK_TICK:?}");
+                    }
                     std::thread::sleep(FALLBACK_TICK);
                 }
             }
