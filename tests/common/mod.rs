@@ -578,6 +578,41 @@ impl Drop for Daemon {
     }
 }
 
+/// The FIFO holders of runtime dirs under the test's dir go with it. A holder outlives a
+/// killed daemon by design, and ends by itself once `DIR/events` is removed; but a daemon
+/// run on a tmpfs in a private mount namespace (`tests/faults.rs`) leaves its holder in a
+/// namespace where nothing removes anything, and it would hold that tmpfs for good.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let root = self.dir.path().as_os_str().as_encoded_bytes();
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let mut args = cmdline.split(|&b| b == 0);
+            let holds_ours = args.any(|a| a == b"--fifo-holder")
+                && args.next().is_some_and(|dir| {
+                    dir.strip_prefix(root)
+                        .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+                });
+            if holds_ours {
+                // SAFETY: kill(2) with a pid read from /proc and a constant signal.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// True under `CI=true`, where a missing prerequisite fails a test instead of skipping it.
 pub fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
