@@ -404,8 +404,9 @@ mod tests {
         }
     }
 
-    fn run_argv(args: &[OsString], ev: &Event, timeout: Duration, how: Wait) -> Report {
-        let spec = Spec {
+    /// What the tests run: rule "test", a 300 ms grace, 4 KiB of output.
+    fn spec<'a>(args: &'a [OsString], ev: &'a Event, timeout: Duration) -> Spec<'a> {
+        Spec {
             rule: "test",
             argv: args,
             event: ev,
@@ -413,8 +414,11 @@ mod tests {
             kill_grace: Duration::from_millis(300),
             max_output_bytes: 4096,
             import: false,
-        };
-        runner(how).run(&spec)
+        }
+    }
+
+    fn run_argv(args: &[OsString], ev: &Event, timeout: Duration, how: Wait) -> Report {
+        runner(how).run(&spec(args, ev, timeout))
     }
 
     fn sh(script: &str, timeout: Duration, how: Wait) -> Report {
@@ -662,15 +666,7 @@ mod tests {
             let ev = event(&[]);
             let mut run = |script: &str| {
                 let args = argv(&["/bin/sh", "-c", script]);
-                let spec = Spec {
-                    rule: "test",
-                    argv: &args,
-                    event: &ev,
-                    timeout: GUARD,
-                    kill_grace: Duration::from_millis(300),
-                    max_output_bytes: 4096,
-                    import: false,
-                };
+                let spec = spec(&args, &ev, GUARD);
                 let r = runner.run(&spec);
                 let fd = runner.pipe.as_ref().map(|p| p.write.as_raw_fd());
                 (r, fd)
@@ -706,13 +702,9 @@ mod tests {
              i=0; while [ $i -lt 2000 ]; do echo PAD_$i=0123456789; i=$((i+1)); done; echo LATE=1",
         ]);
         let spec = Spec {
-            rule: "test",
-            argv: &args,
-            event: &ev,
-            timeout: GUARD,
-            kill_grace: Duration::from_millis(300),
             max_output_bytes: 100,
             import: true,
+            ..spec(&args, &ev, GUARD)
         };
         for how in WAYS {
             import_captures(how, &spec);
@@ -765,15 +757,7 @@ mod tests {
             let mut runner = runner(how);
             let args = argv(&["/bin/sh", "-c", &script]);
             let ev = event(&[]);
-            let spec = Spec {
-                rule: "test",
-                argv: &args,
-                event: &ev,
-                timeout: GUARD,
-                kill_grace: Duration::from_millis(300),
-                max_output_bytes: 4096,
-                import: false,
-            };
+            let spec = spec(&args, &ev, GUARD);
             let r = runner.run(&spec);
             assert_eq!(r.outcome, Outcome::Exited(0), "{how:?}");
             assert!(
@@ -804,15 +788,7 @@ mod tests {
         let ev = event(&[]);
         for code in 0..20 {
             let args = argv(&["/bin/sh", "-c", &format!("echo {code}; exit {code}")]);
-            let spec = Spec {
-                rule: "test",
-                argv: &args,
-                event: &ev,
-                timeout: GUARD,
-                kill_grace: Duration::from_millis(300),
-                max_output_bytes: 4096,
-                import: false,
-            };
+            let spec = spec(&args, &ev, GUARD);
             let t = Instant::now();
             let r = fast.run(&spec);
             assert_eq!(r.outcome, Outcome::Exited(code));
