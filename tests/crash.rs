@@ -143,10 +143,8 @@ run = ["/bin/sh", "-c", "echo $SEQNUM >> {}"]"#,
         }
     }
     storm.join().unwrap();
-    let settle = Command::new(CTL)
-        .arg("--runtime-dir")
-        .arg(env.runtime())
-        .args(["settle", "--seq", &N.to_string(), "--timeout", "120"])
+    let settle = env
+        .ctl_command(&["settle", "--seq", &N.to_string(), "--timeout", "120"])
         .output()
         .unwrap();
     assert!(

@@ -626,11 +626,8 @@ fn settle_before_the_daemon_knows_its_start_waits_for_the_first_event() {
     assert!(err.contains("does not know where SEQNUMs start"), "{err}");
     assert!(err.contains("has still seen no numbered event"), "{err}");
 
-    let mut settle = Command::new(CTL)
-        .arg("--runtime-dir")
-        .arg(env.runtime())
-        .args(["settle", "--seq", "3", "--timeout", "30"])
-        .stdin(Stdio::null())
+    let mut settle = env
+        .ctl_command(&["settle", "--seq", "3", "--timeout", "30"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -658,11 +655,7 @@ fn ctl_with_read_only(
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(CTL);
-    cmd.arg("--runtime-dir")
-        .arg(env.runtime())
-        .args(args)
-        .stdin(Stdio::null());
+    let mut cmd = env.ctl_command(args);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         for p in ro {

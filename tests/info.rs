@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -207,12 +207,7 @@ fn info_and_attribute_walk_on_a_real_device() {
 }
 
 fn spawn_wait(env: &Env, args: &[&str]) -> std::process::Child {
-    Command::new(CTL)
-        .arg("--runtime-dir")
-        .arg(env.runtime())
-        .arg("wait")
-        .args(args)
-        .stdin(Stdio::null())
+    env.ctl_command(&[&["wait"], args].concat())
         .stdout(Stdio::null())
         .spawn()
         .unwrap()

@@ -219,26 +219,27 @@ run = ["{record}"]
         v
     }
 
+    /// `hotplugctl --runtime-dir RUNTIME ARGS...` with stdin on /dev/null, to be run.
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(CTL);
+        cmd.arg("--runtime-dir")
+            .arg(self.runtime())
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// Run `hotplugctl --runtime-dir RUNTIME ARGS...` to completion.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(CTL)
-            .arg("--runtime-dir")
-            .arg(self.runtime())
+        self.ctl_command(args)
             .env(HELPER_FILE_ENV, self.helper_file())
-            .args(args)
-            .stdin(Stdio::null())
             .output()
             .unwrap()
     }
 
     /// `hotplugctl monitor ARGS...` running, its stdout piped.
     pub fn monitor(&self, args: &[&str]) -> Child {
-        Command::new(CTL)
-            .arg("--runtime-dir")
-            .arg(self.runtime())
-            .arg("monitor")
-            .args(args)
-            .stdin(Stdio::null())
+        self.ctl_command(&[&["monitor"], args].concat())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap()
@@ -691,14 +692,10 @@ pub fn trigger_as_kernel(
     first_seq: u64,
     extra: &[(&str, &str)],
 ) -> (Child, String) {
-    let mut trigger = Command::new(CTL)
-        .arg("--runtime-dir")
-        .arg(env.runtime())
-        .arg("trigger")
-        .arg("--sysfs")
+    let mut trigger = env
+        .ctl_command(&["trigger", "--sysfs"])
         .arg(sys)
         .args(["--settle", "--timeout", "60"])
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
