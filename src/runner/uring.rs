@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -44,8 +44,8 @@ pub(super) struct Uring {
     waiting: bool,
     /// How the child ended, once its WAITID completed and until [`Uring::wait`] says so.
     exit: Option<io::Result<libc::c_int>>,
-    /// The pipe fd with a poll request in flight.
-    polled: Option<RawFd>,
+    /// A poll request on the output pipe is in flight.
+    polling: bool,
     /// The pipe poll completed since the last [`Uring::wait`].
     pipe_ready: bool,
     /// The last `io_uring_enter` failed: said once, not at every retry.
@@ -86,7 +86,7 @@ impl Uring {
             info: Box::new(unsafe { std::mem::zeroed() }),
             waiting: false,
             exit: None,
-            polled: None,
+            polling: false,
             pipe_ready: false,
             failing: false,
         })
@@ -122,14 +122,14 @@ impl Uring {
         pipe: Option<&File>,
         wait: Option<Duration>,
     ) -> (Option<io::Result<libc::c_int>>, bool) {
-        if let Some(fd) = pipe.map(|p| p.as_raw_fd()) {
-            if self.polled.is_none() && !self.pipe_ready {
-                let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+        if let Some(pipe) = pipe {
+            if !self.polling && !self.pipe_ready {
+                let entry = opcode::PollAdd::new(types::Fd(pipe.as_raw_fd()), libc::POLLIN as u32)
                     .build()
                     .user_data(PIPE);
                 // SAFETY: a poll request holds no pointer into our memory.
                 if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                    self.polled = Some(fd);
+                    self.polling = true;
                 }
             }
         }
@@ -171,7 +171,7 @@ impl Uring {
                 PIPE => {
                     // Readable, or the poll failed or was cancelled: either way a read
                     // tells, and the next wait arms a new poll.
-                    self.polled = None;
+                    self.polling = false;
                     self.pipe_ready = true;
                 }
                 _ => {}
@@ -183,7 +183,7 @@ impl Uring {
     /// pipe open, and wait until the kernel let go of it.
     pub(super) fn forget_pipe(&mut self) {
         self.pipe_ready = false;
-        if self.polled.is_none() {
+        if !self.polling {
             return;
         }
         let cancel = opcode::AsyncCancel::new(PIPE).build().user_data(CANCEL);
@@ -192,7 +192,7 @@ impl Uring {
             log::error!("io_uring: cannot cancel the output pipe's poll: queue full");
             return;
         }
-        while self.polled.is_some() {
+        while self.polling {
             if let Err(e) = self.ring.submit_and_wait(1) {
                 if e.raw_os_error() != Some(libc::EINTR) {
                     log::error!("io_uring: cancelling the output pipe's poll: {e}");
