@@ -191,12 +191,19 @@ log "work dir $WORK; quick=$QUICK"
 
 # ================================================================ 1. shim
 SHIM_HOTPLUG_US='' SHIM_HANDLER_US=''
+# start_drain DIR OUT: a C reader draining DIR/events for good (count to stdout OUT), ready
+# when this returns; its pid in DRAIN. For shims that need a live daemon FIFO to write to.
+start_drain() {
+    mkdir -p "$1"
+    "$BIN/fifo_read" "$1/events" 0 "$1/ready" >"$2" &
+    DRAIN=$!
+    while [ ! -e "$1/ready" ]; do sleep 0.01; done
+}
+
 bench_shim() {
     local d=$WORK/shim
-    mkdir -p "$d"
-    "$BIN/fifo_read" "$d/events" 0 "$d/ready" >"$d/drain.out" &
-    local drain=$!
-    while [ ! -e "$d/ready" ]; do sleep 0.01; done
+    start_drain "$d" "$d/drain.out"
+    local drain=$DRAIN
     local names=(nop cshim hotplug handler true)
     local -A cmd=(
         [nop]="$BIN/nop usb"
@@ -416,15 +423,12 @@ bench_storm() {
     # hotplug shim writing to a C reader, the handler writing to a file. (This used the C
     # shim with no runtime dir, which exits at once: a floor 10 % too low.)
     if [ -z "$SHIM_HOTPLUG_US" ]; then
-        local fd=$WORK/floor drain
-        mkdir -p "$fd"
-        "$BIN/fifo_read" "$fd/events" 0 "$fd/ready" >/dev/null &
-        drain=$!
-        while [ ! -e "$fd/ready" ]; do sleep 0.01; done
+        local fd=$WORK/floor
+        start_drain "$fd" /dev/null
         SHIM_HOTPLUG_US=$(HOTPLUGD_RUNTIME_DIR=$fd "$BIN/spawn_loop" 300 "$REL/hotplug" usb | awk '{print $1}')
         SHIM_HANDLER_US=$("$BIN/spawn_loop" 300 "$BIN/handler" "$fd/handler.out" | awk '{print $1}')
-        kill -TERM "$drain"
-        wait "$drain" || true
+        kill -TERM "$DRAIN"
+        wait "$DRAIN" || true
         log "  (no shim bench in this run: floor from 300 execs each of the hotplug shim and the handler)"
     fi
     local floor vs_floor vs_mdev peak_h viol_h
